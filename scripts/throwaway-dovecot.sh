@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Starts a throwaway Dovecot (Debian's dovecot-imapd) on loopback as a demo/test IMAP backend.
+#   throwaway-dovecot.sh DIR IMAP_PORT IMAPS_PORT [--hold]
+# DIR gets the config, users, mail and log. IMAP_PORT is plain IMAP with STARTTLS, IMAPS_PORT
+# implicit TLS; both use certs/localhost.pem (development CA: certs/ca.pem).
+# Users (password file DIR/users): user1/pass1 (3 messages), user2/pass2, user3/pass3,
+# utf8/"pässwörd✓", tricky/'p"a\ss {3}'.
+# With --hold the script stays in the foreground until its standard input closes, then stops
+# Dovecot: a test harness keeps the pipe open and the backend dies with the harness.
+set -euo pipefail
+dir=$1; port=$2; tls_port=$3; hold=${4:-}
+here=$(cd "$(dirname "$0")/.." && pwd)
+command -v dovecot >/dev/null || { echo "dovecot not installed (apt-get install dovecot-imapd)" >&2; exit 1; }
+mkdir -p "$dir/run" "$dir/mail"
+dir=$(cd "$dir" && pwd)
+if [ "$(id -u)" = 0 ]; then
+  id imapgate-mail >/dev/null 2>&1 || useradd -r -M -s /usr/sbin/nologin imapgate-mail
+  uid=$(id -u imapgate-mail); gid=$(id -g imapgate-mail)
+  users_as="default_internal_user = dovecot
+default_login_user = dovenull"
+else
+  uid=$(id -u); gid=$(id -g); me=$(id -un)
+  users_as="default_internal_user = $me
+default_login_user = $me"
+fi
+{
+  for i in 1 2 3; do echo "user$i:{PLAIN}pass$i:$uid:$gid::$dir/mail/user$i::"; done
+  echo "utf8:{PLAIN}pässwörd✓:$uid:$gid::$dir/mail/utf8::"
+  echo "tricky:{PLAIN}p\"a\\ss {3}:$uid:$gid::$dir/mail/tricky::"
+} > "$dir/users"
+md="$dir/mail/user1/Maildir"
+mkdir -p "$md/cur" "$md/new" "$md/tmp"
+for i in 1 2 3; do
+  f="$md/cur/170000000$i.M${i}P1.demo,S=0:2,"
+  [ -e "$f" ] || printf 'From: demo@example.com\r\nTo: user1@example.com\r\nSubject: Hello %s\r\nMessage-ID: <%s@demo.example.com>\r\n\r\nThis is message %s, delivered by the imapgate demo.\r\n' "$i" "$i" "$i" > "$f"
+done
+chown -R "$uid:$gid" "$dir/mail"
+cat > "$dir/dovecot.conf" <<CONF
+base_dir = $dir/run
+instance_name = imapgate-backend-$port
+$users_as
+protocols = imap
+listen = 127.0.0.1
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+login_trusted_networks = 127.0.0.0/8
+ssl = yes
+ssl_cert = <$here/certs/localhost.pem
+ssl_key = <$here/certs/localhost.key
+ssl_min_protocol = TLSv1.2
+service imap-login {
+  inet_listener imap {
+    address = 127.0.0.1
+    port = $port
+  }
+  inet_listener imaps {
+    address = 127.0.0.1
+    port = $tls_port
+  }
+}
+passdb {
+  driver = passwd-file
+  args = $dir/users
+}
+userdb {
+  driver = passwd-file
+  args = $dir/users
+}
+mail_location = maildir:~/Maildir
+first_valid_uid = 1
+log_path = $dir/dovecot.log
+CONF
+if [ "$hold" = "--hold" ]; then
+  dovecot -F -c "$dir/dovecot.conf" &
+  pid=$!
+  trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null' EXIT
+else
+  dovecot -c "$dir/dovecot.conf"
+fi
+for _ in $(seq 100); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+  sleep 0.05
+done
+(exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || { echo "dovecot did not start; see $dir/dovecot.log" >&2; exit 1; }
+echo "ready"
+if [ "$hold" = "--hold" ]; then
+  cat >/dev/null || true
+else
+  echo "dovecot backend on 127.0.0.1:$port (STARTTLS) and :$tls_port (TLS); stop: doveadm -c $dir/dovecot.conf stop"
+fi

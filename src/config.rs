@@ -1,0 +1,391 @@
+//! The daemon's configuration file (`imapgate.toml`): serde structs with defaults, and `validate()`.
+//!
+//! Names follow Exchange's `Set-ImapSettings` where a counterpart exists (`login_type`,
+//! `unencrypted_or_tls_bindings`, `ssl_bindings`, `banner`). Relative paths in the file (certificate,
+//! private key, mailboxes file, backend CA) are resolved against the directory that holds the
+//! configuration file, not the process's working directory, so a unit file and a shell give the same
+//! result.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Errors found while reading or checking the configuration. Every message names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+/// How clients may authenticate before TLS, as Exchange's `LoginType`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum LoginType {
+    /// LOGIN and AUTHENTICATE PLAIN allowed without TLS.
+    PlainTextLogin,
+    /// AUTHENTICATE PLAIN allowed without TLS; LOGIN only after TLS (`LOGINDISABLED` before).
+    PlainTextAuthentication,
+    /// No authentication before TLS: `LOGINDISABLED`, no `AUTH=`, `NO [PRIVACYREQUIRED]`.
+    #[default]
+    SecureLogin,
+}
+
+/// How the gate reaches a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendTls {
+    /// Plain TCP (for a backend on loopback or a trusted network).
+    #[default]
+    None,
+    /// Plain TCP, then `STARTTLS` before logging in.
+    Starttls,
+    /// TLS from the first byte (like port 993).
+    Tls,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Imap4 {
+    /// Plain listeners that offer STARTTLS (Exchange's port 143).
+    pub unencrypted_or_tls_bindings: Vec<SocketAddr>,
+    /// Implicit-TLS listeners (Exchange's port 993).
+    pub ssl_bindings: Vec<SocketAddr>,
+    pub login_type: LoginType,
+    /// PEM certificate chain presented to clients; needed for STARTTLS and `ssl_bindings`.
+    pub certificate: Option<PathBuf>,
+    pub private_key: Option<PathBuf>,
+    /// Text of the greeting after `* OK [CAPABILITY ...]`.
+    pub banner: String,
+    /// Text of the `NO [CONTACTADMIN]` answer to a correct login on a mailbox with IMAP4 disabled.
+    pub disabled_message: String,
+    /// Longest command accepted before login, literals included (Exchange's `MaxCommandSize`).
+    pub max_command_size: usize,
+    #[serde(with = "humantime_serde_compat")]
+    pub preauthenticated_connection_timeout: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub authenticated_connection_timeout: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub tls_handshake_timeout: Duration,
+    /// How long relayed sessions may go on after SIGTERM before they are closed.
+    #[serde(with = "humantime_serde_compat")]
+    pub shutdown_grace: Duration,
+    /// Consecutive unparseable or unknown commands before `* BYE`.
+    pub max_bad_commands: u32,
+    /// Failed logins on one connection before the answer is followed by `* BYE` (Exchange: 4).
+    pub max_failed_login_attempts: u32,
+}
+
+impl Default for Imap4 {
+    fn default() -> Self {
+        Imap4 {
+            unencrypted_or_tls_bindings: vec![],
+            ssl_bindings: vec![],
+            login_type: LoginType::SecureLogin,
+            certificate: None,
+            private_key: None,
+            banner: "The imapgate IMAP4 service is ready.".into(),
+            disabled_message: "IMAP4 access is disabled for this mailbox.".into(),
+            max_command_size: 10240,
+            preauthenticated_connection_timeout: Duration::from_secs(60),
+            authenticated_connection_timeout: Duration::from_secs(30 * 60),
+            tls_handshake_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(10),
+            max_bad_commands: 10,
+            max_failed_login_attempts: 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DirectoryConfig {
+    /// The mailboxes file (`config/mailboxes.toml`).
+    pub mailboxes: PathBuf,
+    #[serde(with = "humantime_serde_compat")]
+    pub cache_ttl: Duration,
+    pub cache_capacity: u64,
+}
+
+impl Default for DirectoryConfig {
+    fn default() -> Self {
+        DirectoryConfig {
+            mailboxes: PathBuf::from("mailboxes.toml"),
+            cache_ttl: Duration::from_secs(300),
+            cache_capacity: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// `host:port` of the backend IMAP server.
+    pub address: String,
+    #[serde(default)]
+    pub tls: BackendTls,
+    /// Name the backend's certificate must carry; defaults to the host part of `address`.
+    pub server_name: Option<String>,
+    /// PEM file of CA certificates to trust instead of the system roots.
+    pub ca: Option<PathBuf>,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde_compat")]
+    pub connect_timeout: Duration,
+    /// Deadline for each backend exchange before relaying (greeting, TLS, login).
+    #[serde(default = "default_login_timeout", with = "humantime_serde_compat")]
+    pub login_timeout: Duration,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_login_timeout() -> Duration {
+    Duration::from_secs(15)
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub imap4: Imap4,
+    #[serde(default)]
+    pub directory: DirectoryConfig,
+    #[serde(default)]
+    pub backends: BTreeMap<String, BackendConfig>,
+    /// Where the file was read from; relative paths were resolved against its directory.
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+impl Config {
+    /// Reads, resolves relative paths and validates the configuration file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses `text` as if read from `path` (used by `load` and by tests).
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: describe_toml_error(text, &e),
+        })?;
+        config.path = path.to_path_buf();
+        let base = path.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        if let Some(p) = config.imap4.certificate.as_mut() {
+            resolve(p);
+        }
+        if let Some(p) = config.imap4.private_key.as_mut() {
+            resolve(p);
+        }
+        resolve(&mut config.directory.mailboxes);
+        for backend in config.backends.values_mut() {
+            if let Some(p) = backend.ca.as_mut() {
+                resolve(p);
+            }
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn invalid(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.clone(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Checks what serde cannot: cross-field rules and ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let i = &self.imap4;
+        if i.unencrypted_or_tls_bindings.is_empty() && i.ssl_bindings.is_empty() {
+            return Err(self.invalid(
+                "imap4.unencrypted_or_tls_bindings",
+                "no listener: set unencrypted_or_tls_bindings and/or ssl_bindings",
+            ));
+        }
+        if i.certificate.is_some() != i.private_key.is_some() {
+            return Err(self.invalid(
+                "imap4.certificate",
+                "certificate and private_key must be set together",
+            ));
+        }
+        if i.certificate.is_none() {
+            if !i.ssl_bindings.is_empty() {
+                return Err(self.invalid(
+                    "imap4.ssl_bindings",
+                    "implicit-TLS listeners need imap4.certificate and imap4.private_key",
+                ));
+            }
+            if i.login_type != LoginType::PlainTextLogin {
+                return Err(self.invalid(
+                    "imap4.login_type",
+                    "without a certificate no client could ever log in; set a certificate or use \"plain-text-login\"",
+                ));
+            }
+        }
+        if !(1024..=65536).contains(&i.max_command_size) {
+            return Err(self.invalid("imap4.max_command_size", "must be between 1024 and 65536"));
+        }
+        for (key, value) in [
+            (
+                "imap4.preauthenticated_connection_timeout",
+                i.preauthenticated_connection_timeout,
+            ),
+            (
+                "imap4.authenticated_connection_timeout",
+                i.authenticated_connection_timeout,
+            ),
+            ("imap4.tls_handshake_timeout", i.tls_handshake_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(self.invalid(key, "must be greater than zero"));
+            }
+        }
+        if i.banner.contains(['\r', '\n']) || i.disabled_message.contains(['\r', '\n']) {
+            return Err(self.invalid("imap4.banner", "texts sent to clients must be one line"));
+        }
+        if self.directory.cache_capacity == 0 {
+            return Err(self.invalid("directory.cache_capacity", "must be at least 1"));
+        }
+        if self.backends.is_empty() {
+            return Err(self.invalid("backends", "at least one [backends.NAME] is needed"));
+        }
+        for (name, b) in &self.backends {
+            let key = format!("backends.{name}.address");
+            let Some((host, port)) = b.address.rsplit_once(':') else {
+                return Err(self.invalid(&key, "expected host:port"));
+            };
+            if host.is_empty() || port.parse::<u16>().is_err() {
+                return Err(self.invalid(&key, "expected host:port"));
+            }
+            if b.tls != BackendTls::None {
+                let server_name = b.server_name.clone().unwrap_or_else(|| strip_brackets(host));
+                if tokio_rustls::rustls::pki_types::ServerName::try_from(server_name).is_err() {
+                    return Err(self.invalid(
+                        &format!("backends.{name}.server_name"),
+                        "not a valid DNS name or IP address",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl BackendConfig {
+    /// The name checked against the backend's certificate.
+    pub fn tls_server_name(&self) -> String {
+        self.server_name.clone().unwrap_or_else(|| {
+            let host = self
+                .address
+                .rsplit_once(':')
+                .map(|(h, _)| h)
+                .unwrap_or(&self.address);
+            strip_brackets(host)
+        })
+    }
+}
+
+fn strip_brackets(host: &str) -> String {
+    host.trim_start_matches('[').trim_end_matches(']').to_string()
+}
+
+/// A toml error with its line and column, which `toml` reports as a byte span.
+pub(crate) fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim_end().to_string();
+    match e.span() {
+        Some(span) => {
+            let (line, col) = line_col(text, span.start);
+            format!("line {line}, column {col}: {message}")
+        }
+        None => message,
+    }
+}
+
+/// 1-based line and column of a byte offset.
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text.as_bytes()[..offset.min(text.len())];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let col = before.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
+    (line, col)
+}
+
+/// Durations written the human way (`"30s"`, `"5m"`, `"1h"`).
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_directory() {
+        let text = r#"
+[imap4]
+unencrypted_or_tls_bindings = ["127.0.0.1:143"]
+certificate = "certs/gate.pem"
+private_key = "/abs/key.pem"
+[directory]
+mailboxes = "mailboxes.toml"
+cache_ttl = "5m"
+[backends.main]
+address = "127.0.0.1:1993"
+"#;
+        let c = Config::parse(Path::new("/etc/imapgate/imapgate.toml"), text).unwrap();
+        assert_eq!(
+            c.imap4.certificate.unwrap(),
+            Path::new("/etc/imapgate/certs/gate.pem")
+        );
+        assert_eq!(c.imap4.private_key.unwrap(), Path::new("/abs/key.pem"));
+        assert_eq!(
+            c.directory.mailboxes,
+            Path::new("/etc/imapgate/mailboxes.toml")
+        );
+        assert_eq!(c.directory.cache_ttl, Duration::from_secs(300));
+        assert_eq!(c.imap4.login_type, LoginType::SecureLogin);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let e = Config::parse(Path::new("/x/gate.toml"), "[imap4]\nbogus = 1\n").unwrap_err();
+        let s = e.to_string();
+        assert!(s.contains("/x/gate.toml") && s.contains("line 2"), "{s}");
+        let e = Config::parse(
+            Path::new("/x/gate.toml"),
+            "[imap4]\nunencrypted_or_tls_bindings=[\"127.0.0.1:1\"]\nlogin_type=\"plain-text-login\"\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("backends"), "{e}");
+    }
+}

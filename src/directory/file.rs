@@ -1,0 +1,236 @@
+//! The mailboxes file (`config/mailboxes.toml`): `[defaults]` and one `[[mailbox]]` per mailbox,
+//! with Exchange's identity forms as keys. Errors carry the file and line they come from.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use super::Directory;
+use crate::config::{describe_toml_error, line_col};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DirectoryError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: line {line}: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+}
+
+/// One `[[mailbox]]` entry. Every identity field is optional, but a mailbox needs at least one
+/// login name (alias, email, upn or domain_account).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MailboxRecord {
+    /// Display name ("John Smith").
+    pub name: Option<String>,
+    pub alias: Option<String>,
+    pub email: Option<String>,
+    pub upn: Option<String>,
+    pub domain_account: Option<String>,
+    pub guid: Option<String>,
+    /// User name sent to the backend; the name the client typed when absent.
+    pub login: Option<String>,
+    /// Exchange's `ImapEnabled`; `[defaults] imap_enabled` when absent.
+    pub imap_enabled: Option<bool>,
+    pub backend: Option<String>,
+    /// Line of the entry's `[[mailbox]]` header in the file.
+    #[serde(skip)]
+    pub line: usize,
+}
+
+impl MailboxRecord {
+    /// The names a client may log in with, with the field each comes from.
+    pub fn login_names(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            ("alias", &self.alias),
+            ("email", &self.email),
+            ("upn", &self.upn),
+            ("domain_account", &self.domain_account),
+        ]
+        .into_iter()
+        .filter_map(|(field, value)| value.as_deref().map(|v| (field, v)))
+    }
+
+    /// What logs and admin output call this mailbox.
+    pub fn display_name(&self) -> &str {
+        self.name
+            .as_deref()
+            .or(self.email.as_deref())
+            .or(self.upn.as_deref())
+            .or(self.alias.as_deref())
+            .or(self.domain_account.as_deref())
+            .unwrap_or("")
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Defaults {
+    #[serde(default = "yes")]
+    imap_enabled: bool,
+    backend: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            imap_enabled: true,
+            backend: None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MailboxesFile {
+    #[serde(default)]
+    defaults: Defaults,
+    #[serde(default)]
+    mailbox: Vec<toml::Spanned<MailboxRecord>>,
+}
+
+/// Reads and validates the mailboxes file. `backends` are the names configured in `[backends]`;
+/// when there is exactly one, it is the default backend unless `[defaults] backend` says otherwise.
+pub fn load(path: &Path, backends: &[&str]) -> Result<Directory, DirectoryError> {
+    let text = std::fs::read_to_string(path).map_err(|source| DirectoryError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(path, &text, backends)
+}
+
+pub fn parse(path: &Path, text: &str, backends: &[&str]) -> Result<Directory, DirectoryError> {
+    let file: MailboxesFile = toml::from_str(text).map_err(|e| DirectoryError::Parse {
+        path: path.to_path_buf(),
+        message: describe_toml_error(text, &e),
+    })?;
+    let invalid = |line: usize, message: String| DirectoryError::Invalid {
+        path: path.to_path_buf(),
+        line,
+        message,
+    };
+    let default_backend = match (&file.defaults.backend, backends) {
+        (Some(b), _) => b.clone(),
+        (None, [only]) => only.to_string(),
+        (None, _) => {
+            return Err(invalid(
+                1,
+                "[defaults] backend is required when several backends are configured".into(),
+            ))
+        }
+    };
+    if !backends.contains(&default_backend.as_str()) {
+        return Err(invalid(
+            1,
+            format!("[defaults] backend {default_backend:?} is not configured in [backends]"),
+        ));
+    }
+    let mut mailboxes = Vec::with_capacity(file.mailbox.len());
+    for spanned in file.mailbox {
+        let (line, _) = line_col(text, spanned.span().start);
+        let mut m = spanned.into_inner();
+        m.line = line;
+        if m.login_names().next().is_none() {
+            return Err(invalid(
+                line,
+                "a mailbox needs at least one of alias, email, upn, domain_account".into(),
+            ));
+        }
+        for (field, value) in m.login_names().chain(m.login.as_deref().map(|l| ("login", l))) {
+            if value.is_empty() || value.chars().any(|c| c.is_control()) {
+                return Err(invalid(
+                    line,
+                    format!("{field} must be non-empty without control characters"),
+                ));
+            }
+        }
+        if let Some(b) = &m.backend {
+            if !backends.contains(&b.as_str()) {
+                return Err(invalid(
+                    line,
+                    format!("backend {b:?} is not configured in [backends]"),
+                ));
+            }
+        }
+        mailboxes.push(m);
+    }
+    Directory::build(
+        mailboxes,
+        file.defaults.imap_enabled,
+        Arc::from(default_backend),
+    )
+    .map_err(|(line, message)| invalid(line, message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#"
+[defaults]
+imap_enabled = true
+
+[[mailbox]]
+name = "John Smith"
+alias = "jsmith"
+email = "John.Smith@example.com"
+upn = "jsmith@corp.example.com"
+domain_account = "CORP\\jsmith"
+login = "user1"
+imap_enabled = false
+
+[[mailbox]]
+email = "ann@example.com"
+"#;
+
+    #[test]
+    fn every_identity_form_resolves_case_insensitively() {
+        let d = parse(Path::new("m.toml"), FILE, &["main"]).unwrap();
+        for name in [
+            "jsmith",
+            "JSMITH",
+            "john.smith@EXAMPLE.com",
+            "JSmith@corp.example.com",
+            "corp\\JSMITH",
+            "CORP/jsmith",
+        ] {
+            let p = d.policy(name);
+            assert_eq!(p.mailbox.as_deref(), Some("John Smith"), "{name}");
+            assert!(!p.imap_enabled, "{name}");
+            assert_eq!(p.backend_login.as_deref(), Some("user1"));
+        }
+        let p = d.policy("nobody@example.com");
+        assert_eq!(p.mailbox, None);
+        assert!(p.imap_enabled);
+        assert_eq!(&*p.backend, "main");
+        assert!(d.policy("ann@example.com").imap_enabled);
+    }
+
+    #[test]
+    fn duplicates_and_unknown_backends_name_the_line() {
+        let dup = "[[mailbox]]\nemail = \"a@x\"\n\n[[mailbox]]\nupn = \"A@x\"\n";
+        let e = parse(Path::new("m.toml"), dup, &["main"]).unwrap_err();
+        assert!(e.to_string().contains("line 4"), "{e}");
+        assert!(e.to_string().contains("line 1"), "{e}");
+        let bad = "[[mailbox]]\nalias = \"a\"\nbackend = \"nope\"\n";
+        let e = parse(Path::new("m.toml"), bad, &["main"]).unwrap_err();
+        assert!(e.to_string().contains("m.toml: line 1") && e.to_string().contains("nope"), "{e}");
+        let syntax = "[[mailbox]]\nalias = \n";
+        let e = parse(Path::new("m.toml"), syntax, &["main"]).unwrap_err();
+        assert!(e.to_string().contains("line 2"), "{e}");
+    }
+}

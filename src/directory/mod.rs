@@ -1,0 +1,176 @@
+//! The mailbox directory: who may use IMAP4 and which backend holds each mailbox.
+//!
+//! A [`Directory`] is an immutable snapshot read from the mailboxes file ([`file`]); a reload builds a
+//! new one aside and swaps it in whole. [`PolicyCache`] puts a moka cache in front of identity
+//! resolution, as Exchange caches per-mailbox settings; a cache belongs to one snapshot, so a reload
+//! that installs a new snapshot starts from an empty cache and no lookup in flight can put an old
+//! answer into the new one.
+
+pub mod file;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use file::{DirectoryError, MailboxRecord};
+
+/// What the gate decides at login for one login name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// The mailbox's name in the directory, `None` when the name matched no mailbox (defaults apply).
+    pub mailbox: Option<Arc<str>>,
+    /// Exchange's `ImapEnabled`.
+    pub imap_enabled: bool,
+    /// Name of the `[backends.NAME]` entry holding the mailbox.
+    pub backend: Arc<str>,
+    /// User name to send to the backend instead of the one the client typed.
+    pub backend_login: Option<Arc<str>>,
+}
+
+/// Which index a login name is looked up in, by its shape (as Exchange resolves login names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NameForm {
+    /// Contains `@`: an email address or a user principal name.
+    Address,
+    /// Contains `\` or `/`: `DOMAIN\account`.
+    DomainAccount,
+    /// Anything else: an alias.
+    Alias,
+}
+
+impl NameForm {
+    pub fn of(name: &str) -> NameForm {
+        if name.contains('@') {
+            NameForm::Address
+        } else if name.contains(['\\', '/']) {
+            NameForm::DomainAccount
+        } else {
+            NameForm::Alias
+        }
+    }
+}
+
+/// The lookup key of a login name: its form and its case-folded text (`/` read as `\`).
+pub fn login_key(name: &str) -> (NameForm, String) {
+    let form = NameForm::of(name);
+    let mut folded = name.to_lowercase();
+    if form == NameForm::DomainAccount {
+        folded = folded.replace('/', "\\");
+    }
+    (form, folded)
+}
+
+/// An immutable, validated snapshot of the mailboxes file.
+#[derive(Debug)]
+pub struct Directory {
+    pub mailboxes: Vec<Arc<MailboxRecord>>,
+    pub default_imap_enabled: bool,
+    pub default_backend: Arc<str>,
+    index: HashMap<(NameForm, String), usize>,
+}
+
+impl Directory {
+    /// Builds the indexes; two mailboxes claiming the same login name is an error naming both lines.
+    pub(crate) fn build(
+        mailboxes: Vec<MailboxRecord>,
+        default_imap_enabled: bool,
+        default_backend: Arc<str>,
+    ) -> Result<Directory, (usize, String)> {
+        let mut index: HashMap<(NameForm, String), usize> = HashMap::new();
+        for (i, m) in mailboxes.iter().enumerate() {
+            for (field, value) in m.login_names() {
+                let key = login_key(value);
+                let expected = match field {
+                    "alias" => NameForm::Alias,
+                    "domain_account" => NameForm::DomainAccount,
+                    _ => NameForm::Address,
+                };
+                if key.0 != expected {
+                    return Err((
+                        m.line,
+                        format!("{field} = {value:?} is not of the form a {field} takes"),
+                    ));
+                }
+                if let Some(&other) = index.get(&key) {
+                    if other != i {
+                        return Err((
+                            m.line,
+                            format!(
+                                "{field} = {value:?} is already used by the mailbox at line {}",
+                                mailboxes[other].line
+                            ),
+                        ));
+                    }
+                }
+                index.insert(key, i);
+            }
+        }
+        Ok(Directory {
+            mailboxes: mailboxes.into_iter().map(Arc::new).collect(),
+            default_imap_enabled,
+            default_backend,
+            index,
+        })
+    }
+
+    /// The mailbox a login name designates, if any.
+    pub fn find(&self, login: &str) -> Option<&Arc<MailboxRecord>> {
+        self.index.get(&login_key(login)).map(|&i| &self.mailboxes[i])
+    }
+
+    /// The policy for a login name, without the cache.
+    pub fn policy(&self, login: &str) -> Policy {
+        match self.find(login) {
+            Some(m) => Policy {
+                mailbox: Some(m.display_name().into()),
+                imap_enabled: m.imap_enabled.unwrap_or(self.default_imap_enabled),
+                backend: m
+                    .backend
+                    .as_deref()
+                    .map(Arc::from)
+                    .unwrap_or_else(|| self.default_backend.clone()),
+                backend_login: m.login.as_deref().map(Arc::from),
+            },
+            None => Policy {
+                mailbox: None,
+                imap_enabled: self.default_imap_enabled,
+                backend: self.default_backend.clone(),
+                backend_login: None,
+            },
+        }
+    }
+}
+
+/// Identity resolution through a moka cache, bound to one directory snapshot.
+pub struct PolicyCache {
+    directory: Arc<Directory>,
+    cache: moka::sync::Cache<(NameForm, String), Arc<Policy>>,
+}
+
+impl PolicyCache {
+    pub fn new(directory: Arc<Directory>, capacity: u64, ttl: Duration) -> PolicyCache {
+        PolicyCache {
+            directory,
+            cache: moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(ttl)
+                .build(),
+        }
+    }
+
+    pub fn directory(&self) -> &Arc<Directory> {
+        &self.directory
+    }
+
+    /// The policy for `login`, from the cache when present.
+    pub fn resolve(&self, login: &str) -> Arc<Policy> {
+        let key = login_key(login);
+        self.cache
+            .get_with(key, || Arc::new(self.directory.policy(login)))
+    }
+
+    pub fn cached_entries(&self) -> u64 {
+        self.cache.run_pending_tasks();
+        self.cache.entry_count()
+    }
+}

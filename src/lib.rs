@@ -1,0 +1,31 @@
+//! imapgate: an IMAP4 front end that decides, mailbox by mailbox, who may use IMAP4, and proxies
+//! the sessions it lets through to each user's backend IMAP server.
+//!
+//! It plays the part of Exchange's "IMAP4 service" in front of "IMAP4 Backend service"s: it
+//! answers clients before login, has the user's backend verify the credentials, checks the
+//! mailbox's `ImapEnabled` flag (through a cache), and after that only relays bytes.
+//!
+//! # Layout
+//! - [`server`]: the gate as a library object (bind, run, reload, shutdown); what tests drive.
+//! - [`lifecycle`]: signals for the daemon (SIGHUP reload, SIGTERM/SIGINT shutdown).
+//! - [`listener`]: accept loops.
+//! - [`session`]: one connection: [`session::preauth`] (the front end before login) and
+//!   [`session::relay`] (bytes both ways after login).
+//! - [`backend`]: the backend side: connect, TLS, log in on the user's behalf.
+//! - [`directory`]: the mailbox directory, identity resolution and the policy cache.
+//! - [`state`]: the reloadable snapshot (config, directory, certificate, backends).
+//! - [`config`], [`tls`], [`credentials`], [`stream`]: supporting pieces.
+
+pub mod backend;
+pub mod config;
+pub mod credentials;
+pub mod directory;
+pub mod lifecycle;
+pub mod listener;
+pub mod server;
+pub mod session;
+pub mod state;
+pub mod stream;
+pub mod tls;
+
+pub use server::{Gate, GateHandle};

@@ -1,0 +1,70 @@
+//! Accept loops: one per bound address, each spawning a session task inside the gate's tracker.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpSocket};
+
+use crate::server::{Phase, Shared};
+use crate::session;
+
+/// Which kind of port a connection arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// Plain, with STARTTLS (Exchange's `UnencryptedOrTLSBindings`, port 143).
+    Plain,
+    /// Implicit TLS (Exchange's `SSLBindings`, port 993).
+    Tls,
+}
+
+impl ListenerKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ListenerKind::Plain => "imap",
+            ListenerKind::Tls => "imaps",
+        }
+    }
+}
+
+/// Binds with `SO_REUSEADDR` (a restart must not wait for old sockets in TIME_WAIT) and, for IPv6,
+/// `IPV6_V6ONLY`, so `0.0.0.0:143` and `[::]:143` can both be listed, as in Exchange's defaults.
+pub fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match address {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => {
+            let s = TcpSocket::new_v6()?;
+            let raw = socket2::SockRef::from(&s);
+            raw.set_only_v6(true)?;
+            s
+        }
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(1024)
+}
+
+pub async fn accept_loop(listener: TcpListener, kind: ListenerKind, shared: Arc<Shared>) {
+    let mut phase = shared.phase.subscribe();
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = phase.wait_for(|p| *p != Phase::Running) => return,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
+                let shared2 = shared.clone();
+                shared
+                    .tracker
+                    .spawn(session::serve(tcp, peer, kind, shared2, id));
+            }
+            Err(e) => {
+                // EMFILE/ENFILE and friends: back off instead of spinning on the error.
+                tracing::warn!(error = %e, listener = kind.name(), "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}

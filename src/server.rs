@@ -1,0 +1,187 @@
+//! The gate as a library object: bind the listeners, serve until shut down, reload on request.
+//!
+//! Tests and the daemon use the same calls: [`Gate::bind`] with a configuration file (listeners may
+//! be on port 0), [`Gate::handle`] to reload or shut down, and [`Gate::run`] to serve.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+
+use crate::listener::{self, ListenerKind};
+use crate::state::{LoadError, State};
+
+/// Where the gate is in its life; sessions watch it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Running,
+    /// Shutdown asked: listeners closed, sessions before login say `* BYE`, relays go on.
+    Draining,
+    /// Grace period over: relayed sessions are closed.
+    Closing,
+}
+
+/// What every session and the control path share.
+pub struct Shared {
+    pub state: ArcSwap<State>,
+    pub config_path: PathBuf,
+    pub phase: watch::Sender<Phase>,
+    pub tracker: TaskTracker,
+    pub next_session: AtomicU64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+pub struct Gate {
+    shared: Arc<Shared>,
+    listeners: Vec<(ListenerKind, TcpListener)>,
+}
+
+/// A cheap handle to a running gate: reload it or shut it down.
+#[derive(Clone)]
+pub struct GateHandle {
+    shared: Arc<Shared>,
+}
+
+impl Gate {
+    /// Loads the configuration at `config_path` and binds every listener it names.
+    pub async fn bind(config_path: &Path) -> Result<Gate, StartError> {
+        let state = State::load(config_path)?;
+        let mut listeners = Vec::new();
+        let imap4 = &state.config.imap4;
+        for (kind, addresses) in [
+            (ListenerKind::Plain, &imap4.unencrypted_or_tls_bindings),
+            (ListenerKind::Tls, &imap4.ssl_bindings),
+        ] {
+            for &address in addresses {
+                let l = listener::bind(address)
+                    .map_err(|source| StartError::Bind { address, source })?;
+                listeners.push((kind, l));
+            }
+        }
+        let (phase, _) = watch::channel(Phase::Running);
+        Ok(Gate {
+            shared: Arc::new(Shared {
+                state: ArcSwap::from_pointee(state),
+                config_path: config_path.to_path_buf(),
+                phase,
+                tracker: TaskTracker::new(),
+                next_session: AtomicU64::new(1),
+            }),
+            listeners,
+        })
+    }
+
+    /// Bound addresses of the plain (STARTTLS) listeners, in configuration order.
+    pub fn plain_addrs(&self) -> Vec<SocketAddr> {
+        self.addrs(ListenerKind::Plain)
+    }
+
+    /// Bound addresses of the implicit-TLS listeners, in configuration order.
+    pub fn tls_addrs(&self) -> Vec<SocketAddr> {
+        self.addrs(ListenerKind::Tls)
+    }
+
+    fn addrs(&self, kind: ListenerKind) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter(|(k, _)| *k == kind)
+            .filter_map(|(_, l)| l.local_addr().ok())
+            .collect()
+    }
+
+    pub fn handle(&self) -> GateHandle {
+        GateHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Serves until [`GateHandle::shutdown`]: then stops accepting, lets relayed sessions finish
+    /// for `shutdown_grace`, closes the rest, and returns.
+    pub async fn run(self) {
+        let shared = self.shared;
+        let mut accept_loops = Vec::new();
+        for (kind, l) in self.listeners {
+            accept_loops.push(tokio::spawn(listener::accept_loop(l, kind, shared.clone())));
+        }
+        let mut phase = shared.phase.subscribe();
+        let _ = phase.wait_for(|p| *p != Phase::Running).await;
+        for task in accept_loops {
+            let _ = task.await;
+        }
+        shared.tracker.close();
+        let grace = shared.state.load().config.imap4.shutdown_grace;
+        if tokio::time::timeout(grace, shared.tracker.wait()).await.is_err() {
+            tracing::info!(
+                sessions = shared.tracker.len(),
+                "grace period over, closing relayed sessions"
+            );
+        }
+        shared.phase.send_replace(Phase::Closing);
+        if tokio::time::timeout(Duration::from_secs(5), shared.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                sessions = shared.tracker.len(),
+                "sessions still open after close"
+            );
+        }
+    }
+}
+
+impl GateHandle {
+    /// Re-reads the configuration, directory and certificate; installs them only when all are
+    /// valid, and empties the policy cache by installing a new one. On error nothing changes.
+    pub fn reload(&self) -> Result<(), LoadError> {
+        let new = State::load(&self.shared.config_path)?;
+        let old = self.shared.state.load();
+        if new.config.imap4.unencrypted_or_tls_bindings
+            != old.config.imap4.unencrypted_or_tls_bindings
+            || new.config.imap4.ssl_bindings != old.config.imap4.ssl_bindings
+        {
+            tracing::warn!("listener addresses changed in the configuration; they take effect at the next restart");
+        }
+        let mailboxes = new.policies.directory().mailboxes.len();
+        self.shared.state.store(Arc::new(new));
+        tracing::info!(mailboxes, "reload complete: directory, certificate and backends in force, policy cache emptied");
+        Ok(())
+    }
+
+    /// Asks the gate to shut down; [`Gate::run`] returns when it is done.
+    pub fn shutdown(&self) {
+        self.shared.phase.send_if_modified(|p| {
+            if *p == Phase::Running {
+                *p = Phase::Draining;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// The snapshot in force (for tests and the control path).
+    pub fn state(&self) -> Arc<State> {
+        self.shared.state.load_full()
+    }
+
+    /// Sessions currently open.
+    pub fn open_sessions(&self) -> usize {
+        self.shared.tracker.len()
+    }
+}

@@ -1,0 +1,63 @@
+//! One client connection from accept to close: TLS for implicit-TLS ports, the pre-login dialogue
+//! ([`preauth`]), then the relay ([`relay`]). Each session runs in its own tracing span carrying
+//! the session id, the client's address, the listener and, after login, the user.
+
+pub mod preauth;
+pub mod relay;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+use tracing::Instrument;
+
+use crate::listener::ListenerKind;
+use crate::server::Shared;
+use crate::stream::Stream;
+use preauth::{PreAuth, PreAuthEnd};
+
+pub async fn serve(tcp: TcpStream, peer: SocketAddr, kind: ListenerKind, shared: Arc<Shared>, id: u64) {
+    let session_id = format!("{id:08x}");
+    let span = tracing::info_span!(
+        "session",
+        id = %session_id,
+        peer = %peer,
+        listener = kind.name(),
+        user = tracing::field::Empty,
+    );
+    async move {
+        let _ = tcp.set_nodelay(true);
+        let state = shared.state.load_full();
+        let imap4 = &state.config.imap4;
+        let stream = match kind {
+            ListenerKind::Plain => Stream::Plain(tcp),
+            ListenerKind::Tls => {
+                let Some(acceptor) = state.acceptor.clone() else {
+                    return;
+                };
+                match tokio::time::timeout(imap4.tls_handshake_timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => Stream::ServerTls(Box::new(tls)),
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!("TLS handshake timed out");
+                        return;
+                    }
+                }
+            }
+        };
+        tracing::debug!("connected");
+        let preauth = PreAuth::new(stream, kind, peer, session_id, shared.clone());
+        match preauth.run().await {
+            PreAuthEnd::Closed => tracing::debug!("closed before login"),
+            PreAuthEnd::LoggedIn(session) => {
+                let timeout = shared.state.load().config.imap4.authenticated_connection_timeout;
+                relay::run(session, timeout, shared.phase.subscribe()).await;
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}

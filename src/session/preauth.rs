@@ -1,0 +1,634 @@
+//! The IMAP4 service before login: the gate itself answers the client, parsing each command with
+//! imap-codec from a buffer bounded by `max_command_size`.
+//!
+//! Literals: a synchronizing literal is checked against the limit before `+` is sent; a LITERAL+
+//! literal is refused at once when it alone exceeds the limit, and otherwise counts against the
+//! same bounded buffer as it arrives. After `STARTTLS`, whatever the client pipelined behind the
+//! command is thrown away before the handshake, so injected plaintext never runs inside TLS.
+//!
+//! Login: the user's backend checks the credentials; only after it accepted them does the gate
+//! look at `ImapEnabled`, so a reply never tells someone without the password whether a mailbox
+//! exists or is disabled.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use imap_codec::imap_types::auth::{AuthMechanism, AuthenticateData};
+use imap_codec::imap_types::command::{Command, CommandBody};
+use imap_codec::imap_types::core::{IString, LiteralMode, NString};
+use imap_codec::decode::Decoder;
+use imap_codec::{AuthenticateDataCodec, CommandCodec};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::backend::{BackendSession, ClientInfo, LoginResult};
+use crate::config::LoginType;
+use crate::credentials::{CredentialError, Credentials};
+use crate::directory::Policy;
+use crate::listener::ListenerKind;
+use crate::server::{Phase, Shared};
+use crate::state::State;
+use crate::stream::Stream;
+
+/// Deadline for writing one answer to a client that does not read.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// RFC 2971 limits: 30 pairs, fields of 30 octets, values of 1024.
+const ID_MAX_PAIRS: usize = 30;
+const ID_MAX_FIELD: usize = 30;
+const ID_MAX_VALUE: usize = 1024;
+
+/// How the pre-login phase ended.
+pub enum PreAuthEnd {
+    /// The client left, was refused or timed out; nothing more to do.
+    Closed,
+    LoggedIn(LoggedIn),
+}
+
+/// A session whose user is logged in on the backend, with the client already told.
+pub struct LoggedIn {
+    pub client: Stream,
+    /// Bytes the client pipelined after its login command; they go to the backend first.
+    pub client_pending: Vec<u8>,
+    pub backend: BackendSession,
+    pub user: String,
+    pub policy: Arc<Policy>,
+}
+
+/// Why the dialogue stopped early.
+enum End {
+    /// Connection closed or failed; nothing can be sent.
+    Gone,
+    /// The pre-login deadline passed.
+    Timeout,
+    /// The gate is shutting down.
+    Shutdown,
+    /// The session ends after a `* BYE` already sent.
+    Bye,
+}
+
+/// What the reader produced.
+enum Input {
+    Command(Command<'static>),
+    /// An unparseable line; the tag when one could be read.
+    Bad(Option<String>),
+    /// A synchronizing literal over the limit was announced; the command was dropped.
+    LiteralTooBig(String),
+}
+
+/// Which command carried the credentials, for the failure text.
+#[derive(Clone, Copy)]
+enum Mechanism {
+    Login,
+    Authenticate,
+}
+
+impl Mechanism {
+    fn failed(self) -> &'static str {
+        match self {
+            Mechanism::Login => "LOGIN failed.",
+            Mechanism::Authenticate => "AUTHENTICATE failed.",
+        }
+    }
+}
+
+pub struct PreAuth {
+    client: Stream,
+    kind: ListenerKind,
+    peer: SocketAddr,
+    session_id: String,
+    shared: Arc<Shared>,
+    phase: watch::Receiver<Phase>,
+    buf: Vec<u8>,
+    /// Buffer length at which the synchronizing literal we said `+` to is complete.
+    literal_until: Option<usize>,
+    deadline: Instant,
+    client_id: Vec<(String, Option<String>)>,
+    bad_commands: u32,
+    failed_logins: u32,
+}
+
+impl PreAuth {
+    pub fn new(
+        client: Stream,
+        kind: ListenerKind,
+        peer: SocketAddr,
+        session_id: String,
+        shared: Arc<Shared>,
+    ) -> PreAuth {
+        let timeout = shared
+            .state
+            .load()
+            .config
+            .imap4
+            .preauthenticated_connection_timeout;
+        PreAuth {
+            client,
+            kind,
+            peer,
+            session_id,
+            phase: shared.phase.subscribe(),
+            shared,
+            buf: Vec::new(),
+            literal_until: None,
+            deadline: Instant::now() + timeout,
+            client_id: Vec::new(),
+            bad_commands: 0,
+            failed_logins: 0,
+        }
+    }
+
+    pub async fn run(mut self) -> PreAuthEnd {
+        match self.dialogue().await {
+            Ok(logged_in) => PreAuthEnd::LoggedIn(logged_in),
+            Err(end) => {
+                let bye: Option<&[u8]> = match end {
+                    End::Gone | End::Bye => None,
+                    End::Timeout => Some(b"* BYE Timed out waiting for login.\r\n"),
+                    End::Shutdown => Some(b"* BYE [UNAVAILABLE] Server shutting down.\r\n"),
+                };
+                if let Some(bye) = bye {
+                    let _ = self.send(bye).await;
+                }
+                let _ = tokio::time::timeout(Duration::from_secs(1), self.client.shutdown()).await;
+                PreAuthEnd::Closed
+            }
+        }
+    }
+
+    fn state(&self) -> Arc<State> {
+        self.shared.state.load_full()
+    }
+
+    async fn dialogue(&mut self) -> Result<LoggedIn, End> {
+        let state = self.state();
+        let greeting = format!(
+            "* OK [CAPABILITY {}] {}\r\n",
+            self.capabilities(&state),
+            state.config.imap4.banner
+        );
+        self.send(greeting.as_bytes()).await?;
+        loop {
+            let command = match self.next_input().await? {
+                Input::Command(c) => c,
+                Input::Bad(tag) => {
+                    let tag = tag.as_deref().unwrap_or("*");
+                    self.bad(&format!("{tag} BAD Command not understood.\r\n")).await?;
+                    continue;
+                }
+                Input::LiteralTooBig(tag) => {
+                    self.bad(&format!("{tag} BAD [TOOBIG] Command exceeds the size limit.\r\n"))
+                        .await?;
+                    continue;
+                }
+            };
+            if let Some(done) = self.handle(command).await? {
+                return Ok(done);
+            }
+        }
+    }
+
+    /// Answers one command; `Some` once the user is logged in.
+    async fn handle(&mut self, command: Command<'static>) -> Result<Option<LoggedIn>, End> {
+        let tag = command.tag.inner().to_string();
+        let state = self.state();
+        match command.body {
+            CommandBody::Capability => {
+                self.bad_commands = 0;
+                let reply = format!(
+                    "* CAPABILITY {}\r\n{tag} OK CAPABILITY completed.\r\n",
+                    self.capabilities(&state)
+                );
+                self.send(reply.as_bytes()).await?;
+            }
+            CommandBody::Noop => {
+                self.bad_commands = 0;
+                self.send(format!("{tag} OK NOOP completed.\r\n").as_bytes())
+                    .await?;
+            }
+            CommandBody::Logout => {
+                let reply = format!("* BYE Logging out.\r\n{tag} OK LOGOUT completed.\r\n");
+                self.send(reply.as_bytes()).await?;
+                return Err(End::Bye);
+            }
+            CommandBody::StartTLS => {
+                self.bad_commands = 0;
+                self.starttls(&tag, &state).await?;
+            }
+            CommandBody::Id { parameters } => {
+                self.bad_commands = 0;
+                self.client_id = id_parameters(parameters.unwrap_or_default());
+                let reply = format!(
+                    "* ID (\"name\" \"imapgate\" \"version\" \"{}\")\r\n{tag} OK ID completed.\r\n",
+                    env!("CARGO_PKG_VERSION")
+                );
+                self.send(reply.as_bytes()).await?;
+            }
+            CommandBody::Login { username, password } => {
+                self.bad_commands = 0;
+                if !self.login_allowed(&state) {
+                    return self.privacy_required(&tag).await;
+                }
+                let creds = Credentials::new(username.as_ref(), password.declassify().as_ref());
+                return self.login(&tag, creds, Mechanism::Login, &state).await;
+            }
+            CommandBody::Authenticate {
+                mechanism,
+                initial_response,
+            } => {
+                self.bad_commands = 0;
+                if mechanism != AuthMechanism::Plain {
+                    let reply =
+                        format!("{tag} NO [CANNOT] Unsupported authentication mechanism.\r\n");
+                    self.send(reply.as_bytes()).await?;
+                    return Ok(None);
+                }
+                if !self.authenticate_allowed(&state) {
+                    return self.privacy_required(&tag).await;
+                }
+                let message = match initial_response {
+                    Some(ir) => ir.declassify().to_vec(),
+                    None => match self.sasl_continuation(&tag).await? {
+                        Some(m) => m,
+                        None => return Ok(None),
+                    },
+                };
+                let creds = Credentials::from_sasl_plain(&message);
+                return self
+                    .login(&tag, creds, Mechanism::Authenticate, &state)
+                    .await;
+            }
+            _ => {
+                self.bad(&format!("{tag} BAD Command is not valid before login.\r\n"))
+                    .await?;
+            }
+        }
+        Ok(None)
+    }
+
+    /// Capabilities before login, which depend on the listener, TLS and `login_type`.
+    fn capabilities(&self, state: &State) -> String {
+        let mut caps = vec!["IMAP4rev1", "LITERAL+", "ID"];
+        if self.kind == ListenerKind::Plain && !self.client.is_tls() && state.acceptor.is_some() {
+            caps.push("STARTTLS");
+        }
+        if self.authenticate_allowed(state) {
+            caps.extend(["SASL-IR", "AUTH=PLAIN"]);
+        }
+        if !self.login_allowed(state) {
+            caps.push("LOGINDISABLED");
+        }
+        caps.join(" ")
+    }
+
+    fn login_allowed(&self, state: &State) -> bool {
+        self.client.is_tls() || state.config.imap4.login_type == LoginType::PlainTextLogin
+    }
+
+    fn authenticate_allowed(&self, state: &State) -> bool {
+        self.client.is_tls() || state.config.imap4.login_type != LoginType::SecureLogin
+    }
+
+    async fn privacy_required(&mut self, tag: &str) -> Result<Option<LoggedIn>, End> {
+        let reply = format!("{tag} NO [PRIVACYREQUIRED] Use STARTTLS or the TLS port first.\r\n");
+        self.send(reply.as_bytes()).await?;
+        tracing::info!(outcome = "privacy_required", "login refused before TLS");
+        Ok(None)
+    }
+
+    async fn starttls(&mut self, tag: &str, state: &State) -> Result<(), End> {
+        let acceptor = match (&state.acceptor, self.kind, self.client.is_tls()) {
+            (Some(a), ListenerKind::Plain, false) => a.clone(),
+            _ => {
+                let reply = format!("{tag} BAD STARTTLS is not available here.\r\n");
+                return self.send(reply.as_bytes()).await;
+            }
+        };
+        self.send(format!("{tag} OK Begin TLS negotiation now.\r\n").as_bytes())
+            .await?;
+        if !self.buf.is_empty() {
+            tracing::info!(
+                bytes = self.buf.len(),
+                "discarded plaintext pipelined after STARTTLS"
+            );
+            self.buf.clear();
+        }
+        self.literal_until = None;
+        let Stream::Plain(tcp) = self.client.detach() else {
+            return Err(End::Gone);
+        };
+        let timeout = state.config.imap4.tls_handshake_timeout;
+        match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => {
+                self.client = Stream::ServerTls(Box::new(tls));
+                tracing::debug!("STARTTLS complete");
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "STARTTLS handshake failed");
+                Err(End::Gone)
+            }
+            Err(_) => {
+                tracing::debug!("STARTTLS handshake timed out");
+                Err(End::Gone)
+            }
+        }
+    }
+
+    /// Reads the client's SASL PLAIN response after an empty `+`. `None` when cancelled or
+    /// malformed (the client was answered).
+    async fn sasl_continuation(&mut self, tag: &str) -> Result<Option<Vec<u8>>, End> {
+        self.send(b"+ \r\n").await?;
+        loop {
+            match AuthenticateDataCodec::new().decode(&self.buf) {
+                Ok((rest, data)) => {
+                    let used = self.buf.len() - rest.len();
+                    let message = match data {
+                        AuthenticateData::Continue(secret) => Some(secret.declassify().to_vec()),
+                        AuthenticateData::Cancel => None,
+                    };
+                    self.buf.drain(..used);
+                    if message.is_none() {
+                        let reply = format!("{tag} BAD AUTHENTICATE cancelled.\r\n");
+                        self.send(reply.as_bytes()).await?;
+                    }
+                    return Ok(message);
+                }
+                Err(imap_codec::decode::AuthenticateDataDecodeError::Incomplete) => {
+                    if self.buf.len() >= self.max_command_size() {
+                        self.send(b"* BYE [TOOBIG] Line too long.\r\n").await?;
+                        return Err(End::Bye);
+                    }
+                    self.fill().await?;
+                }
+                Err(imap_codec::decode::AuthenticateDataDecodeError::Failed) => {
+                    discard_line(&mut self.buf);
+                    self.bad(&format!("{tag} BAD Invalid base64 in AUTHENTICATE.\r\n"))
+                        .await?;
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    /// Has the backend check the credentials, then applies the mailbox's policy.
+    async fn login(
+        &mut self,
+        tag: &str,
+        creds: Result<Credentials, CredentialError>,
+        mechanism: Mechanism,
+        state: &State,
+    ) -> Result<Option<LoggedIn>, End> {
+        let creds = match creds {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::info!(outcome = "auth_failed", reason = %e, "login refused before the backend");
+                return self.login_failed(tag, mechanism).await;
+            }
+        };
+        let policy = state.policies.resolve(&creds.user);
+        let Some(backend) = state.backends.get(&*policy.backend).cloned() else {
+            // Cannot happen with a validated directory; answered as an outage, not a panic.
+            tracing::error!(backend = %policy.backend, "mailbox names an unknown backend");
+            return self.unavailable(tag).await;
+        };
+        let backend_creds = match &policy.backend_login {
+            Some(login) => Credentials {
+                user: login.to_string(),
+                password: creds.password.clone(),
+            },
+            None => creds.clone(),
+        };
+        let client = ClientInfo {
+            peer: Some(self.peer),
+            session_id: self.session_id.clone(),
+            id: self.client_id.clone(),
+        };
+        let started = std::time::Instant::now();
+        let result = backend.login(&backend_creds, &client).await;
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        let user = creds.user.as_str();
+        let mailbox = policy.mailbox.as_deref().unwrap_or("-");
+        match result {
+            Err(e) => {
+                tracing::warn!(outcome = "unavailable", user, backend = %backend.name, elapsed_ms, error = %e, "backend unavailable");
+                self.unavailable(tag).await
+            }
+            Ok(LoginResult::Rejected) => {
+                tracing::info!(outcome = "auth_failed", user, backend = %backend.name, elapsed_ms, "login failed");
+                self.login_failed(tag, mechanism).await
+            }
+            Ok(LoginResult::LoggedIn(session)) if !policy.imap_enabled => {
+                session.logout().await;
+                tracing::info!(outcome = "disabled", user, mailbox, backend = %backend.name, elapsed_ms, "IMAP4 is disabled for this mailbox");
+                let reply = format!(
+                    "{tag} NO [CONTACTADMIN] {}\r\n",
+                    state.config.imap4.disabled_message
+                );
+                self.send(reply.as_bytes()).await?;
+                Ok(None)
+            }
+            Ok(LoginResult::LoggedIn(mut session)) => {
+                tracing::Span::current().record("user", user);
+                tracing::info!(outcome = "ok", mailbox, backend = %backend.name, elapsed_ms, "logged in");
+                let mut reply = format!("{tag} OK {}\r\n", session.ok_text).into_bytes();
+                reply.append(&mut session.pending);
+                self.send(&reply).await?;
+                Ok(Some(LoggedIn {
+                    client: self.client.detach(),
+                    client_pending: std::mem::take(&mut self.buf),
+                    backend: session,
+                    user: creds.user.clone(),
+                    policy,
+                }))
+            }
+        }
+    }
+
+    async fn unavailable(&mut self, tag: &str) -> Result<Option<LoggedIn>, End> {
+        let reply = format!(
+            "{tag} NO [UNAVAILABLE] The mailbox server is not available; try again later.\r\n"
+        );
+        self.send(reply.as_bytes()).await?;
+        Ok(None)
+    }
+
+    async fn login_failed(&mut self, tag: &str, mechanism: Mechanism) -> Result<Option<LoggedIn>, End> {
+        self.failed_logins += 1;
+        let reply = format!("{tag} NO [AUTHENTICATIONFAILED] {}\r\n", mechanism.failed());
+        self.send(reply.as_bytes()).await?;
+        if self.failed_logins >= self.state().config.imap4.max_failed_login_attempts {
+            self.send(b"* BYE Too many failed logins.\r\n").await?;
+            return Err(End::Bye);
+        }
+        Ok(None)
+    }
+
+    /// Answers a bad command; too many in a row end the session.
+    async fn bad(&mut self, reply: &str) -> Result<(), End> {
+        self.bad_commands += 1;
+        self.send(reply.as_bytes()).await?;
+        if self.bad_commands >= self.state().config.imap4.max_bad_commands {
+            self.send(b"* BYE Too many invalid commands.\r\n").await?;
+            return Err(End::Bye);
+        }
+        Ok(())
+    }
+
+    fn max_command_size(&self) -> usize {
+        self.shared.state.load().config.imap4.max_command_size
+    }
+
+    /// The next command, reading as needed; sends `+` for synchronizing literals within the limit.
+    async fn next_input(&mut self) -> Result<Input, End> {
+        let max = self.max_command_size();
+        loop {
+            if let Some(until) = self.literal_until {
+                if self.buf.len() < until {
+                    self.fill().await?;
+                    continue;
+                }
+                self.literal_until = None;
+            }
+            match CommandCodec::new().decode_static(&self.buf) {
+                Ok((rest, command)) => {
+                    let used = self.buf.len() - rest.len();
+                    self.buf.drain(..used);
+                    return Ok(Input::Command(command));
+                }
+                Err(imap_codec::decode::CommandDecodeError::Incomplete) => {
+                    if self.buf.len() >= max {
+                        self.send(b"* BYE [TOOBIG] Command line too long.\r\n").await?;
+                        return Err(End::Bye);
+                    }
+                    self.fill().await?;
+                }
+                Err(imap_codec::decode::CommandDecodeError::LiteralFound { tag, length, mode }) => {
+                    let length = length as usize;
+                    match mode {
+                        LiteralMode::Sync => {
+                            if self.buf.len().saturating_add(length) > max {
+                                let tag = tag.inner().to_string();
+                                self.buf.clear();
+                                return Ok(Input::LiteralTooBig(tag));
+                            }
+                            self.literal_until = Some(self.buf.len() + length);
+                            self.send(b"+ Ready for literal data\r\n").await?;
+                        }
+                        LiteralMode::NonSync => {
+                            if length > max {
+                                self.send(b"* BYE [TOOBIG] Literal exceeds the size limit.\r\n")
+                                    .await?;
+                                return Err(End::Bye);
+                            }
+                            if self.buf.len() >= max {
+                                self.send(b"* BYE [TOOBIG] Command exceeds the size limit.\r\n")
+                                    .await?;
+                                return Err(End::Bye);
+                            }
+                            self.fill().await?;
+                        }
+                    }
+                }
+                Err(imap_codec::decode::CommandDecodeError::Failed) => {
+                    let tag = line_tag(&self.buf);
+                    discard_line(&mut self.buf);
+                    return Ok(Input::Bad(tag));
+                }
+            }
+        }
+    }
+
+    /// Reads more from the client, never past `max_command_size`, within the deadline.
+    async fn fill(&mut self) -> Result<(), End> {
+        let room = self.max_command_size().saturating_sub(self.buf.len()).max(1);
+        let mut chunk = [0u8; 4096];
+        let want = room.min(chunk.len());
+        let n = tokio::select! {
+            r = self.client.read(&mut chunk[..want]) => r.map_err(|_| End::Gone)?,
+            _ = tokio::time::sleep_until(self.deadline) => return Err(End::Timeout),
+            _ = self.phase.wait_for(|p| *p != Phase::Running) => return Err(End::Shutdown),
+        };
+        if n == 0 {
+            return Err(End::Gone);
+        }
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(())
+    }
+
+    async fn send(&mut self, bytes: &[u8]) -> Result<(), End> {
+        let write = async {
+            self.client.write_all(bytes).await?;
+            self.client.flush().await
+        };
+        match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(End::Gone),
+        }
+    }
+}
+
+/// Drops everything up to and including the first LF (or the whole buffer when there is none).
+fn discard_line(buf: &mut Vec<u8>) {
+    match buf.iter().position(|&b| b == b'\n') {
+        Some(pos) => {
+            buf.drain(..=pos);
+        }
+        None => buf.clear(),
+    }
+}
+
+/// The tag of an unparseable line, when its first word is a valid tag.
+fn line_tag(buf: &[u8]) -> Option<String> {
+    let end = buf.iter().position(|&b| b == b' ' || b == b'\r' || b == b'\n')?;
+    let tag = &buf[..end];
+    let valid = !tag.is_empty()
+        && tag.len() <= 64
+        && tag.iter().all(|&b| {
+            b.is_ascii_graphic() && !matches!(b, b'(' | b')' | b'{' | b'%' | b'*' | b'"' | b'\\' | b'+')
+        });
+    valid.then(|| String::from_utf8_lossy(tag).into_owned())
+}
+
+/// The client's ID parameters, bounded as RFC 2971 allows, keeping only text values.
+fn id_parameters(params: Vec<(IString<'_>, NString<'_>)>) -> Vec<(String, Option<String>)> {
+    params
+        .into_iter()
+        .take(ID_MAX_PAIRS)
+        .filter_map(|(k, v)| {
+            let k = std::str::from_utf8(k.as_ref()).ok()?;
+            if k.len() > ID_MAX_FIELD {
+                return None;
+            }
+            let v = match v.0 {
+                Some(v) => {
+                    let v = std::str::from_utf8(v.as_ref()).ok()?;
+                    (v.len() <= ID_MAX_VALUE).then(|| v.to_string())?.into()
+                }
+                None => None,
+            };
+            Some((k.to_string(), v))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_of_bad_lines() {
+        assert_eq!(line_tag(b"a1 FOO\r\n").as_deref(), Some("a1"));
+        assert_eq!(line_tag(b"* FOO\r\n"), None);
+        assert_eq!(line_tag(b"a{1 FOO\r\n"), None);
+        assert_eq!(line_tag(b"nospace"), None);
+    }
+
+    #[test]
+    fn discard_stops_after_the_first_line() {
+        let mut b = b"bad\r\na1 NOOP\r\n".to_vec();
+        discard_line(&mut b);
+        assert_eq!(b, b"a1 NOOP\r\n");
+    }
+}

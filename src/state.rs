@@ -1,0 +1,72 @@
+//! Everything a reload replaces, as one immutable snapshot: configuration, directory with its
+//! policy cache, the client-facing certificate and the backends. Sessions load the current
+//! snapshot with one atomic read; a reload builds the next one aside and swaps it in whole, so no
+//! session ever sees half of a reload.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio_rustls::TlsAcceptor;
+
+use crate::backend::Backend;
+use crate::config::{Config, ConfigError};
+use crate::directory::{self, DirectoryError, PolicyCache};
+use crate::tls::{self, TlsError};
+
+/// Why a configuration could not be put in force; the running one stays.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Directory(#[from] DirectoryError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("backends.{name}: {source}")]
+    Backend { name: String, source: TlsError },
+}
+
+pub struct State {
+    pub config: Arc<Config>,
+    pub policies: PolicyCache,
+    /// Present when a certificate is configured: STARTTLS and implicit TLS.
+    pub acceptor: Option<TlsAcceptor>,
+    pub backends: HashMap<String, Arc<Backend>>,
+}
+
+impl State {
+    /// Reads and checks the configuration file and everything it names.
+    pub fn load(config_path: &Path) -> Result<State, LoadError> {
+        let config = Config::load(config_path)?;
+        Self::from_config(config)
+    }
+
+    pub fn from_config(config: Config) -> Result<State, LoadError> {
+        let names: Vec<&str> = config.backends.keys().map(String::as_str).collect();
+        let directory = directory::file::load(&config.directory.mailboxes, &names)?;
+        let acceptor = match (&config.imap4.certificate, &config.imap4.private_key) {
+            (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
+            _ => None,
+        };
+        let mut backends = HashMap::new();
+        for (name, b) in &config.backends {
+            let backend = Backend::new(name, b.clone()).map_err(|source| LoadError::Backend {
+                name: name.clone(),
+                source,
+            })?;
+            backends.insert(name.clone(), Arc::new(backend));
+        }
+        let policies = PolicyCache::new(
+            Arc::new(directory),
+            config.directory.cache_capacity,
+            config.directory.cache_ttl,
+        );
+        Ok(State {
+            config: Arc::new(config),
+            policies,
+            acceptor,
+            backends,
+        })
+    }
+}

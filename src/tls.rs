@@ -1,0 +1,99 @@
+//! TLS on both sides: the certificate the gate presents to clients (STARTTLS and implicit TLS) and
+//! the verified client configuration it uses towards TLS backends.
+//!
+//! The server side is rebuilt on every reload and installed with the rest of the reloadable state,
+//! so a renewed certificate takes effect for new connections on SIGHUP, and a broken one is refused
+//! while the old one stays in use. rustls does not implement renegotiation, and only TLS 1.2 and
+//! 1.3 are enabled.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio_rustls::rustls::{
+    self,
+    pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer},
+    ClientConfig, RootCertStore, ServerConfig,
+};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("certificate {cert} and key {key} do not make a usable TLS identity: {source}")]
+    Identity {
+        cert: PathBuf,
+        key: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("no usable trust anchors: {0}")]
+    Roots(String),
+}
+
+fn file_error(path: &Path, message: impl ToString) -> TlsError {
+    TlsError::File {
+        path: path.to_path_buf(),
+        message: message.to_string(),
+    }
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| file_error(path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_error(path, e))?;
+    if certs.is_empty() {
+        return Err(file_error(path, "no PEM certificate found"));
+    }
+    Ok(certs)
+}
+
+/// Loads the gate's certificate chain and key into an acceptor.
+pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
+    let chain = read_certs(cert)?;
+    let private = PrivateKeyDer::from_pem_file(key).map_err(|e| file_error(key, e))?;
+    let config = ServerConfig::builder_with_protocol_versions(&[
+        &rustls::version::TLS13,
+        &rustls::version::TLS12,
+    ])
+    .with_no_client_auth()
+    .with_single_cert(chain, private)
+    .map_err(|source| TlsError::Identity {
+        cert: cert.to_path_buf(),
+        key: key.to_path_buf(),
+        source,
+    })?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// A verifying connector for a backend: trusts `ca` when given, the system's roots otherwise.
+pub fn connector(ca: Option<&Path>) -> Result<TlsConnector, TlsError> {
+    let mut roots = RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            for cert in read_certs(path)? {
+                roots.add(cert).map_err(|e| file_error(path, e))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for cert in found.certs {
+                // A single unparsable system certificate should not disable the others.
+                let _ = roots.add(cert);
+            }
+            if roots.is_empty() {
+                return Err(TlsError::Roots(format!(
+                    "no system CA certificates could be loaded ({} errors); set `ca`",
+                    found.errors.len()
+                )));
+            }
+        }
+    }
+    let config = ClientConfig::builder_with_protocol_versions(&[
+        &rustls::version::TLS13,
+        &rustls::version::TLS12,
+    ])
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(TlsConnector::from(Arc::new(config)))
+}
