@@ -1,0 +1,62 @@
+//! A real Dovecot backend for interop, started once per test binary by
+//! `scripts/throwaway-dovecot.sh --hold`; it stops when the test binary exits (its stdin closes).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+
+pub struct Dovecot {
+    pub port: u16,
+    pub tls_port: u16,
+    pub dir: tempfile::TempDir,
+    _child: Mutex<Child>,
+}
+
+fn free_port() -> u16 {
+    super::closed_port()
+}
+
+static DOVECOT: OnceLock<Option<Dovecot>> = OnceLock::new();
+
+/// The shared Dovecot, or `None` when Dovecot is not installed outside CI (the test then says
+/// so and returns). In CI (`CI` set) a missing Dovecot fails the test.
+pub fn dovecot() -> Option<&'static Dovecot> {
+    DOVECOT
+        .get_or_init(|| {
+            let installed = Command::new("sh")
+                .args(["-c", "command -v dovecot"])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false);
+            if !installed {
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "dovecot is required in CI (apt-get install dovecot-imapd)"
+                );
+                eprintln!("SKIP: dovecot is not installed; run scripts/test.sh to install it");
+                return None;
+            }
+            let dir = tempfile::tempdir().expect("tempdir");
+            let (port, tls_port) = (free_port(), free_port());
+            let mut child = Command::new(super::repo().join("scripts/throwaway-dovecot.sh"))
+                .arg(dir.path())
+                .arg(port.to_string())
+                .arg(tls_port.to_string())
+                .arg("--hold")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("start dovecot script");
+            let stdout = child.stdout.take().expect("stdout");
+            let mut first = String::new();
+            BufReader::new(stdout).read_line(&mut first).expect("read");
+            assert_eq!(first.trim(), "ready", "dovecot did not start");
+            Some(Dovecot {
+                port,
+                tls_port,
+                dir,
+                _child: Mutex::new(child),
+            })
+        })
+        .as_ref()
+}

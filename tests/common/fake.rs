@@ -1,0 +1,280 @@
+//! A scriptable fake IMAP backend for faults and for checking exactly what the gate sends.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Clone, Debug)]
+pub enum Greeting {
+    /// `* OK [CAPABILITY <caps>] fake ready` (or without the code when `false`).
+    Ok(bool),
+    /// Accept and say nothing.
+    Never,
+    /// Something that is not IMAP.
+    Garbage,
+    /// `* BYE` and close.
+    Bye,
+}
+
+#[derive(Clone, Debug)]
+pub struct Script {
+    pub greeting: Greeting,
+    /// Capabilities before login.
+    pub caps: String,
+    /// Capabilities after login; sent in the tagged OK when `caps_in_ok`, else only on CAPABILITY.
+    pub post_caps: String,
+    pub caps_in_ok: bool,
+    pub users: Vec<(String, String)>,
+    pub login_delay: Duration,
+    pub close_during_login: bool,
+}
+
+impl Default for Script {
+    fn default() -> Self {
+        Script {
+            greeting: Greeting::Ok(true),
+            caps: "IMAP4rev1 SASL-IR AUTH=PLAIN ID LITERAL+".into(),
+            post_caps: "IMAP4rev1 IDLE COMPRESS=DEFLATE X-FAKE-POSTLOGIN".into(),
+            caps_in_ok: true,
+            users: vec![
+                ("user1".into(), "pass1".into()),
+                ("user2".into(), "pass2".into()),
+                ("utf8".into(), "pässwörd✓".into()),
+                ("tricky".into(), "p\"a\\ss {3}".into()),
+            ],
+            login_delay: Duration::ZERO,
+            close_during_login: false,
+        }
+    }
+}
+
+pub struct FakeBackend {
+    pub addr: SocketAddr,
+    /// Every complete command received, lossily decoded.
+    pub commands: Arc<Mutex<Vec<String>>>,
+}
+
+impl FakeBackend {
+    pub async fn start(script: Script) -> FakeBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind fake");
+        let addr = listener.local_addr().expect("addr");
+        let commands = Arc::new(Mutex::new(Vec::new()));
+        let log = commands.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let script = script.clone();
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let _ = serve(tcp, script, log).await;
+                });
+            }
+        });
+        FakeBackend { addr, commands }
+    }
+
+    pub fn address(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn commands(&self) -> Vec<String> {
+        self.commands.lock().expect("lock").clone()
+    }
+
+    /// Received commands whose name (second word) is `name`.
+    pub fn named(&self, name: &str) -> Vec<String> {
+        self.commands()
+            .into_iter()
+            .filter(|c| {
+                c.split(' ')
+                    .nth(1)
+                    .is_some_and(|n| n.eq_ignore_ascii_case(name))
+            })
+            .collect()
+    }
+}
+
+type Reader = BufReader<TcpStream>;
+
+/// Reads one command, answering `+` to synchronizing literals; returns the raw bytes (CRLF cut).
+async fn read_command(r: &mut Reader) -> std::io::Result<Option<Vec<u8>>> {
+    let mut cmd = Vec::new();
+    loop {
+        let mut line = Vec::new();
+        if r.read_until(b'\n', &mut line).await? == 0 {
+            return Ok(None);
+        }
+        cmd.extend_from_slice(&line);
+        let trimmed = line.strip_suffix(b"\r\n").unwrap_or(&line);
+        if let Some(open) = trimmed.iter().rposition(|&b| b == b'{') {
+            if trimmed.ends_with(b"}") {
+                let inner = &trimmed[open + 1..trimmed.len() - 1];
+                let (digits, plus) = match inner.strip_suffix(b"+") {
+                    Some(d) => (d, true),
+                    None => (inner, false),
+                };
+                if let Some(n) = std::str::from_utf8(digits).ok().and_then(|d| d.parse::<usize>().ok()) {
+                    if !plus {
+                        r.get_mut().write_all(b"+ go ahead\r\n").await?;
+                    }
+                    let mut data = vec![0; n];
+                    r.read_exact(&mut data).await?;
+                    cmd.extend_from_slice(&data);
+                    continue;
+                }
+            }
+        }
+        while matches!(cmd.last(), Some(b'\r' | b'\n')) {
+            cmd.pop();
+        }
+        return Ok(Some(cmd));
+    }
+}
+
+/// Parses one IMAP astring at the start of `s`: atom, quoted (with escapes) or literal.
+fn astring(s: &[u8]) -> Option<(Vec<u8>, &[u8])> {
+    match s.first()? {
+        b'"' => {
+            let mut out = Vec::new();
+            let mut i = 1;
+            while i < s.len() {
+                match s[i] {
+                    b'\\' => {
+                        out.push(*s.get(i + 1)?);
+                        i += 2;
+                    }
+                    b'"' => return Some((out, &s[i + 1..])),
+                    b => {
+                        out.push(b);
+                        i += 1;
+                    }
+                }
+            }
+            None
+        }
+        b'{' => {
+            let close = s.iter().position(|&b| b == b'}')?;
+            let digits = s[1..close].strip_suffix(b"+").unwrap_or(&s[1..close]);
+            let n: usize = std::str::from_utf8(digits).ok()?.parse().ok()?;
+            let start = close + 3; // "}\r\n"
+            Some((s.get(start..start + n)?.to_vec(), &s[start + n..]))
+        }
+        _ => {
+            let end = s.iter().position(|&b| b == b' ').unwrap_or(s.len());
+            Some((s[..end].to_vec(), &s[end..]))
+        }
+    }
+}
+
+async fn serve(tcp: TcpStream, script: Script, log: Arc<Mutex<Vec<String>>>) -> std::io::Result<()> {
+    let mut r = BufReader::new(tcp);
+    match &script.greeting {
+        Greeting::Ok(true) => {
+            let g = format!("* OK [CAPABILITY {}] fake ready\r\n", script.caps);
+            r.get_mut().write_all(g.as_bytes()).await?
+        }
+        Greeting::Ok(false) => r.get_mut().write_all(b"* OK fake ready\r\n").await?,
+        Greeting::Never => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            return Ok(());
+        }
+        Greeting::Garbage => {
+            r.get_mut().write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await?;
+            return Ok(());
+        }
+        Greeting::Bye => {
+            r.get_mut().write_all(b"* BYE [UNAVAILABLE] overloaded\r\n").await?;
+            return Ok(());
+        }
+    }
+    let mut user: Option<String> = None;
+    while let Some(cmd) = read_command(&mut r).await? {
+        log.lock().expect("lock").push(String::from_utf8_lossy(&cmd).into_owned());
+        let mut words = cmd.splitn(3, |&b| b == b' ');
+        let tag = String::from_utf8_lossy(words.next().unwrap_or_default()).into_owned();
+        let name = String::from_utf8_lossy(words.next().unwrap_or_default()).to_ascii_uppercase();
+        let args = words.next().unwrap_or_default().to_vec();
+        let w = r.get_mut();
+        match name.as_str() {
+            "CAPABILITY" => {
+                let caps = if user.is_some() { &script.post_caps } else { &script.caps };
+                w.write_all(format!("* CAPABILITY {caps}\r\n{tag} OK done\r\n").as_bytes()).await?;
+            }
+            "ID" => w.write_all(format!("* ID NIL\r\n{tag} OK ID done\r\n").as_bytes()).await?,
+            "LOGIN" | "AUTHENTICATE" => {
+                let creds = if name == "LOGIN" {
+                    astring(&args).and_then(|(u, rest)| {
+                        let (p, _) = astring(rest.strip_prefix(b" ")?)?;
+                        Some((u, p))
+                    })
+                } else {
+                    let ir = match args.strip_prefix(b"PLAIN ") {
+                        Some(ir) => ir.to_vec(),
+                        None => {
+                            w.write_all(b"+ \r\n").await?;
+                            let mut line = Vec::new();
+                            r.read_until(b'\n', &mut line).await?;
+                            log.lock().expect("lock").push(String::from_utf8_lossy(&line).trim_end().to_string());
+                            line.truncate(line.len().saturating_sub(2));
+                            line
+                        }
+                    };
+                    base64::engine::general_purpose::STANDARD
+                        .decode(ir)
+                        .ok()
+                        .and_then(|m| {
+                            let parts: Vec<&[u8]> = m.splitn(3, |&b| b == 0).collect();
+                            (parts.len() == 3).then(|| (parts[1].to_vec(), parts[2].to_vec()))
+                        })
+                };
+                let w = r.get_mut();
+                tokio::time::sleep(script.login_delay).await;
+                if script.close_during_login {
+                    return Ok(());
+                }
+                let ok = creds.as_ref().is_some_and(|(u, p)| {
+                    script.users.iter().any(|(su, sp)| su.as_bytes() == u && sp.as_bytes() == p)
+                });
+                if ok {
+                    user = creds.map(|(u, _)| String::from_utf8_lossy(&u).into_owned());
+                    let text = if script.caps_in_ok {
+                        format!("{tag} OK [CAPABILITY {}] Logged in\r\n", script.post_caps)
+                    } else {
+                        format!("{tag} OK Logged in\r\n")
+                    };
+                    w.write_all(text.as_bytes()).await?;
+                } else {
+                    w.write_all(format!("{tag} NO [AUTHENTICATIONFAILED] Authentication failed.\r\n").as_bytes()).await?;
+                }
+            }
+            "LOGOUT" => {
+                w.write_all(format!("* BYE bye\r\n{tag} OK LOGOUT done\r\n").as_bytes()).await?;
+                return Ok(());
+            }
+            "IDLE" => {
+                w.write_all(b"+ idling\r\n").await?;
+                let mut line = Vec::new();
+                r.read_until(b'\n', &mut line).await?;
+                r.get_mut().write_all(format!("{tag} OK IDLE terminated\r\n").as_bytes()).await?;
+            }
+            // XBIG n: one FETCH literal of n bytes; XDIE n: half of it, then the connection drops.
+            "XBIG" | "XDIE" => {
+                let n: usize = String::from_utf8_lossy(&args).trim().parse().unwrap_or(0);
+                w.write_all(format!("* 1 FETCH (BODY[] {{{n}}}\r\n").as_bytes()).await?;
+                let body: Vec<u8> = (0..n).map(|i| b"abcdefghijklmnopqrstuvwxyz\r\n"[i % 28]).collect();
+                if name == "XDIE" {
+                    w.write_all(&body[..n / 2]).await?;
+                    w.flush().await?;
+                    return Ok(());
+                }
+                w.write_all(&body).await?;
+                w.write_all(format!(")\r\n{tag} OK FETCH done\r\n").as_bytes()).await?;
+            }
+            _ => w.write_all(format!("{tag} OK {name} done\r\n").as_bytes()).await?,
+        }
+    }
+    Ok(())
+}

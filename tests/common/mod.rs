@@ -1,0 +1,290 @@
+//! Test harness: the gate started from the library on port 0, a line-level IMAP client (plain,
+//! STARTTLS, implicit TLS), a scriptable fake backend, and a real Dovecot backend.
+#![allow(dead_code)]
+
+pub mod dovecot;
+pub mod fake;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use imapgate::{Gate, GateHandle};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio_rustls::rustls::{self, pki_types::ServerName, ClientConfig, RootCertStore};
+use tokio_rustls::TlsConnector;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn certs() -> PathBuf {
+    repo().join("certs")
+}
+
+/// A gate configuration under construction: `[imap4]` lines, backends and the mailboxes file.
+pub struct GateConfig {
+    pub imap4: Vec<String>,
+    pub backends: Vec<(String, String)>,
+    pub mailboxes: String,
+    pub extra: String,
+}
+
+impl GateConfig {
+    /// One backend named `main` at `address` (plain), login over plain text allowed, dev cert.
+    pub fn new(backend_address: &str) -> GateConfig {
+        GateConfig {
+            imap4: vec![
+                "unencrypted_or_tls_bindings = [\"127.0.0.1:0\"]".into(),
+                "ssl_bindings = [\"127.0.0.1:0\"]".into(),
+                format!("certificate = {:?}", certs().join("localhost.pem")),
+                format!("private_key = {:?}", certs().join("localhost.key")),
+                "login_type = \"plain-text-login\"".into(),
+                "shutdown_grace = \"500ms\"".into(),
+            ],
+            backends: vec![(
+                "main".into(),
+                format!("address = \"{backend_address}\"\nconnect_timeout = \"2s\"\nlogin_timeout = \"2s\""),
+            )],
+            mailboxes: String::new(),
+            extra: String::new(),
+        }
+    }
+
+    pub fn imap4(mut self, line: &str) -> Self {
+        let key = line.split('=').next().unwrap_or("").trim().to_string();
+        self.imap4.retain(|l| l.split('=').next().unwrap_or("").trim() != key);
+        self.imap4.push(line.into());
+        self
+    }
+
+    pub fn backend(mut self, name: &str, body: &str) -> Self {
+        self.backends.retain(|(n, _)| n != name);
+        self.backends.push((name.into(), body.into()));
+        self
+    }
+
+    pub fn mailboxes(mut self, text: &str) -> Self {
+        self.mailboxes = text.into();
+        self
+    }
+
+    pub fn render(&self) -> String {
+        let mut s = format!("[imap4]\n{}\n\n[directory]\nmailboxes = \"mailboxes.toml\"\ncache_ttl = \"5m\"\ncache_capacity = 1000\n\n", self.imap4.join("\n"));
+        for (name, body) in &self.backends {
+            s.push_str(&format!("[backends.{name}]\n{body}\n\n"));
+        }
+        s.push_str(&self.extra);
+        s
+    }
+
+    /// Writes the files and starts the gate on this test's runtime.
+    pub async fn start(self) -> TestGate {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_path = dir.path().join("imapgate.toml");
+        std::fs::write(&config_path, self.render()).expect("write config");
+        std::fs::write(dir.path().join("mailboxes.toml"), &self.mailboxes).expect("write mailboxes");
+        let gate = Gate::bind(&config_path).await.expect("gate starts");
+        let plain = gate.plain_addrs()[0];
+        let tls = gate.tls_addrs().first().copied();
+        let handle = gate.handle();
+        let run = tokio::spawn(gate.run());
+        TestGate {
+            dir,
+            config_path,
+            plain,
+            tls,
+            handle,
+            run: Some(run),
+        }
+    }
+}
+
+pub struct TestGate {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub plain: SocketAddr,
+    pub tls: Option<SocketAddr>,
+    pub handle: GateHandle,
+    pub run: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestGate {
+    pub fn mailboxes_path(&self) -> PathBuf {
+        self.dir.path().join("mailboxes.toml")
+    }
+
+    pub fn write_mailboxes(&self, text: &str) {
+        std::fs::write(self.mailboxes_path(), text).expect("write mailboxes");
+    }
+
+    pub async fn plain(&self) -> Client {
+        Client::plain(self.plain).await
+    }
+
+    pub async fn implicit_tls(&self) -> Client {
+        Client::tls(self.tls.expect("tls listener")).await
+    }
+
+    /// Shuts the gate down and waits for `run` to return.
+    pub async fn stop(mut self) {
+        self.handle.shutdown();
+        if let Some(run) = self.run.take() {
+            tokio::time::timeout(Duration::from_secs(20), run)
+                .await
+                .expect("gate stops in time")
+                .expect("gate task");
+        }
+    }
+}
+
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// A line-level IMAP client for tests.
+pub struct Client {
+    io: BufReader<Box<dyn Io>>,
+}
+
+pub fn dev_connector() -> TlsConnector {
+    let mut roots = RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(certs().join("ca.pem"))
+        .expect("ca.pem")
+    {
+        roots.add(cert.expect("ca cert")).expect("add ca");
+    }
+    let config = ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    TlsConnector::from(Arc::new(config))
+}
+
+use rustls::pki_types::pem::PemObject;
+
+impl Client {
+    pub async fn plain(addr: SocketAddr) -> Client {
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        Client {
+            io: BufReader::new(Box::new(tcp)),
+        }
+    }
+
+    pub async fn tls(addr: SocketAddr) -> Client {
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let tls = dev_connector()
+            .connect(ServerName::try_from("localhost").expect("name"), tcp)
+            .await
+            .expect("tls handshake");
+        Client {
+            io: BufReader::new(Box::new(tls)),
+        }
+    }
+
+    /// Reads one line (without CRLF); panics after 10 s.
+    pub async fn line(&mut self) -> String {
+        self.try_line(Duration::from_secs(10))
+            .await
+            .expect("a line from the gate in time")
+            .expect("connection still open")
+    }
+
+    /// `Err` on timeout, `Ok(None)` on end of stream.
+    pub async fn try_line(&mut self, wait: Duration) -> Result<Option<String>, ()> {
+        let mut buf = Vec::new();
+        match tokio::time::timeout(wait, self.io.read_until(b'\n', &mut buf)).await {
+            Err(_) => Err(()),
+            Ok(Err(_)) | Ok(Ok(0)) => Ok(None),
+            Ok(Ok(_)) => {
+                while matches!(buf.last(), Some(b'\n' | b'\r')) {
+                    buf.pop();
+                }
+                Ok(Some(String::from_utf8_lossy(&buf).into_owned()))
+            }
+        }
+    }
+
+    /// Exactly `n` bytes, for literals.
+    pub async fn read_exact(&mut self, n: usize) -> Vec<u8> {
+        let mut buf = vec![0; n];
+        tokio::time::timeout(Duration::from_secs(10), self.io.read_exact(&mut buf))
+            .await
+            .expect("literal in time")
+            .expect("literal");
+        buf
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.io.get_mut().write_all(bytes).await.expect("send");
+        self.io.get_mut().flush().await.expect("flush");
+    }
+
+    /// Sends `tag text` and returns every line up to and including the tagged one.
+    pub async fn cmd(&mut self, tag: &str, text: &str) -> Vec<String> {
+        self.send(format!("{tag} {text}\r\n").as_bytes()).await;
+        self.until_tag(tag).await
+    }
+
+    pub async fn until_tag(&mut self, tag: &str) -> Vec<String> {
+        let mut lines = Vec::new();
+        loop {
+            let l = self.line().await;
+            let done = l.starts_with(&format!("{tag} "));
+            lines.push(l);
+            if done {
+                return lines;
+            }
+        }
+    }
+
+    /// The greeting, asserting it is an OK.
+    pub async fn greeting(&mut self) -> String {
+        let g = self.line().await;
+        assert!(g.starts_with("* OK [CAPABILITY "), "greeting: {g}");
+        g
+    }
+
+    /// STARTTLS then the TLS handshake with the development CA.
+    pub async fn starttls(mut self) -> Client {
+        let r = self.cmd("st", "STARTTLS").await;
+        assert!(last(&r).starts_with("st OK"), "{r:?}");
+        self.handshake_after_starttls().await
+    }
+
+    /// The TLS handshake, once the gate said OK to STARTTLS.
+    pub async fn handshake_after_starttls(self) -> Client {
+        assert!(self.io.buffer().is_empty(), "data after the STARTTLS answer");
+        let inner = self.io.into_inner();
+        let tls = dev_connector()
+            .connect(ServerName::try_from("localhost").expect("name"), inner)
+            .await
+            .expect("tls handshake after STARTTLS");
+        Client {
+            io: BufReader::new(Box::new(tls)),
+        }
+    }
+
+    /// True when the gate closed the connection (end of stream within `wait`).
+    pub async fn closed_within(&mut self, wait: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.try_line(left).await {
+                Ok(None) => return true,
+                Ok(Some(_)) => continue,
+                Err(()) => return false,
+            }
+        }
+    }
+}
+
+/// A port nobody listens on (bound then released).
+pub fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+pub fn last(lines: &[String]) -> &str {
+    lines.last().map(String::as_str).unwrap_or("")
+}
