@@ -31,7 +31,7 @@ fi
 md="$dir/mail/user1/Maildir"
 mkdir -p "$md/cur" "$md/new" "$md/tmp"
 for i in 1 2 3; do
-  f="$md/cur/170000000$i.M${i}P1.demo,S=0:2,"
+  f="$md/cur/170000000$i.M${i}P1.demo:2,"
   [ -e "$f" ] || printf 'From: demo@example.com\r\nTo: user1@example.com\r\nSubject: Hello %s\r\nMessage-ID: <%s@demo.example.com>\r\n\r\nThis is message %s, delivered by the imapgate demo.\r\n' "$i" "$i" "$i" > "$f"
 done
 chown -R "$uid:$gid" "$dir/mail"

@@ -1,0 +1,201 @@
+//! Interop with a real Dovecot backend and real clients (curl, Python's imaplib): STARTTLS and
+//! implicit TLS towards the client, plain, STARTTLS and TLS towards the backend, reload flipping a
+//! mailbox, and certificate verification towards the backend.
+
+mod common;
+
+use std::process::Output;
+
+use common::dovecot::dovecot;
+use common::{certs, last, GateConfig, TestGate};
+use tokio::process::Command;
+
+fn mailboxes(user1_enabled: bool) -> String {
+    format!(
+        r#"
+# Demo directory for the interop tests.
+[defaults]
+imap_enabled = true
+backend = "starttls"
+
+[[mailbox]]
+name = "John Smith"
+alias = "jsmith"
+email = "john.smith@example.com"
+login = "user1"
+imap_enabled = {user1_enabled}
+
+[[mailbox]]
+name = "Jane Doe"
+email = "jane.doe@example.com"
+login = "user2"
+imap_enabled = false
+
+[[mailbox]]
+alias = "user3"
+backend = "imaps"
+
+[[mailbox]]
+alias = "utf8"
+backend = "plain"
+"#
+    )
+}
+
+async fn gate(dir_port: u16, tls_port: u16) -> TestGate {
+    let ca = certs().join("ca.pem");
+    GateConfig::new("unused:1")
+        .imap4("login_type = \"secure-login\"")
+        .backend(
+            "main",
+            &format!("address = \"127.0.0.1:{dir_port}\""),
+        )
+        .backend(
+            "starttls",
+            &format!("address = \"127.0.0.1:{dir_port}\"\ntls = \"starttls\"\nserver_name = \"localhost\"\nca = {ca:?}"),
+        )
+        .backend(
+            "imaps",
+            &format!("address = \"localhost:{tls_port}\"\ntls = \"tls\"\nca = {ca:?}"),
+        )
+        .backend("plain", &format!("address = \"127.0.0.1:{dir_port}\""))
+        .mailboxes(&mailboxes(true))
+        .start()
+        .await
+}
+
+async fn curl(url: &str, user: &str, starttls: bool) -> Output {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "20", "--cacert"])
+        .arg(certs().join("ca.pem"))
+        .args(["-u", user, url]);
+    if starttls {
+        cmd.arg("--ssl-reqd");
+    }
+    cmd.output().await.expect("run curl")
+}
+
+/// Runs imaplib: log in (AUTHENTICATE PLAIN for a non-ASCII password), select INBOX, fetch message 1's subject, log out. Prints OK:<subject>
+/// or NO:<server text>.
+async fn imaplib(port: u16, mode: &str, user: &str, password: &str) -> String {
+    let script = r#"
+import imaplib, ssl, sys
+port, mode, user, password, ca = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+ctx = ssl.create_default_context(cafile=ca)
+if mode == "ssl":
+    c = imaplib.IMAP4_SSL("localhost", port, ssl_context=ctx)
+else:
+    c = imaplib.IMAP4("localhost", port)
+    c.starttls(ssl_context=ctx)
+try:
+    if password.isascii():
+        c.login(user, password)
+    else:
+        c.authenticate("PLAIN", lambda _: b"\0" + user.encode() + b"\0" + password.encode())
+except imaplib.IMAP4.error as e:
+    print("NO:" + str(e))
+    sys.exit(0)
+typ, data = c.select("INBOX")
+if int(data[0]) == 0:
+    print("OK:empty")
+else:
+    typ, data = c.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    print("OK:" + data[0][1].decode().strip())
+c.logout()
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script, &port.to_string(), mode, user, password])
+        .arg(certs().join("ca.pem"))
+        .output()
+        .await
+        .expect("run python3");
+    assert!(out.status.success(), "imaplib: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test]
+async fn curl_reads_mail_over_implicit_tls_and_starttls() {
+    let Some(d) = dovecot() else { return };
+    let gate = gate(d.port, d.tls_port).await;
+    let tls = gate.tls.expect("tls").port();
+    let out = curl(&format!("imaps://localhost:{tls}/INBOX;UID=1"), "john.smith@example.com:pass1", false).await;
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && body.contains("Subject: Hello 1"), "{body} {}", String::from_utf8_lossy(&out.stderr));
+    let plain = gate.plain.port();
+    let out = curl(&format!("imap://localhost:{plain}/INBOX;UID=2"), "jsmith:pass1", true).await;
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && body.contains("Subject: Hello 2"), "{body} {}", String::from_utf8_lossy(&out.stderr));
+    // The disabled mailbox: curl reports a refused login (exit 67).
+    let out = curl(&format!("imaps://localhost:{tls}/INBOX;UID=1"), "jane.doe@example.com:pass2", false).await;
+    assert_eq!(out.status.code(), Some(67), "{}", String::from_utf8_lossy(&out.stderr));
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn imaplib_over_each_backend_mode_and_the_policy_replies() {
+    let Some(d) = dovecot() else { return };
+    let gate = gate(d.port, d.tls_port).await;
+    let (plain, tls) = (gate.plain.port(), gate.tls.expect("tls").port());
+    // Backend over STARTTLS (the default backend here), client over both kinds of port.
+    assert_eq!(imaplib(tls, "ssl", "john.smith@example.com", "pass1").await, "OK:Subject: Hello 1");
+    assert_eq!(imaplib(plain, "starttls", "JSMITH", "pass1").await, "OK:Subject: Hello 1");
+    // user3 lives behind the implicit-TLS backend; an empty INBOX has no message 1.
+    assert_eq!(imaplib(tls, "ssl", "user3", "pass3").await, "OK:empty");
+    // Non-ASCII password, plain backend (sent as a literal).
+    assert_eq!(imaplib(tls, "ssl", "utf8", "pässwörd✓").await, "OK:empty");
+    let r = imaplib(tls, "ssl", "john.smith@example.com", "wrong").await;
+    assert!(r.starts_with("NO:") && r.contains("[AUTHENTICATIONFAILED] LOGIN failed."), "{r}");
+    let r = imaplib(tls, "ssl", "jane.doe@example.com", "pass2").await;
+    assert!(r.contains("[CONTACTADMIN] IMAP4 access is disabled for this mailbox."), "{r}");
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn reload_flips_a_mailbox_and_a_broken_file_changes_nothing() {
+    let Some(d) = dovecot() else { return };
+    let gate = gate(d.port, d.tls_port).await;
+    let tls = gate.tls.expect("tls").port();
+    assert_eq!(imaplib(tls, "ssl", "jsmith", "pass1").await, "OK:Subject: Hello 1");
+    // Disable John Smith: after the reload the very next login is refused.
+    gate.write_mailboxes(&mailboxes(false));
+    gate.handle.reload().expect("reload");
+    let r = imaplib(tls, "ssl", "jsmith", "pass1").await;
+    assert!(r.contains("[CONTACTADMIN]"), "{r}");
+    // A broken file: reload fails with file and line; the last good directory stays.
+    std::fs::write(gate.mailboxes_path(), "[[mailbox]]\nalias = \"x\"\nimap_enabled = maybe\n").expect("write");
+    let e = gate.handle.reload().expect_err("broken file refused").to_string();
+    assert!(e.contains("mailboxes.toml") && e.contains("line 3"), "{e}");
+    let r = imaplib(tls, "ssl", "jsmith", "pass1").await;
+    assert!(r.contains("[CONTACTADMIN]"), "still disabled: {r}");
+    // Enable again.
+    gate.write_mailboxes(&mailboxes(true));
+    gate.handle.reload().expect("reload");
+    assert_eq!(imaplib(tls, "ssl", "jsmith", "pass1").await, "OK:Subject: Hello 1");
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn backend_certificates_are_verified() {
+    let Some(d) = dovecot() else { return };
+    // Same Dovecot, but trusting only the system roots: the development certificate is refused.
+    let gate = GateConfig::new("unused:1")
+        .backend("main", &format!("address = \"localhost:{}\"\ntls = \"tls\"", d.tls_port))
+        .start()
+        .await;
+    let mut c = gate.implicit_tls().await;
+    c.greeting().await;
+    let r = c.cmd("a", "LOGIN user1 pass1").await;
+    assert!(last(&r).starts_with("a NO [UNAVAILABLE]"), "{r:?}");
+    gate.stop().await;
+    // Trusting the development CA but expecting another name: refused too.
+    let ca = certs().join("ca.pem");
+    let gate = GateConfig::new("unused:1")
+        .backend("main", &format!("address = \"127.0.0.1:{}\"\ntls = \"tls\"\nca = {ca:?}\nserver_name = \"mail.example.com\"", d.tls_port))
+        .start()
+        .await;
+    let mut c = gate.implicit_tls().await;
+    c.greeting().await;
+    let r = c.cmd("a", "LOGIN user1 pass1").await;
+    assert!(last(&r).starts_with("a NO [UNAVAILABLE]"), "{r:?}");
+    gate.stop().await;
+}
