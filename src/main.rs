@@ -1,5 +1,6 @@
 //! The `imapgate` command: run the daemon, or check a configuration.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -42,6 +43,7 @@ fn main() -> ExitCode {
         None => {
             tracing_subscriber::fmt()
                 .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal())
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_from_env("IMAPGATE_LOG")
                         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

@@ -66,6 +66,12 @@ impl GateConfig {
         self
     }
 
+    /// Prepends `[defaults] backend = NAME` to the mailboxes file (needed with several backends).
+    pub fn extra_defaults(mut self, backend: &str) -> Self {
+        self.mailboxes = format!("[defaults]\nbackend = \"{backend}\"\n\n{}", self.mailboxes);
+        self
+    }
+
     pub fn mailboxes(mut self, text: &str) -> Self {
         self.mailboxes = text.into();
         self
