@@ -282,7 +282,10 @@ impl Config {
                 return Err(self.invalid(&key, "expected host:port"));
             }
             if b.tls != BackendTls::None {
-                let server_name = b.server_name.clone().unwrap_or_else(|| strip_brackets(host));
+                let server_name = b
+                    .server_name
+                    .clone()
+                    .unwrap_or_else(|| strip_brackets(host));
                 if tokio_rustls::rustls::pki_types::ServerName::try_from(server_name).is_err() {
                     return Err(self.invalid(
                         &format!("backends.{name}.server_name"),
@@ -310,7 +313,9 @@ impl BackendConfig {
 }
 
 fn strip_brackets(host: &str) -> String {
-    host.trim_start_matches('[').trim_end_matches(']').to_string()
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string()
 }
 
 /// A toml error with its line and column, which `toml` reports as a byte span.

@@ -64,7 +64,11 @@ impl Credentials {
         if user.is_empty() {
             return Err(CredentialError::EmptyUser);
         }
-        if user.iter().chain(password).any(|b| matches!(b, 0 | b'\r' | b'\n')) {
+        if user
+            .iter()
+            .chain(password)
+            .any(|b| matches!(b, 0 | b'\r' | b'\n'))
+        {
             return Err(CredentialError::ForbiddenByte);
         }
         let user = std::str::from_utf8(user).map_err(|_| CredentialError::NotUtf8)?;
@@ -82,7 +86,8 @@ impl Credentials {
     /// identity is accepted only when empty or equal to the authentication identity.
     pub fn from_sasl_plain(message: &[u8]) -> Result<Credentials, CredentialError> {
         let mut parts = message.splitn(3, |&b| b == 0);
-        let (Some(authzid), Some(authcid), Some(passwd)) = (parts.next(), parts.next(), parts.next())
+        let (Some(authzid), Some(authcid), Some(passwd)) =
+            (parts.next(), parts.next(), parts.next())
         else {
             return Err(CredentialError::MalformedPlain);
         };

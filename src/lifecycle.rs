@@ -50,7 +50,11 @@ async fn reload(handle: &GateHandle) {
     let h = handle.clone();
     match tokio::task::spawn_blocking(move || h.reload()).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!(error = %e, "reload refused; the previous configuration stays in force"),
-        Err(e) => tracing::error!(error = %e, "reload task failed; the previous configuration stays in force"),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "reload refused; the previous configuration stays in force")
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "reload task failed; the previous configuration stays in force")
+        }
     }
 }

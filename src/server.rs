@@ -126,7 +126,10 @@ impl Gate {
         }
         shared.tracker.close();
         let grace = shared.state.load().config.imap4.shutdown_grace;
-        if tokio::time::timeout(grace, shared.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(grace, shared.tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::info!(
                 sessions = shared.tracker.len(),
                 "grace period over, closing relayed sessions"
@@ -159,7 +162,10 @@ impl GateHandle {
         }
         let mailboxes = new.policies.directory().mailboxes.len();
         self.shared.state.store(Arc::new(new));
-        tracing::info!(mailboxes, "reload complete: directory, certificate and backends in force, policy cache emptied");
+        tracing::info!(
+            mailboxes,
+            "reload complete: directory, certificate and backends in force, policy cache emptied"
+        );
         Ok(())
     }
 

@@ -20,11 +20,11 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 pub enum TlsError {
     #[error("{path}: {message}")]
     File { path: PathBuf, message: String },
-    #[error("certificate {cert} and key {key} do not make a usable TLS identity: {source}")]
+    #[error("certificate {cert} and key {key} do not make a usable TLS identity: {message}")]
     Identity {
         cert: PathBuf,
         key: PathBuf,
-        source: rustls::Error,
+        message: String,
     },
     #[error("no usable trust anchors: {0}")]
     Roots(String),
@@ -58,10 +58,10 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
     ])
     .with_no_client_auth()
     .with_single_cert(chain, private)
-    .map_err(|source| TlsError::Identity {
+    .map_err(|e| TlsError::Identity {
         cert: cert.to_path_buf(),
         key: key.to_path_buf(),
-        source,
+        message: e.to_string(),
     })?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }

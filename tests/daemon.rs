@@ -32,7 +32,11 @@ async fn check_config(path: &Path) -> (bool, String) {
         .output()
         .await
         .expect("run");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success(), text)
 }
 
@@ -43,10 +47,17 @@ async fn check_config_accepts_good_files_and_names_what_is_wrong() {
     let (ok, text) = check_config(&path).await;
     assert!(ok, "{text}");
     assert!(text.contains("OK (1 mailboxes, 1 backends)"), "{text}");
-    std::fs::write(dir.path().join("mailboxes.toml"), "[[mailbox]]\nemail = \"a@x\"\nbackend = \"elsewhere\"\n").expect("w");
+    std::fs::write(
+        dir.path().join("mailboxes.toml"),
+        "[[mailbox]]\nemail = \"a@x\"\nbackend = \"elsewhere\"\n",
+    )
+    .expect("w");
     let (ok, text) = check_config(&path).await;
     assert!(!ok);
-    assert!(text.contains("mailboxes.toml: line 1") && text.contains("elsewhere"), "{text}");
+    assert!(
+        text.contains("mailboxes.toml: line 1") && text.contains("elsewhere"),
+        "{text}"
+    );
     let (ok, text) = check_config(&dir.path().join("missing.toml")).await;
     assert!(!ok && text.contains("missing.toml"), "{text}");
 }
@@ -68,7 +79,10 @@ impl Daemon {
             .spawn()
             .expect("start daemon");
         let stderr = child.stderr.take().expect("stderr");
-        let mut d = Daemon { child, log: BufReader::new(stderr).lines() };
+        let mut d = Daemon {
+            child,
+            log: BufReader::new(stderr).lines(),
+        };
         let line = d.wait_for("listening (plain, STARTTLS)").await;
         let port = line
             .rsplit_once("address=127.0.0.1:")
@@ -88,12 +102,19 @@ impl Daemon {
             None
         })
         .await;
-        found.ok().flatten().unwrap_or_else(|| panic!("log line with {needle:?} not seen"))
+        found
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("log line with {needle:?} not seen"))
     }
 
     fn signal(&self, sig: &str) {
         let pid = self.child.id().expect("pid").to_string();
-        let ok = std::process::Command::new("kill").args([sig, &pid]).status().expect("kill").success();
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill")
+            .success();
         assert!(ok);
     }
 }
@@ -115,20 +136,33 @@ async fn sighup_reloads_and_a_broken_reload_keeps_serving() {
     std::fs::write(dir.path().join("mailboxes.toml"), mailboxes(false)).expect("w");
     d.signal("-HUP");
     d.wait_for("reload complete").await;
-    assert!(login(port, "john@example.com").await.starts_with("a NO [CONTACTADMIN]"));
+    assert!(login(port, "john@example.com")
+        .await
+        .starts_with("a NO [CONTACTADMIN]"));
 
     std::fs::write(dir.path().join("mailboxes.toml"), "[[mailbox]\n").expect("w");
     d.signal("-HUP");
     let line = d.wait_for("reload refused").await;
-    assert!(line.contains("mailboxes.toml") && line.contains("line 1"), "{line}");
-    assert!(login(port, "john@example.com").await.starts_with("a NO [CONTACTADMIN]"), "old directory stays");
+    assert!(
+        line.contains("mailboxes.toml") && line.contains("line 1"),
+        "{line}"
+    );
+    assert!(
+        login(port, "john@example.com")
+            .await
+            .starts_with("a NO [CONTACTADMIN]"),
+        "old directory stays"
+    );
 
     std::fs::write(dir.path().join("mailboxes.toml"), mailboxes(true)).expect("w");
     d.signal("-HUP");
     d.wait_for("reload complete").await;
     assert!(login(port, "john@example.com").await.starts_with("a OK"));
     d.signal("-TERM");
-    let status = tokio::time::timeout(Duration::from_secs(10), d.child.wait()).await.expect("exits").expect("status");
+    let status = tokio::time::timeout(Duration::from_secs(10), d.child.wait())
+        .await
+        .expect("exits")
+        .expect("status");
     assert!(status.success(), "{status:?}");
 }
 
@@ -137,7 +171,9 @@ async fn sigterm_says_bye_before_login_lets_relays_finish_and_exits_zero() {
     let fake = FakeBackend::start(Script::default()).await;
     let dir = tempfile::tempdir().expect("tmp");
     let config = write_files(dir.path(), &fake.address());
-    let text = std::fs::read_to_string(&config).expect("r").replace("shutdown_grace = \"500ms\"", "shutdown_grace = \"3s\"");
+    let text = std::fs::read_to_string(&config)
+        .expect("r")
+        .replace("shutdown_grace = \"500ms\"", "shutdown_grace = \"3s\"");
     std::fs::write(&config, text).expect("w");
     let (mut d, port) = Daemon::start(&config).await;
     let mut waiting = Client::plain(([127, 0, 0, 1], port).into()).await;
@@ -147,14 +183,22 @@ async fn sigterm_says_bye_before_login_lets_relays_finish_and_exits_zero() {
     assert!(last(&relayed.cmd("a", "LOGIN user1 pass1").await).starts_with("a OK"));
 
     d.signal("-TERM");
-    assert_eq!(waiting.line().await, "* BYE [UNAVAILABLE] Server shutting down.");
+    assert_eq!(
+        waiting.line().await,
+        "* BYE [UNAVAILABLE] Server shutting down."
+    );
     assert!(waiting.closed_within(Duration::from_secs(2)).await);
     // New connections are refused at once.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err());
+    assert!(tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err());
     // The relayed session still works during the grace period, then is closed.
     assert_eq!(relayed.cmd("b", "NOOP").await, vec!["b OK NOOP done"]);
     assert!(relayed.closed_within(Duration::from_secs(6)).await);
-    let status = tokio::time::timeout(Duration::from_secs(10), d.child.wait()).await.expect("exits").expect("status");
+    let status = tokio::time::timeout(Duration::from_secs(10), d.child.wait())
+        .await
+        .expect("exits")
+        .expect("status");
     assert!(status.success(), "{status:?}");
 }

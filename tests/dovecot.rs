@@ -109,7 +109,11 @@ c.logout()
         .output()
         .await
         .expect("run python3");
-    assert!(out.status.success(), "imaplib: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "imaplib: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -118,16 +122,44 @@ async fn curl_reads_mail_over_implicit_tls_and_starttls() {
     let Some(d) = dovecot() else { return };
     let gate = gate(d.port, d.tls_port).await;
     let tls = gate.tls.expect("tls").port();
-    let out = curl(&format!("imaps://localhost:{tls}/INBOX;UID=1"), "john.smith@example.com:pass1", false).await;
+    let out = curl(
+        &format!("imaps://localhost:{tls}/INBOX;UID=1"),
+        "john.smith@example.com:pass1",
+        false,
+    )
+    .await;
     let body = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && body.contains("Subject: Hello 1"), "{body} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() && body.contains("Subject: Hello 1"),
+        "{body} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let plain = gate.plain.port();
-    let out = curl(&format!("imap://localhost:{plain}/INBOX;UID=2"), "jsmith:pass1", true).await;
+    let out = curl(
+        &format!("imap://localhost:{plain}/INBOX;UID=2"),
+        "jsmith:pass1",
+        true,
+    )
+    .await;
     let body = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && body.contains("Subject: Hello 2"), "{body} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() && body.contains("Subject: Hello 2"),
+        "{body} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // The disabled mailbox: curl reports a refused login (exit 67).
-    let out = curl(&format!("imaps://localhost:{tls}/INBOX;UID=1"), "jane.doe@example.com:pass2", false).await;
-    assert_eq!(out.status.code(), Some(67), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = curl(
+        &format!("imaps://localhost:{tls}/INBOX;UID=1"),
+        "jane.doe@example.com:pass2",
+        false,
+    )
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(67),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     gate.stop().await;
 }
 
@@ -137,16 +169,28 @@ async fn imaplib_over_each_backend_mode_and_the_policy_replies() {
     let gate = gate(d.port, d.tls_port).await;
     let (plain, tls) = (gate.plain.port(), gate.tls.expect("tls").port());
     // Backend over STARTTLS (the default backend here), client over both kinds of port.
-    assert_eq!(imaplib(tls, "ssl", "john.smith@example.com", "pass1").await, "OK:Subject: Hello 1");
-    assert_eq!(imaplib(plain, "starttls", "JSMITH", "pass1").await, "OK:Subject: Hello 1");
+    assert_eq!(
+        imaplib(tls, "ssl", "john.smith@example.com", "pass1").await,
+        "OK:Subject: Hello 1"
+    );
+    assert_eq!(
+        imaplib(plain, "starttls", "JSMITH", "pass1").await,
+        "OK:Subject: Hello 1"
+    );
     // user3 lives behind the implicit-TLS backend; an empty INBOX has no message 1.
     assert_eq!(imaplib(tls, "ssl", "user3", "pass3").await, "OK:empty");
     // Non-ASCII password, plain backend (sent as a literal).
     assert_eq!(imaplib(tls, "ssl", "utf8", "pässwörd✓").await, "OK:empty");
     let r = imaplib(tls, "ssl", "john.smith@example.com", "wrong").await;
-    assert!(r.starts_with("NO:") && r.contains("[AUTHENTICATIONFAILED] LOGIN failed."), "{r}");
+    assert!(
+        r.starts_with("NO:") && r.contains("[AUTHENTICATIONFAILED] LOGIN failed."),
+        "{r}"
+    );
     let r = imaplib(tls, "ssl", "jane.doe@example.com", "pass2").await;
-    assert!(r.contains("[CONTACTADMIN] IMAP4 access is disabled for this mailbox."), "{r}");
+    assert!(
+        r.contains("[CONTACTADMIN] IMAP4 access is disabled for this mailbox."),
+        "{r}"
+    );
     gate.stop().await;
 }
 
@@ -155,22 +199,36 @@ async fn reload_flips_a_mailbox_and_a_broken_file_changes_nothing() {
     let Some(d) = dovecot() else { return };
     let gate = gate(d.port, d.tls_port).await;
     let tls = gate.tls.expect("tls").port();
-    assert_eq!(imaplib(tls, "ssl", "jsmith", "pass1").await, "OK:Subject: Hello 1");
+    assert_eq!(
+        imaplib(tls, "ssl", "jsmith", "pass1").await,
+        "OK:Subject: Hello 1"
+    );
     // Disable John Smith: after the reload the very next login is refused.
     gate.write_mailboxes(&mailboxes(false));
     gate.handle.reload().expect("reload");
     let r = imaplib(tls, "ssl", "jsmith", "pass1").await;
     assert!(r.contains("[CONTACTADMIN]"), "{r}");
     // A broken file: reload fails with file and line; the last good directory stays.
-    std::fs::write(gate.mailboxes_path(), "[[mailbox]]\nalias = \"x\"\nimap_enabled = maybe\n").expect("write");
-    let e = gate.handle.reload().expect_err("broken file refused").to_string();
+    std::fs::write(
+        gate.mailboxes_path(),
+        "[[mailbox]]\nalias = \"x\"\nimap_enabled = maybe\n",
+    )
+    .expect("write");
+    let e = gate
+        .handle
+        .reload()
+        .expect_err("broken file refused")
+        .to_string();
     assert!(e.contains("mailboxes.toml") && e.contains("line 3"), "{e}");
     let r = imaplib(tls, "ssl", "jsmith", "pass1").await;
     assert!(r.contains("[CONTACTADMIN]"), "still disabled: {r}");
     // Enable again.
     gate.write_mailboxes(&mailboxes(true));
     gate.handle.reload().expect("reload");
-    assert_eq!(imaplib(tls, "ssl", "jsmith", "pass1").await, "OK:Subject: Hello 1");
+    assert_eq!(
+        imaplib(tls, "ssl", "jsmith", "pass1").await,
+        "OK:Subject: Hello 1"
+    );
     gate.stop().await;
 }
 
@@ -179,7 +237,10 @@ async fn backend_certificates_are_verified() {
     let Some(d) = dovecot() else { return };
     // Same Dovecot, but trusting only the system roots: the development certificate is refused.
     let gate = GateConfig::new("unused:1")
-        .backend("main", &format!("address = \"localhost:{}\"\ntls = \"tls\"", d.tls_port))
+        .backend(
+            "main",
+            &format!("address = \"localhost:{}\"\ntls = \"tls\"", d.tls_port),
+        )
         .start()
         .await;
     let mut c = gate.implicit_tls().await;

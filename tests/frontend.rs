@@ -20,9 +20,21 @@ fn caps_of(line: &str) -> Vec<String> {
 async fn capabilities_follow_login_type_and_tls() {
     let fake = FakeBackend::start(Script::default()).await;
     for (login_type, plain_has, plain_lacks) in [
-        ("secure-login", vec!["STARTTLS", "LOGINDISABLED"], vec!["AUTH=PLAIN", "SASL-IR"]),
-        ("plain-text-authentication", vec!["STARTTLS", "LOGINDISABLED", "AUTH=PLAIN"], vec![]),
-        ("plain-text-login", vec!["STARTTLS", "AUTH=PLAIN", "SASL-IR"], vec!["LOGINDISABLED"]),
+        (
+            "secure-login",
+            vec!["STARTTLS", "LOGINDISABLED"],
+            vec!["AUTH=PLAIN", "SASL-IR"],
+        ),
+        (
+            "plain-text-authentication",
+            vec!["STARTTLS", "LOGINDISABLED", "AUTH=PLAIN"],
+            vec![],
+        ),
+        (
+            "plain-text-login",
+            vec!["STARTTLS", "AUTH=PLAIN", "SASL-IR"],
+            vec!["LOGINDISABLED"],
+        ),
     ] {
         let gate = GateConfig::new(&fake.address())
             .imap4(&format!("login_type = \"{login_type}\""))
@@ -30,13 +42,22 @@ async fn capabilities_follow_login_type_and_tls() {
             .await;
         let mut c = gate.plain().await;
         let greeting = c.greeting().await;
-        assert!(greeting.ends_with("The imapgate IMAP4 service is ready."), "{greeting}");
+        assert!(
+            greeting.ends_with("The imapgate IMAP4 service is ready."),
+            "{greeting}"
+        );
         let caps = caps_of(&greeting);
         for cap in ["IMAP4rev1", "ID", "LITERAL+"].iter().chain(&plain_has) {
-            assert!(caps.iter().any(|c| c == cap), "{login_type}: {cap} missing in {caps:?}");
+            assert!(
+                caps.iter().any(|c| c == cap),
+                "{login_type}: {cap} missing in {caps:?}"
+            );
         }
         for cap in &plain_lacks {
-            assert!(!caps.iter().any(|c| c == cap), "{login_type}: {cap} present in {caps:?}");
+            assert!(
+                !caps.iter().any(|c| c == cap),
+                "{login_type}: {cap} present in {caps:?}"
+            );
         }
         let r = c.cmd("a", "CAPABILITY").await;
         assert_eq!(caps_of(&r[0]), caps, "CAPABILITY matches the greeting");
@@ -53,7 +74,9 @@ async fn capabilities_follow_login_type_and_tls() {
         assert!(last(&r).starts_with("c BAD"), "{r:?}");
         let mut t = gate.implicit_tls().await;
         let caps = caps_of(&t.greeting().await);
-        assert!(caps.contains(&"AUTH=PLAIN".to_string()) && !caps.contains(&"STARTTLS".to_string()));
+        assert!(
+            caps.contains(&"AUTH=PLAIN".to_string()) && !caps.contains(&"STARTTLS".to_string())
+        );
         gate.stop().await;
     }
 }
@@ -71,7 +94,11 @@ async fn secure_login_refuses_credentials_before_tls_without_contacting_the_back
     assert!(last(&r).starts_with("a NO [PRIVACYREQUIRED]"), "{r:?}");
     let r = c.cmd("b", "AUTHENTICATE PLAIN AHVzZXIxAHBhc3Mx").await;
     assert!(last(&r).starts_with("b NO [PRIVACYREQUIRED]"), "{r:?}");
-    assert!(fake.commands().is_empty(), "backend was contacted: {:?}", fake.commands());
+    assert!(
+        fake.commands().is_empty(),
+        "backend was contacted: {:?}",
+        fake.commands()
+    );
     // The same login works once TLS is on.
     let mut c = c.starttls().await;
     let r = c.cmd("c", "LOGIN user1 pass1").await;
@@ -122,7 +149,12 @@ async fn id_is_answered_and_forwarded_with_the_client_address() {
     let gate = GateConfig::new(&fake.address()).start().await;
     let mut c = gate.plain().await;
     c.greeting().await;
-    let r = c.cmd("a", "ID (\"name\" \"mutt\" \"x-originating-ip\" \"6.6.6.6\")").await;
+    let r = c
+        .cmd(
+            "a",
+            "ID (\"name\" \"mutt\" \"x-originating-ip\" \"6.6.6.6\")",
+        )
+        .await;
     assert!(r[0].starts_with("* ID (\"name\" \"imapgate\""), "{r:?}");
     assert_eq!(last(&r), "a OK ID completed.");
     let r = c.cmd("b", "LOGIN user1 pass1").await;
@@ -130,8 +162,16 @@ async fn id_is_answered_and_forwarded_with_the_client_address() {
     let ids = fake.named("ID");
     assert_eq!(ids.len(), 1, "{:?}", fake.commands());
     assert!(ids[0].contains("\"name\" \"mutt\""), "{}", ids[0]);
-    assert!(ids[0].contains("\"x-originating-ip\" \"127.0.0.1\""), "{}", ids[0]);
-    assert!(!ids[0].contains("6.6.6.6"), "client-supplied x- fields are dropped: {}", ids[0]);
+    assert!(
+        ids[0].contains("\"x-originating-ip\" \"127.0.0.1\""),
+        "{}",
+        ids[0]
+    );
+    assert!(
+        !ids[0].contains("6.6.6.6"),
+        "client-supplied x- fields are dropped: {}",
+        ids[0]
+    );
     gate.stop().await;
 }
 
@@ -143,7 +183,8 @@ async fn literals_sync_and_literal_plus_carry_utf8_passwords() {
     // Synchronizing: the gate must say `+` before the client sends the literal.
     let mut c = gate.plain().await;
     c.greeting().await;
-    c.send(format!("a LOGIN utf8 {{{}}}\r\n", password.len()).as_bytes()).await;
+    c.send(format!("a LOGIN utf8 {{{}}}\r\n", password.len()).as_bytes())
+        .await;
     assert!(c.line().await.starts_with("+ "), "continuation expected");
     c.send(format!("{password}\r\n").as_bytes()).await;
     let r = c.until_tag("a").await;
@@ -151,8 +192,14 @@ async fn literals_sync_and_literal_plus_carry_utf8_passwords() {
     // LITERAL+: no continuation, everything in one write.
     let mut c = gate.plain().await;
     c.greeting().await;
-    c.send(format!("b LOGIN {{4+}}\r\nutf8 {{{}+}}\r\n{password}\r\n", password.len()).as_bytes())
-        .await;
+    c.send(
+        format!(
+            "b LOGIN {{4+}}\r\nutf8 {{{}+}}\r\n{password}\r\n",
+            password.len()
+        )
+        .as_bytes(),
+    )
+    .await;
     let r = c.until_tag("b").await;
     assert!(last(&r).starts_with("b OK"), "{r:?}");
     // Quotes, backslashes and braces in a quoted password.
@@ -170,12 +217,18 @@ async fn a_literal_over_the_limit_is_refused_before_it_is_sent() {
     let mut c = gate.plain().await;
     c.greeting().await;
     c.send(b"a LOGIN user1 {20000}\r\n").await;
-    assert_eq!(c.line().await, "a BAD [TOOBIG] Command exceeds the size limit.");
+    assert_eq!(
+        c.line().await,
+        "a BAD [TOOBIG] Command exceeds the size limit."
+    );
     // The session goes on.
     assert_eq!(c.cmd("b", "NOOP").await, vec!["b OK NOOP completed."]);
     // A LITERAL+ literal over the limit cannot be refused politely: BYE.
     c.send(b"c LOGIN user1 {20000+}\r\n").await;
-    assert_eq!(c.line().await, "* BYE [TOOBIG] Literal exceeds the size limit.");
+    assert_eq!(
+        c.line().await,
+        "* BYE [TOOBIG] Literal exceeds the size limit."
+    );
     assert!(c.closed_within(Duration::from_secs(2)).await);
     gate.stop().await;
 }
@@ -187,14 +240,23 @@ async fn authenticate_plain_with_and_without_initial_response() {
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     let mut c = gate.plain().await;
     c.greeting().await;
-    let r = c.cmd("a", &format!("AUTHENTICATE PLAIN {}", b64("\0user1\0pass1"))).await;
-    assert!(last(&r).starts_with("a OK [CAPABILITY IMAP4rev1 IDLE"), "{r:?}");
+    let r = c
+        .cmd(
+            "a",
+            &format!("AUTHENTICATE PLAIN {}", b64("\0user1\0pass1")),
+        )
+        .await;
+    assert!(
+        last(&r).starts_with("a OK [CAPABILITY IMAP4rev1 IDLE"),
+        "{r:?}"
+    );
 
     let mut c = gate.plain().await;
     c.greeting().await;
     c.send(b"b AUTHENTICATE PLAIN\r\n").await;
     assert_eq!(c.line().await, "+ ");
-    c.send(format!("{}\r\n", b64("user1\0user1\0pass1")).as_bytes()).await;
+    c.send(format!("{}\r\n", b64("user1\0user1\0pass1")).as_bytes())
+        .await;
     let r = c.until_tag("b").await;
     assert!(last(&r).starts_with("b OK"), "{r:?}");
 
@@ -204,13 +266,26 @@ async fn authenticate_plain_with_and_without_initial_response() {
     assert_eq!(c.line().await, "+ ");
     c.send(b"*\r\n").await;
     assert_eq!(c.line().await, "c BAD AUTHENTICATE cancelled.");
-    let r = c.cmd("d", &format!("AUTHENTICATE PLAIN {}", b64("\0user1\0wrong"))).await;
+    let r = c
+        .cmd(
+            "d",
+            &format!("AUTHENTICATE PLAIN {}", b64("\0user1\0wrong")),
+        )
+        .await;
     assert_eq!(last(&r), "d NO [AUTHENTICATIONFAILED] AUTHENTICATE failed.");
     let r = c.cmd("e", "AUTHENTICATE CRAM-MD5").await;
     assert!(last(&r).starts_with("e NO [CANNOT]"), "{r:?}");
     // CR/LF smuggled inside the SASL message never reaches the backend.
     let before = fake.commands().len();
-    let r = c.cmd("f", &format!("AUTHENTICATE PLAIN {}", b64("\0user1\0pass1\r\nx DELETE INBOX"))).await;
+    let r = c
+        .cmd(
+            "f",
+            &format!(
+                "AUTHENTICATE PLAIN {}",
+                b64("\0user1\0pass1\r\nx DELETE INBOX")
+            ),
+        )
+        .await;
     assert_eq!(last(&r), "f NO [AUTHENTICATIONFAILED] AUTHENTICATE failed.");
     assert_eq!(fake.commands().len(), before, "{:?}", fake.commands());
     gate.stop().await;
@@ -227,6 +302,10 @@ async fn starttls_discards_commands_pipelined_behind_it() {
     assert_eq!(c.line().await, "a OK Begin TLS negotiation now.");
     let mut c = c.handshake_after_starttls().await;
     let r = c.cmd("b", "NOOP").await;
-    assert_eq!(r, vec!["b OK NOOP completed."], "the injected command must not run inside TLS");
+    assert_eq!(
+        r,
+        vec!["b OK NOOP completed."],
+        "the injected command must not run inside TLS"
+    );
     gate.stop().await;
 }

@@ -40,7 +40,10 @@ async fn login(gate: &common::TestGate, user: &str, pass: &str) -> String {
 #[tokio::test]
 async fn wrong_password_unknown_user_and_disabled_with_wrong_password_look_the_same() {
     let fake = FakeBackend::start(Script::default()).await;
-    let gate = GateConfig::new(&fake.address()).mailboxes(MAILBOXES).start().await;
+    let gate = GateConfig::new(&fake.address())
+        .mailboxes(MAILBOXES)
+        .start()
+        .await;
     let failed = "a NO [AUTHENTICATIONFAILED] LOGIN failed.";
     assert_eq!(login(&gate, "user1", "wrong").await, failed);
     assert_eq!(login(&gate, "nobody", "pass1").await, failed);
@@ -52,7 +55,10 @@ async fn wrong_password_unknown_user_and_disabled_with_wrong_password_look_the_s
 #[tokio::test]
 async fn disabled_mailbox_with_the_right_password_is_told_and_logged_out_of_the_backend() {
     let fake = FakeBackend::start(Script::default()).await;
-    let gate = GateConfig::new(&fake.address()).mailboxes(MAILBOXES).start().await;
+    let gate = GateConfig::new(&fake.address())
+        .mailboxes(MAILBOXES)
+        .start()
+        .await;
     for name in ["jane@example.com", "JANE@EXAMPLE.COM", "user2"] {
         assert_eq!(
             login(&gate, name, "pass2").await,
@@ -84,8 +90,16 @@ async fn disabled_text_is_configurable() {
 #[tokio::test]
 async fn every_identity_form_maps_to_the_backend_login() {
     let fake = FakeBackend::start(Script::default()).await;
-    let gate = GateConfig::new(&fake.address()).mailboxes(MAILBOXES).start().await;
-    for name in ["jsmith", "John.Smith@Example.com", "corp\\jsmith", "CORP/JSMITH"] {
+    let gate = GateConfig::new(&fake.address())
+        .mailboxes(MAILBOXES)
+        .start()
+        .await;
+    for name in [
+        "jsmith",
+        "John.Smith@Example.com",
+        "corp\\jsmith",
+        "CORP/JSMITH",
+    ] {
         let quoted = name.replace('\\', "\\\\");
         let r = login(&gate, &quoted, "pass1").await;
         assert!(r.starts_with("a OK [CAPABILITY"), "{name}: {r}");
@@ -93,7 +107,10 @@ async fn every_identity_form_maps_to_the_backend_login() {
     // The backend only ever saw user1 (AUTHENTICATE PLAIN of "\0user1\0pass1").
     let sent = fake.named("AUTHENTICATE");
     assert_eq!(sent.len(), 4);
-    assert!(sent.iter().all(|c| c.ends_with("PLAIN AHVzZXIxAHBhc3Mx")), "{sent:?}");
+    assert!(
+        sent.iter().all(|c| c.ends_with("PLAIN AHVzZXIxAHBhc3Mx")),
+        "{sent:?}"
+    );
     gate.stop().await;
 }
 
@@ -113,14 +130,24 @@ async fn login_without_auth_plain_uses_quoted_strings_or_literals() {
     let mut c = gate.plain().await;
     c.greeting().await;
     let pw = "pässwörd✓";
-    c.send(format!("c LOGIN utf8 {{{}+}}\r\n{pw}\r\n", pw.len()).as_bytes()).await;
+    c.send(format!("c LOGIN utf8 {{{}+}}\r\n{pw}\r\n", pw.len()).as_bytes())
+        .await;
     let r = c.until_tag("c").await;
     assert!(last(&r).starts_with("c OK"), "{r:?}");
     let logins = fake.named("LOGIN");
-    assert_eq!(logins[0].split_once(' ').unwrap().1, "LOGIN \"user1\" \"pass1\"");
+    assert_eq!(
+        logins[0].split_once(' ').unwrap().1,
+        "LOGIN \"user1\" \"pass1\""
+    );
     // No LITERAL+ on this backend: synchronizing literals, sent after the backend's `+`.
-    assert_eq!(logins[1].split_once(' ').unwrap().1, "LOGIN \"tricky\" {10}\r\np\"a\\ss {3}");
-    assert_eq!(logins[2].split_once(' ').unwrap().1, format!("LOGIN \"utf8\" {{{}}}\r\n{pw}", pw.len()));
+    assert_eq!(
+        logins[1].split_once(' ').unwrap().1,
+        "LOGIN \"tricky\" {10}\r\np\"a\\ss {3}"
+    );
+    assert_eq!(
+        logins[2].split_once(' ').unwrap().1,
+        format!("LOGIN \"utf8\" {{{}}}\r\n{pw}", pw.len())
+    );
     gate.stop().await;
 }
 
@@ -162,7 +189,12 @@ async fn unreachable_or_broken_backends_get_unavailable_promptly() {
         ("slow login", slow.address()),
     ] {
         let gate = GateConfig::new(&address)
-            .backend("main", &format!("address = \"{address}\"\nconnect_timeout = \"1s\"\nlogin_timeout = \"1s\""))
+            .backend(
+                "main",
+                &format!(
+                    "address = \"{address}\"\nconnect_timeout = \"1s\"\nlogin_timeout = \"1s\""
+                ),
+            )
             .start()
             .await;
         let started = Instant::now();
@@ -170,9 +202,17 @@ async fn unreachable_or_broken_backends_get_unavailable_promptly() {
         c.greeting().await;
         let r = c.cmd("a", "LOGIN user1 pass1").await;
         assert_eq!(last(&r), unavailable, "{what}");
-        assert!(started.elapsed() < Duration::from_secs(3), "{what}: {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{what}: {:?}",
+            started.elapsed()
+        );
         // The client may try again on the same connection.
-        assert_eq!(c.cmd("b", "NOOP").await, vec!["b OK NOOP completed."], "{what}");
+        assert_eq!(
+            c.cmd("b", "NOOP").await,
+            vec!["b OK NOOP completed."],
+            "{what}"
+        );
         gate.stop().await;
     }
 }
@@ -200,7 +240,9 @@ async fn success_relays_everything_after_the_tagged_ok() {
     c.send(format!("f XBIG {n}\r\n").as_bytes()).await;
     assert_eq!(c.line().await, format!("* 1 FETCH (BODY[] {{{n}}}"));
     let body = c.read_exact(n).await;
-    assert!(body.chunks(28).all(|l| b"abcdefghijklmnopqrstuvwxyz\r\n".starts_with(l)));
+    assert!(body
+        .chunks(28)
+        .all(|l| b"abcdefghijklmnopqrstuvwxyz\r\n".starts_with(l)));
     assert_eq!(c.line().await, ")");
     assert_eq!(c.line().await, "f OK FETCH done");
     // Commands the gate would refuse before login are the backend's business now.
@@ -231,7 +273,10 @@ async fn four_failed_logins_end_the_connection() {
     c.greeting().await;
     for tag in ["a", "b", "c"] {
         let r = c.cmd(tag, "LOGIN user1 nope").await;
-        assert_eq!(last(&r), format!("{tag} NO [AUTHENTICATIONFAILED] LOGIN failed."));
+        assert_eq!(
+            last(&r),
+            format!("{tag} NO [AUTHENTICATIONFAILED] LOGIN failed.")
+        );
     }
     let r = c.cmd("d", "LOGIN user1 nope").await;
     assert_eq!(last(&r), "d NO [AUTHENTICATIONFAILED] LOGIN failed.");

@@ -69,11 +69,15 @@ async fn trace_output_never_contains_passwords_or_sasl_blobs() {
         let mut c = gate.plain().await;
         c.greeting().await;
         let mut c = c.starttls().await;
-        c.send(format!("a LOGIN {user} {{{}}}\r\n", pass.len()).as_bytes()).await;
+        c.send(format!("a LOGIN {user} {{{}}}\r\n", pass.len()).as_bytes())
+            .await;
         assert!(c.line().await.starts_with("+ "));
         c.send(format!("{pass}\r\n").as_bytes()).await;
         let r = c.until_tag("a").await;
-        assert!(last(&r).starts_with(&format!("a {expect}")), "{user}: {r:?}");
+        assert!(
+            last(&r).starts_with(&format!("a {expect}")),
+            "{user}: {r:?}"
+        );
     }
     // AUTHENTICATE with SASL-IR and with a continuation, right and wrong.
     for (ir, expect) in [(&blob, "OK"), (&wrong_blob, "NO")] {
@@ -97,12 +101,34 @@ async fn trace_output_never_contains_passwords_or_sasl_blobs() {
     gate.stop().await;
 
     let log = String::from_utf8_lossy(&capture.0.lock().expect("lock")).into_owned();
-    assert!(log.contains("outcome=\"ok\"") || log.contains("outcome=ok"), "login outcomes are logged:\n{log}");
-    assert!(log.contains("auth_failed") && log.contains("disabled"), "{log}");
-    assert!(log.contains("TRACE") || log.contains("DEBUG"), "verbose levels were captured");
-    for needle in [secret, "Zq7-secret", "wrong-Zq7", &blob, &wrong_blob, &b64(secret)] {
-        assert!(!log.contains(needle), "{needle:?} leaked into the log:\n{log}");
+    assert!(
+        log.contains("outcome=\"ok\"") || log.contains("outcome=ok"),
+        "login outcomes are logged:\n{log}"
+    );
+    assert!(
+        log.contains("auth_failed") && log.contains("disabled"),
+        "{log}"
+    );
+    assert!(
+        log.contains("TRACE") || log.contains("DEBUG"),
+        "verbose levels were captured"
+    );
+    for needle in [
+        secret,
+        "Zq7-secret",
+        "wrong-Zq7",
+        &blob,
+        &wrong_blob,
+        &b64(secret),
+    ] {
+        assert!(
+            !log.contains(needle),
+            "{needle:?} leaked into the log:\n{log}"
+        );
     }
     // The backend-side encodings too: the LOGIN literal and AUTHENTICATE towards the fakes.
-    assert!(fake.commands().iter().any(|c| c.contains(&blob)), "the fake saw the blob, so it was produced");
+    assert!(
+        fake.commands().iter().any(|c| c.contains(&blob)),
+        "the fake saw the blob, so it was produced"
+    );
 }

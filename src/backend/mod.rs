@@ -41,14 +41,20 @@ pub enum BackendError {
         source: std::io::Error,
     },
     #[error("{phase}: no answer within {after:?}")]
-    Timeout { phase: &'static str, after: Duration },
+    Timeout {
+        phase: &'static str,
+        after: Duration,
+    },
     #[error("TLS handshake with {server_name}: {source}")]
     Tls {
         server_name: String,
         source: std::io::Error,
     },
     #[error("{phase}: {message}")]
-    Protocol { phase: &'static str, message: String },
+    Protocol {
+        phase: &'static str,
+        message: String,
+    },
     #[error("{phase}: backend closed the connection")]
     Closed { phase: &'static str },
     #[error("{phase}: {source}")]
@@ -177,10 +183,11 @@ impl Backend {
             phase: "tls",
             message: "no TLS configuration".into(),
         })?;
-        let name = ServerName::try_from(server_name.clone()).map_err(|e| BackendError::Protocol {
-            phase: "tls",
-            message: format!("server_name {server_name:?}: {e}"),
-        })?;
+        let name =
+            ServerName::try_from(server_name.clone()).map_err(|e| BackendError::Protocol {
+                phase: "tls",
+                message: format!("server_name {server_name:?}: {e}"),
+            })?;
         Ok((connector, name))
     }
 
@@ -285,7 +292,11 @@ impl Conn {
     ) -> Result<Conn, BackendError> {
         let tag = self.next_tag();
         let reply = self
-            .command(&tag, &[format!("{tag} STARTTLS\r\n").into_bytes()], "starttls")
+            .command(
+                &tag,
+                &[format!("{tag} STARTTLS\r\n").into_bytes()],
+                "starttls",
+            )
             .await?;
         if reply.status != "OK" {
             return Err(protocol("starttls", &reply.text));
@@ -297,11 +308,16 @@ impl Conn {
         let tag = self.next_tag();
         let mut found = None;
         let reply = self
-            .command_with(&tag, &[format!("{tag} CAPABILITY\r\n").into_bytes()], phase, |line| {
-                if let Some(rest) = strip_prefix_ci(line, "* CAPABILITY ") {
-                    found = Some(rest.split_ascii_whitespace().map(String::from).collect());
-                }
-            })
+            .command_with(
+                &tag,
+                &[format!("{tag} CAPABILITY\r\n").into_bytes()],
+                phase,
+                |line| {
+                    if let Some(rest) = strip_prefix_ci(line, "* CAPABILITY ") {
+                        found = Some(rest.split_ascii_whitespace().map(String::from).collect());
+                    }
+                },
+            )
             .await?;
         match (reply.status.as_str(), found) {
             ("OK", Some(caps)) => Ok(caps),
@@ -468,7 +484,8 @@ fn split_status(rest: &str) -> (String, String) {
 
 fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     let head = s.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix).then(|| &s[prefix.len()..])
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &s[prefix.len()..])
 }
 
 /// True when `text` starts with the response code `[CODE` (case-insensitive).

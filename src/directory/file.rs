@@ -150,7 +150,10 @@ pub fn parse(path: &Path, text: &str, backends: &[&str]) -> Result<Directory, Di
                 "a mailbox needs at least one of alias, email, upn, domain_account".into(),
             ));
         }
-        for (field, value) in m.login_names().chain(m.login.as_deref().map(|l| ("login", l))) {
+        for (field, value) in m
+            .login_names()
+            .chain(m.login.as_deref().map(|l| ("login", l)))
+        {
             if value.is_empty() || value.chars().any(|c| c.is_control()) {
                 return Err(invalid(
                     line,
@@ -228,7 +231,10 @@ email = "ann@example.com"
         assert!(e.to_string().contains("line 1"), "{e}");
         let bad = "[[mailbox]]\nalias = \"a\"\nbackend = \"nope\"\n";
         let e = parse(Path::new("m.toml"), bad, &["main"]).unwrap_err();
-        assert!(e.to_string().contains("m.toml: line 1") && e.to_string().contains("nope"), "{e}");
+        assert!(
+            e.to_string().contains("m.toml: line 1") && e.to_string().contains("nope"),
+            "{e}"
+        );
         let syntax = "[[mailbox]]\nalias = \n";
         let e = parse(Path::new("m.toml"), syntax, &["main"]).unwrap_err();
         assert!(e.to_string().contains("line 2"), "{e}");

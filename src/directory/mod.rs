@@ -115,7 +115,9 @@ impl Directory {
 
     /// The mailbox a login name designates, if any.
     pub fn find(&self, login: &str) -> Option<&Arc<MailboxRecord>> {
-        self.index.get(&login_key(login)).map(|&i| &self.mailboxes[i])
+        self.index
+            .get(&login_key(login))
+            .map(|&i| &self.mailboxes[i])
     }
 
     /// The policy for a login name, without the cache.

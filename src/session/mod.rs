@@ -16,7 +16,13 @@ use crate::server::Shared;
 use crate::stream::Stream;
 use preauth::{PreAuth, PreAuthEnd};
 
-pub async fn serve(tcp: TcpStream, peer: SocketAddr, kind: ListenerKind, shared: Arc<Shared>, id: u64) {
+pub async fn serve(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    kind: ListenerKind,
+    shared: Arc<Shared>,
+    id: u64,
+) {
     let session_id = format!("{id:08x}");
     let span = tracing::info_span!(
         "session",
@@ -35,7 +41,8 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, kind: ListenerKind, shared:
                 let Some(acceptor) = state.acceptor.clone() else {
                     return;
                 };
-                match tokio::time::timeout(imap4.tls_handshake_timeout, acceptor.accept(tcp)).await {
+                match tokio::time::timeout(imap4.tls_handshake_timeout, acceptor.accept(tcp)).await
+                {
                     Ok(Ok(tls)) => Stream::ServerTls(Box::new(tls)),
                     Ok(Err(e)) => {
                         tracing::debug!(error = %e, "TLS handshake failed");
@@ -53,7 +60,12 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, kind: ListenerKind, shared:
         match preauth.run().await {
             PreAuthEnd::Closed => tracing::debug!("closed before login"),
             PreAuthEnd::LoggedIn(session) => {
-                let timeout = shared.state.load().config.imap4.authenticated_connection_timeout;
+                let timeout = shared
+                    .state
+                    .load()
+                    .config
+                    .imap4
+                    .authenticated_connection_timeout;
                 relay::run(session, timeout, shared.phase.subscribe()).await;
             }
         }

@@ -14,10 +14,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use imap_codec::decode::Decoder;
 use imap_codec::imap_types::auth::{AuthMechanism, AuthenticateData};
 use imap_codec::imap_types::command::{Command, CommandBody};
 use imap_codec::imap_types::core::{IString, LiteralMode, NString};
-use imap_codec::decode::Decoder;
 use imap_codec::{AuthenticateDataCodec, CommandCodec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
@@ -174,12 +174,15 @@ impl PreAuth {
                 Input::Command(c) => c,
                 Input::Bad(tag) => {
                     let tag = tag.as_deref().unwrap_or("*");
-                    self.bad(&format!("{tag} BAD Command not understood.\r\n")).await?;
+                    self.bad(&format!("{tag} BAD Command not understood.\r\n"))
+                        .await?;
                     continue;
                 }
                 Input::LiteralTooBig(tag) => {
-                    self.bad(&format!("{tag} BAD [TOOBIG] Command exceeds the size limit.\r\n"))
-                        .await?;
+                    self.bad(&format!(
+                        "{tag} BAD [TOOBIG] Command exceeds the size limit.\r\n"
+                    ))
+                    .await?;
                     continue;
                 }
             };
@@ -454,7 +457,11 @@ impl PreAuth {
         Ok(None)
     }
 
-    async fn login_failed(&mut self, tag: &str, mechanism: Mechanism) -> Result<Option<LoggedIn>, End> {
+    async fn login_failed(
+        &mut self,
+        tag: &str,
+        mechanism: Mechanism,
+    ) -> Result<Option<LoggedIn>, End> {
         self.failed_logins += 1;
         let reply = format!("{tag} NO [AUTHENTICATIONFAILED] {}\r\n", mechanism.failed());
         self.send(reply.as_bytes()).await?;
@@ -499,7 +506,8 @@ impl PreAuth {
                 }
                 Err(imap_codec::decode::CommandDecodeError::Incomplete) => {
                     if self.buf.len() >= max {
-                        self.send(b"* BYE [TOOBIG] Command line too long.\r\n").await?;
+                        self.send(b"* BYE [TOOBIG] Command line too long.\r\n")
+                            .await?;
                         return Err(End::Bye);
                     }
                     self.fill().await?;
@@ -542,7 +550,10 @@ impl PreAuth {
 
     /// Reads more from the client, never past `max_command_size`, within the deadline.
     async fn fill(&mut self) -> Result<(), End> {
-        let room = self.max_command_size().saturating_sub(self.buf.len()).max(1);
+        let room = self
+            .max_command_size()
+            .saturating_sub(self.buf.len())
+            .max(1);
         let mut chunk = [0u8; 4096];
         let want = room.min(chunk.len());
         let n = tokio::select! {
@@ -581,12 +592,15 @@ fn discard_line(buf: &mut Vec<u8>) {
 
 /// The tag of an unparseable line, when its first word is a valid tag.
 fn line_tag(buf: &[u8]) -> Option<String> {
-    let end = buf.iter().position(|&b| b == b' ' || b == b'\r' || b == b'\n')?;
+    let end = buf
+        .iter()
+        .position(|&b| b == b' ' || b == b'\r' || b == b'\n')?;
     let tag = &buf[..end];
     let valid = !tag.is_empty()
         && tag.len() <= 64
         && tag.iter().all(|&b| {
-            b.is_ascii_graphic() && !matches!(b, b'(' | b')' | b'{' | b'%' | b'*' | b'"' | b'\\' | b'+')
+            b.is_ascii_graphic()
+                && !matches!(b, b'(' | b')' | b'{' | b'%' | b'*' | b'"' | b'\\' | b'+')
         });
     valid.then(|| String::from_utf8_lossy(tag).into_owned())
 }

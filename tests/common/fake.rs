@@ -116,7 +116,10 @@ async fn read_command(r: &mut Reader) -> std::io::Result<Option<Vec<u8>>> {
                     Some(d) => (d, true),
                     None => (inner, false),
                 };
-                if let Some(n) = std::str::from_utf8(digits).ok().and_then(|d| d.parse::<usize>().ok()) {
+                if let Some(n) = std::str::from_utf8(digits)
+                    .ok()
+                    .and_then(|d| d.parse::<usize>().ok())
+                {
                     if !plus {
                         r.get_mut().write_all(b"+ go ahead\r\n").await?;
                     }
@@ -169,7 +172,11 @@ fn astring(s: &[u8]) -> Option<(Vec<u8>, &[u8])> {
     }
 }
 
-async fn serve(tcp: TcpStream, script: Script, log: Arc<Mutex<Vec<String>>>) -> std::io::Result<()> {
+async fn serve(
+    tcp: TcpStream,
+    script: Script,
+    log: Arc<Mutex<Vec<String>>>,
+) -> std::io::Result<()> {
     let mut r = BufReader::new(tcp);
     match &script.greeting {
         Greeting::Ok(true) => {
@@ -182,17 +189,23 @@ async fn serve(tcp: TcpStream, script: Script, log: Arc<Mutex<Vec<String>>>) -> 
             return Ok(());
         }
         Greeting::Garbage => {
-            r.get_mut().write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await?;
+            r.get_mut()
+                .write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+                .await?;
             return Ok(());
         }
         Greeting::Bye => {
-            r.get_mut().write_all(b"* BYE [UNAVAILABLE] overloaded\r\n").await?;
+            r.get_mut()
+                .write_all(b"* BYE [UNAVAILABLE] overloaded\r\n")
+                .await?;
             return Ok(());
         }
     }
     let mut user: Option<String> = None;
     while let Some(cmd) = read_command(&mut r).await? {
-        log.lock().expect("lock").push(String::from_utf8_lossy(&cmd).into_owned());
+        log.lock()
+            .expect("lock")
+            .push(String::from_utf8_lossy(&cmd).into_owned());
         let mut words = cmd.splitn(3, |&b| b == b' ');
         let tag = String::from_utf8_lossy(words.next().unwrap_or_default()).into_owned();
         let name = String::from_utf8_lossy(words.next().unwrap_or_default()).to_ascii_uppercase();
@@ -200,10 +213,18 @@ async fn serve(tcp: TcpStream, script: Script, log: Arc<Mutex<Vec<String>>>) -> 
         let w = r.get_mut();
         match name.as_str() {
             "CAPABILITY" => {
-                let caps = if user.is_some() { &script.post_caps } else { &script.caps };
-                w.write_all(format!("* CAPABILITY {caps}\r\n{tag} OK done\r\n").as_bytes()).await?;
+                let caps = if user.is_some() {
+                    &script.post_caps
+                } else {
+                    &script.caps
+                };
+                w.write_all(format!("* CAPABILITY {caps}\r\n{tag} OK done\r\n").as_bytes())
+                    .await?;
             }
-            "ID" => w.write_all(format!("* ID NIL\r\n{tag} OK ID done\r\n").as_bytes()).await?,
+            "ID" => {
+                w.write_all(format!("* ID NIL\r\n{tag} OK ID done\r\n").as_bytes())
+                    .await?
+            }
             "LOGIN" | "AUTHENTICATE" => {
                 let creds = if name == "LOGIN" {
                     astring(&args).and_then(|(u, rest)| {
@@ -217,7 +238,9 @@ async fn serve(tcp: TcpStream, script: Script, log: Arc<Mutex<Vec<String>>>) -> 
                             w.write_all(b"+ \r\n").await?;
                             let mut line = Vec::new();
                             r.read_until(b'\n', &mut line).await?;
-                            log.lock().expect("lock").push(String::from_utf8_lossy(&line).trim_end().to_string());
+                            log.lock()
+                                .expect("lock")
+                                .push(String::from_utf8_lossy(&line).trim_end().to_string());
                             line.truncate(line.len().saturating_sub(2));
                             line
                         }
@@ -236,7 +259,10 @@ async fn serve(tcp: TcpStream, script: Script, log: Arc<Mutex<Vec<String>>>) -> 
                     return Ok(());
                 }
                 let ok = creds.as_ref().is_some_and(|(u, p)| {
-                    script.users.iter().any(|(su, sp)| su.as_bytes() == u && sp.as_bytes() == p)
+                    script
+                        .users
+                        .iter()
+                        .any(|(su, sp)| su.as_bytes() == u && sp.as_bytes() == p)
                 });
                 if ok {
                     user = creds.map(|(u, _)| String::from_utf8_lossy(&u).into_owned());
@@ -247,33 +273,47 @@ async fn serve(tcp: TcpStream, script: Script, log: Arc<Mutex<Vec<String>>>) -> 
                     };
                     w.write_all(text.as_bytes()).await?;
                 } else {
-                    w.write_all(format!("{tag} NO [AUTHENTICATIONFAILED] Authentication failed.\r\n").as_bytes()).await?;
+                    w.write_all(
+                        format!("{tag} NO [AUTHENTICATIONFAILED] Authentication failed.\r\n")
+                            .as_bytes(),
+                    )
+                    .await?;
                 }
             }
             "LOGOUT" => {
-                w.write_all(format!("* BYE bye\r\n{tag} OK LOGOUT done\r\n").as_bytes()).await?;
+                w.write_all(format!("* BYE bye\r\n{tag} OK LOGOUT done\r\n").as_bytes())
+                    .await?;
                 return Ok(());
             }
             "IDLE" => {
                 w.write_all(b"+ idling\r\n").await?;
                 let mut line = Vec::new();
                 r.read_until(b'\n', &mut line).await?;
-                r.get_mut().write_all(format!("{tag} OK IDLE terminated\r\n").as_bytes()).await?;
+                r.get_mut()
+                    .write_all(format!("{tag} OK IDLE terminated\r\n").as_bytes())
+                    .await?;
             }
             // XBIG n: one FETCH literal of n bytes; XDIE n: half of it, then the connection drops.
             "XBIG" | "XDIE" => {
                 let n: usize = String::from_utf8_lossy(&args).trim().parse().unwrap_or(0);
-                w.write_all(format!("* 1 FETCH (BODY[] {{{n}}}\r\n").as_bytes()).await?;
-                let body: Vec<u8> = (0..n).map(|i| b"abcdefghijklmnopqrstuvwxyz\r\n"[i % 28]).collect();
+                w.write_all(format!("* 1 FETCH (BODY[] {{{n}}}\r\n").as_bytes())
+                    .await?;
+                let body: Vec<u8> = (0..n)
+                    .map(|i| b"abcdefghijklmnopqrstuvwxyz\r\n"[i % 28])
+                    .collect();
                 if name == "XDIE" {
                     w.write_all(&body[..n / 2]).await?;
                     w.flush().await?;
                     return Ok(());
                 }
                 w.write_all(&body).await?;
-                w.write_all(format!(")\r\n{tag} OK FETCH done\r\n").as_bytes()).await?;
+                w.write_all(format!(")\r\n{tag} OK FETCH done\r\n").as_bytes())
+                    .await?;
             }
-            _ => w.write_all(format!("{tag} OK {name} done\r\n").as_bytes()).await?,
+            _ => {
+                w.write_all(format!("{tag} OK {name} done\r\n").as_bytes())
+                    .await?
+            }
         }
     }
     Ok(())

@@ -55,7 +55,8 @@ impl GateConfig {
 
     pub fn imap4(mut self, line: &str) -> Self {
         let key = line.split('=').next().unwrap_or("").trim().to_string();
-        self.imap4.retain(|l| l.split('=').next().unwrap_or("").trim() != key);
+        self.imap4
+            .retain(|l| l.split('=').next().unwrap_or("").trim() != key);
         self.imap4.push(line.into());
         self
     }
@@ -91,7 +92,8 @@ impl GateConfig {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("imapgate.toml");
         std::fs::write(&config_path, self.render()).expect("write config");
-        std::fs::write(dir.path().join("mailboxes.toml"), &self.mailboxes).expect("write mailboxes");
+        std::fs::write(dir.path().join("mailboxes.toml"), &self.mailboxes)
+            .expect("write mailboxes");
         let gate = Gate::bind(&config_path).await.expect("gate starts");
         let plain = gate.plain_addrs()[0];
         let tls = gate.tls_addrs().first().copied();
@@ -156,8 +158,8 @@ pub struct Client {
 
 pub fn dev_connector() -> TlsConnector {
     let mut roots = RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_file_iter(certs().join("ca.pem"))
-        .expect("ca.pem")
+    for cert in
+        rustls::pki_types::CertificateDer::pem_file_iter(certs().join("ca.pem")).expect("ca.pem")
     {
         roots.add(cert.expect("ca cert")).expect("add ca");
     }
@@ -260,7 +262,10 @@ impl Client {
 
     /// The TLS handshake, once the gate said OK to STARTTLS.
     pub async fn handshake_after_starttls(self) -> Client {
-        assert!(self.io.buffer().is_empty(), "data after the STARTTLS answer");
+        assert!(
+            self.io.buffer().is_empty(),
+            "data after the STARTTLS answer"
+        );
         let inner = self.io.into_inner();
         let tls = dev_connector()
             .connect(ServerName::try_from("localhost").expect("name"), inner)

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh machine: installs what the tests need (Debian's
+# dovecot-imapd, curl; as root), then formatting, lints and every test, Dovecot interop included.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+need=()
+command -v dovecot >/dev/null || need+=(dovecot-imapd)
+command -v curl >/dev/null || need+=(curl)
+command -v python3 >/dev/null || need+=(python3)
+if ((${#need[@]})); then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  else
+    echo "missing: ${need[*]} (run as root, or: sudo apt-get install ${need[*]})" >&2
+    exit 1
+  fi
+fi
+# Debian starts a system-wide Dovecot on install; the tests run their own.
+systemctl disable --now dovecot >/dev/null 2>&1 || true
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+cargo test --all-targets --locked
