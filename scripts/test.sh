@@ -15,8 +15,6 @@ if ((${#need[@]})); then
     exit 1
   fi
 fi
-# Debian starts a system-wide Dovecot on install; the tests run their own.
-systemctl disable --now dovecot >/dev/null 2>&1 || true
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --all-targets --locked

@@ -111,7 +111,7 @@ mod tests {
         assert_eq!(
             f,
             vec![
-                b"g1 LOGIN \"ann\" {4}\r\n".to_vec(),
+                b"g1 LOGIN \"ann\" {5}\r\n".to_vec(),
                 "p\"w\u{e9}\r\n".as_bytes().to_vec()
             ]
         );
