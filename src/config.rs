@@ -118,6 +118,8 @@ pub struct DirectoryConfig {
     #[serde(with = "humantime_serde_compat")]
     pub cache_ttl: Duration,
     pub cache_capacity: u64,
+    /// On reload, close the open sessions of mailboxes that became disabled.
+    pub disconnect_disabled_on_reload: bool,
 }
 
 impl Default for DirectoryConfig {
@@ -126,6 +128,7 @@ impl Default for DirectoryConfig {
             mailboxes: PathBuf::from("mailboxes.toml"),
             cache_ttl: Duration::from_secs(300),
             cache_capacity: 100_000,
+            disconnect_disabled_on_reload: true,
         }
     }
 }

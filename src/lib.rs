@@ -22,6 +22,7 @@ pub mod credentials;
 pub mod directory;
 pub mod lifecycle;
 pub mod listener;
+pub mod registry;
 pub mod server;
 pub mod session;
 pub mod state;

@@ -49,7 +49,7 @@ async fn reload(handle: &GateHandle) {
     tracing::info!("reload requested");
     let h = handle.clone();
     match tokio::task::spawn_blocking(move || h.reload()).await {
-        Ok(Ok(())) => {}
+        Ok(Ok(_)) => {}
         Ok(Err(e)) => {
             tracing::error!(error = %e, "reload refused; the previous configuration stays in force")
         }

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use crate::listener::{self, ListenerKind};
+use crate::registry::{Kick, Registry};
 use crate::state::{LoadError, State};
 
 /// Where the gate is in its life; sessions watch it.
@@ -34,6 +35,7 @@ pub struct Shared {
     pub phase: watch::Sender<Phase>,
     pub tracker: TaskTracker,
     pub next_session: AtomicU64,
+    pub registry: Arc<Registry>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +52,14 @@ pub enum StartError {
 pub struct Gate {
     shared: Arc<Shared>,
     listeners: Vec<(ListenerKind, TcpListener)>,
+}
+
+/// What a successful reload did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ReloadReport {
+    pub mailboxes: usize,
+    /// Open sessions of mailboxes now disabled, asked to close.
+    pub sessions_closed: usize,
 }
 
 /// A cheap handle to a running gate: reload it or shut it down.
@@ -82,6 +92,7 @@ impl Gate {
                 phase,
                 tracker: TaskTracker::new(),
                 next_session: AtomicU64::new(1),
+                registry: Arc::new(Registry::default()),
             }),
             listeners,
         })
@@ -151,7 +162,7 @@ impl Gate {
 impl GateHandle {
     /// Re-reads the configuration, directory and certificate; installs them only when all are
     /// valid, and empties the policy cache by installing a new one. On error nothing changes.
-    pub fn reload(&self) -> Result<(), LoadError> {
+    pub fn reload(&self) -> Result<ReloadReport, LoadError> {
         let new = State::load(&self.shared.config_path)?;
         let old = self.shared.state.load();
         if new.config.imap4.unencrypted_or_tls_bindings
@@ -161,12 +172,25 @@ impl GateHandle {
             tracing::warn!("listener addresses changed in the configuration; they take effect at the next restart");
         }
         let mailboxes = new.policies.directory().mailboxes.len();
-        self.shared.state.store(Arc::new(new));
+        let new = Arc::new(new);
+        self.shared.state.store(new.clone());
+        let sessions_closed = if new.config.directory.disconnect_disabled_on_reload {
+            let directory = new.policies.directory();
+            self.shared
+                .registry
+                .kick_where(Kick::Disabled, |s| !directory.policy(&s.user).imap_enabled)
+        } else {
+            0
+        };
         tracing::info!(
             mailboxes,
+            sessions_closed,
             "reload complete: directory, certificate and backends in force, policy cache emptied"
         );
-        Ok(())
+        Ok(ReloadReport {
+            mailboxes,
+            sessions_closed,
+        })
     }
 
     /// Asks the gate to shut down; [`Gate::run`] returns when it is done.
@@ -189,5 +213,10 @@ impl GateHandle {
     /// Sessions currently open.
     pub fn open_sessions(&self) -> usize {
         self.shared.tracker.len()
+    }
+
+    /// The registry of logged-in sessions.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.shared.registry
     }
 }

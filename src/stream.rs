@@ -23,9 +23,40 @@ impl Stream {
         matches!(self, Stream::ServerTls(_) | Stream::ClientTls(_))
     }
 
+    /// Ready when a read would make progress (data, end of stream or an error), without needing a
+    /// buffer: the relay borrows one only then. For TLS, plaintext rustls already holds counts.
+    pub fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Stream::Plain(s) => s.poll_read_ready(cx),
+            Stream::ServerTls(s) => {
+                let (tcp, conn) = s.get_mut();
+                tls_read_ready(tcp, conn, cx)
+            }
+            Stream::ClientTls(s) => {
+                let (tcp, conn) = s.get_mut();
+                tls_read_ready(tcp, conn, cx)
+            }
+            Stream::Detached => Poll::Ready(Ok(())),
+        }
+    }
+
     /// Takes the stream out, leaving [`Stream::Detached`].
     pub fn detach(&mut self) -> Stream {
         std::mem::replace(self, Stream::Detached)
+    }
+}
+
+fn tls_read_ready<D>(
+    tcp: &TcpStream,
+    conn: &mut tokio_rustls::rustls::ConnectionCommon<D>,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    match conn.process_new_packets() {
+        Ok(state) if state.plaintext_bytes_to_read() == 0 && !state.peer_has_closed() => {
+            tcp.poll_read_ready(cx)
+        }
+        // Plaintext waiting, the peer's close_notify, or an error the next read will report.
+        _ => Poll::Ready(Ok(())),
     }
 }
 

@@ -22,13 +22,19 @@ async fn ipv4_and_ipv6_listeners_both_serve() {
     let gate = Gate::bind(&path).await.expect("bind");
     let (plain, tls) = (gate.plain_addrs(), gate.tls_addrs());
     assert_eq!(plain.len(), 2);
-    assert!(plain[0].is_ipv4() && plain[1].is_ipv6() && tls[1].is_ipv6(), "{plain:?} {tls:?}");
+    assert!(
+        plain[0].is_ipv4() && plain[1].is_ipv6() && tls[1].is_ipv6(),
+        "{plain:?} {tls:?}"
+    );
     let handle = gate.handle();
     let run = tokio::spawn(gate.run());
     for addr in plain {
         let mut c = Client::plain(addr).await;
         c.greeting().await;
-        assert!(last(&c.cmd("a", "LOGIN user1 pass1").await).starts_with("a OK"), "{addr}");
+        assert!(
+            last(&c.cmd("a", "LOGIN user1 pass1").await).starts_with("a OK"),
+            "{addr}"
+        );
     }
     for addr in tls {
         let mut c = Client::tls(addr).await;
@@ -41,8 +47,23 @@ async fn ipv4_and_ipv6_listeners_both_serve() {
 fn self_signed(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
     let (cert, key) = (dir.join("other.pem"), dir.join("other.key"));
     let ok = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"])
-        .args(["-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .args([
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+        ])
         .arg("-keyout")
         .arg(&key)
         .arg("-out")

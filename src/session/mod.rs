@@ -2,6 +2,7 @@
 //! ([`preauth`]), then the relay ([`relay`]). Each session runs in its own tracing span carrying
 //! the session id, the client's address, the listener and, after login, the user.
 
+pub mod boundary;
 pub mod preauth;
 pub mod relay;
 
@@ -56,17 +57,20 @@ pub async fn serve(
             }
         };
         tracing::debug!("connected");
-        let preauth = PreAuth::new(stream, kind, peer, session_id, shared.clone());
+        let preauth = PreAuth::new(id, stream, kind, peer, session_id, shared.clone());
         match preauth.run().await {
             PreAuthEnd::Closed => tracing::debug!("closed before login"),
-            PreAuthEnd::LoggedIn(session) => {
-                let timeout = shared
-                    .state
-                    .load()
-                    .config
-                    .imap4
-                    .authenticated_connection_timeout;
-                relay::run(session, timeout, shared.phase.subscribe()).await;
+            PreAuthEnd::LoggedIn(mut session) => {
+                let state = shared.state.load();
+                let params = relay::RelayParams {
+                    idle_timeout: state.config.imap4.authenticated_connection_timeout,
+                    phase: shared.phase.subscribe(),
+                    kick: session.kick.clone(),
+                    disabled_bye: format!("* BYE {}\r\n", state.config.imap4.disabled_message),
+                };
+                drop(state);
+                session.kick.mark_unchanged();
+                relay::run(session, params).await;
             }
         }
     }

@@ -28,6 +28,7 @@ use crate::config::LoginType;
 use crate::credentials::{CredentialError, Credentials};
 use crate::directory::Policy;
 use crate::listener::ListenerKind;
+use crate::registry::{Counters, Kick, Registration, SessionInfo};
 use crate::server::{Phase, Shared};
 use crate::state::State;
 use crate::stream::Stream;
@@ -54,6 +55,10 @@ pub struct LoggedIn {
     pub backend: BackendSession,
     pub user: String,
     pub policy: Arc<Policy>,
+    pub counters: Arc<Counters>,
+    /// Keeps the session in the registry until the relay ends.
+    pub registration: Registration,
+    pub kick: watch::Receiver<Option<Kick>>,
 }
 
 /// Why the dialogue stopped early.
@@ -94,6 +99,7 @@ impl Mechanism {
 }
 
 pub struct PreAuth {
+    id: u64,
     client: Stream,
     kind: ListenerKind,
     peer: SocketAddr,
@@ -111,6 +117,7 @@ pub struct PreAuth {
 
 impl PreAuth {
     pub fn new(
+        id: u64,
         client: Stream,
         kind: ListenerKind,
         peer: SocketAddr,
@@ -124,6 +131,7 @@ impl PreAuth {
             .imap4
             .preauthenticated_connection_timeout;
         PreAuth {
+            id,
             client,
             kind,
             peer,
@@ -422,17 +430,33 @@ impl PreAuth {
                 tracing::info!(outcome = "auth_failed", user, backend = %backend.name, elapsed_ms, "login failed");
                 self.login_failed(tag, mechanism).await
             }
-            Ok(LoginResult::LoggedIn(session)) if !policy.imap_enabled => {
-                session.logout().await;
-                tracing::info!(outcome = "disabled", user, mailbox, backend = %backend.name, elapsed_ms, "IMAP4 is disabled for this mailbox");
-                let reply = format!(
-                    "{tag} NO [CONTACTADMIN] {}\r\n",
-                    state.config.imap4.disabled_message
-                );
-                self.send(reply.as_bytes()).await?;
-                Ok(None)
-            }
             Ok(LoginResult::LoggedIn(mut session)) => {
+                // Register first, then decide with the directory in force now: a reload during the
+                // backend login either came before this lookup or finds the session registered.
+                let counters = Arc::new(Counters::default());
+                let (registration, kick) = self.shared.registry.register(SessionInfo {
+                    id: self.id,
+                    user: creds.user.clone(),
+                    mailbox: policy.mailbox.as_deref().map(String::from),
+                    client: self.peer,
+                    listener: self.kind.name(),
+                    backend: backend.name.to_string(),
+                    since: std::time::SystemTime::now(),
+                    counters: counters.clone(),
+                });
+                let current = self.state();
+                let policy = current.policies.resolve(user);
+                if !policy.imap_enabled {
+                    drop(registration);
+                    session.logout().await;
+                    tracing::info!(outcome = "disabled", user, mailbox, backend = %backend.name, elapsed_ms, "IMAP4 is disabled for this mailbox");
+                    let reply = format!(
+                        "{tag} NO [CONTACTADMIN] {}\r\n",
+                        current.config.imap4.disabled_message
+                    );
+                    self.send(reply.as_bytes()).await?;
+                    return Ok(None);
+                }
                 tracing::Span::current().record("user", user);
                 tracing::info!(outcome = "ok", mailbox, backend = %backend.name, elapsed_ms, "logged in");
                 let mut reply = format!("{tag} OK {}\r\n", session.ok_text).into_bytes();
@@ -444,6 +468,9 @@ impl PreAuth {
                     backend: session,
                     user: creds.user.clone(),
                     policy,
+                    counters,
+                    registration,
+                    kick,
                 }))
             }
         }

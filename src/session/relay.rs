@@ -1,123 +1,287 @@
 //! After login: move bytes both ways, parse nothing. IDLE, COMPRESS and literals of any size pass
-//! through untouched. The session ends when either side closes, when no byte has moved for
-//! `authenticated_connection_timeout`, or when the gate closes after its shutdown grace period.
+//! through untouched.
+//!
+//! Each direction waits for its source to become readable *without* holding a buffer, borrows a
+//! 64 KiB buffer from a per-thread pool only while data moves, and gives it back as soon as the
+//! chunk is written: an idle session (an IMAP client in IDLE for half an hour) holds its sockets,
+//! its task and a few counters, not copy buffers. The session ends when either side has closed and
+//! the other has drained, when no byte moved for `authenticated_connection_timeout`, when the gate
+//! closes after its shutdown grace period, or when it is kicked (its mailbox was disabled by a
+//! reload, or `imapgate kick`): then the client gets `* BYE` if the response stream is between
+//! two lines, and the connection is closed otherwise.
 
+use std::cell::RefCell;
+use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::boundary::Boundary;
 use super::preauth::LoggedIn;
+use crate::registry::Kick;
 use crate::server::Phase;
 use crate::stream::Stream;
 
-/// Per-direction copy buffer.
-const BUFFER: usize = 16 * 1024;
+/// Size of a relay buffer: large reads when data flows.
+const BUFFER: usize = 64 * 1024;
+/// Buffers kept per thread for reuse.
+const POOL: usize = 16;
 
-pub async fn run(session: LoggedIn, idle_timeout: Duration, mut phase: watch::Receiver<Phase>) {
-    let LoggedIn {
-        client,
-        client_pending,
-        backend,
-        ..
-    } = session;
-    let start = Instant::now();
-    let activity = Arc::new(AtomicU64::new(0));
-    let mut client = Counted::new(client, start, activity.clone());
-    let mut server = Counted::new(backend.stream, start, activity.clone());
-    if !client_pending.is_empty() && server.inner.write_all(&client_pending).await.is_err() {
-        tracing::info!("backend closed before the pipelined commands could be sent");
-        return;
+thread_local! {
+    static BUFFERS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+fn take_buffer() -> Vec<u8> {
+    BUFFERS
+        .with(|p| p.borrow_mut().pop())
+        .unwrap_or_else(|| vec![0; BUFFER])
+}
+
+fn give_buffer(buf: Vec<u8>) {
+    if buf.len() == BUFFER {
+        BUFFERS.with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() < POOL {
+                p.push(buf);
+            }
+        });
     }
-    let check_every = (idle_timeout / 8).clamp(Duration::from_millis(100), Duration::from_secs(30));
-    let idle = async {
+}
+
+/// One direction of the relay.
+struct Pump {
+    /// Data read and not yet written, `buf[pos..end]`; `None` while waiting for data.
+    buf: Option<Vec<u8>>,
+    pos: usize,
+    end: usize,
+    eof: bool,
+    done: bool,
+    unflushed: bool,
+    last_read: Instant,
+    boundary: Boundary,
+}
+
+impl Pump {
+    fn new(boundary: Boundary, start: Instant) -> Pump {
+        Pump {
+            buf: None,
+            pos: 0,
+            end: 0,
+            eof: false,
+            done: false,
+            unflushed: false,
+            last_read: start,
+            boundary,
+        }
+    }
+
+    /// Starts with bytes already read (the client's commands pipelined behind its login).
+    fn with_pending(mut self, pending: Vec<u8>) -> Pump {
+        if !pending.is_empty() {
+            self.boundary.feed(&pending);
+            self.end = pending.len();
+            self.buf = Some(pending);
+        }
+        self
+    }
+
+    /// Writes what is pending, then reads and writes until the source would block; `Ready(Ok)`
+    /// once the source ended and the end was passed on.
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &mut Stream,
+        dst: &mut Stream,
+        counter: &AtomicU64,
+    ) -> Poll<io::Result<()>> {
         loop {
-            tokio::time::sleep(check_every).await;
-            let last = start + Duration::from_millis(activity.load(Ordering::Relaxed));
-            if last.elapsed() >= idle_timeout {
-                return;
+            ready!(self.poll_write_pending(cx, dst))?;
+            if self.done {
+                return Poll::Ready(Ok(()));
+            }
+            if self.eof {
+                ready!(Pin::new(&mut *dst).poll_shutdown(cx))?;
+                self.done = true;
+                return Poll::Ready(Ok(()));
+            }
+            if let Poll::Pending = src.poll_read_ready(cx)? {
+                return self.poll_flush_idle(cx, dst);
+            }
+            let mut buf = take_buffer();
+            let mut rb = ReadBuf::new(&mut buf);
+            match Pin::new(&mut *src).poll_read(cx, &mut rb) {
+                Poll::Pending => {
+                    give_buffer(buf);
+                    return self.poll_flush_idle(cx, dst);
+                }
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    give_buffer(buf);
+                    self.eof = true;
+                }
+                Poll::Ready(Err(e)) => {
+                    give_buffer(buf);
+                    return Poll::Ready(Err(e));
+                }
+                Poll::Ready(Ok(())) => {
+                    let n = rb.filled().len();
+                    if n == 0 {
+                        give_buffer(buf);
+                        self.eof = true;
+                    } else {
+                        self.boundary.feed(&buf[..n]);
+                        counter.fetch_add(n as u64, Ordering::Relaxed);
+                        self.last_read = Instant::now();
+                        self.pos = 0;
+                        self.end = n;
+                        self.buf = Some(buf);
+                    }
+                }
             }
         }
+    }
+
+    fn poll_write_pending(
+        &mut self,
+        cx: &mut Context<'_>,
+        dst: &mut Stream,
+    ) -> Poll<io::Result<()>> {
+        if let Some(buf) = &self.buf {
+            while self.pos < self.end {
+                let n = ready!(Pin::new(&mut *dst).poll_write(cx, &buf[self.pos..self.end]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.pos += n;
+            }
+            if let Some(buf) = self.buf.take() {
+                give_buffer(buf);
+            }
+            self.unflushed = true;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Nothing to read now: make sure what was written leaves (TLS may hold records back).
+    fn poll_flush_idle(&mut self, cx: &mut Context<'_>, dst: &mut Stream) -> Poll<io::Result<()>> {
+        if self.unflushed {
+            ready!(Pin::new(&mut *dst).poll_flush(cx))?;
+            self.unflushed = false;
+        }
+        Poll::Pending
+    }
+}
+
+/// Why the relay stopped.
+enum Ending {
+    Closed,
+    Error(io::Error),
+    Idle,
+    Shutdown,
+    Kicked(Kick),
+}
+
+pub struct RelayParams {
+    pub idle_timeout: Duration,
+    pub phase: watch::Receiver<Phase>,
+    pub kick: watch::Receiver<Option<Kick>>,
+    /// The line sent before closing a session whose mailbox was disabled.
+    pub disabled_bye: String,
+}
+
+pub async fn run(session: LoggedIn, mut params: RelayParams) {
+    let LoggedIn {
+        mut client,
+        client_pending,
+        backend,
+        counters,
+        ..
+    } = session;
+    let mut server = backend.stream;
+    let start = Instant::now();
+    let mut c2s = Pump::new(Boundary::commands(), start).with_pending(client_pending);
+    let mut s2c = Pump::new(Boundary::responses(), start);
+    let idle_timeout = params.idle_timeout;
+    let check_every = (idle_timeout / 8).clamp(Duration::from_millis(100), Duration::from_secs(30));
+    let ending = loop {
+        let both = poll_fn(|cx| {
+            let up = c2s.poll(cx, &mut client, &mut server, &counters.from_client);
+            let down = s2c.poll(cx, &mut server, &mut client, &counters.from_backend);
+            match (up, down) {
+                (Poll::Ready(Err(e)), _) | (_, Poll::Ready(Err(e))) => Poll::Ready(Err(e)),
+                (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => Poll::Ready(Ok(())),
+                _ => Poll::Pending,
+            }
+        });
+        tokio::select! {
+            r = both => break match r {
+                Ok(()) => Ending::Closed,
+                Err(e) => Ending::Error(e),
+            },
+            _ = tokio::time::sleep(check_every) => {
+                let last = c2s.last_read.max(s2c.last_read);
+                if last.elapsed() >= idle_timeout {
+                    break Ending::Idle;
+                }
+            }
+            k = params.kick.wait_for(Option::is_some) => {
+                break Ending::Kicked(k.ok().and_then(|k| *k).unwrap_or(Kick::Admin));
+            }
+            _ = params.phase.wait_for(|p| *p == Phase::Closing) => break Ending::Shutdown,
+        }
     };
-    let ending = tokio::select! {
-        r = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut server, BUFFER, BUFFER) => match r {
-            Ok(_) => "closed",
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => "closed",
-            Err(_) => "connection error",
-        },
-        _ = idle => "idle timeout",
-        _ = phase.wait_for(|p| *p == Phase::Closing) => "gate shutting down",
+    let reason = match &ending {
+        Ending::Closed => "closed".to_string(),
+        Ending::Error(e) => format!("connection error: {e}"),
+        Ending::Idle => "idle timeout".to_string(),
+        Ending::Shutdown => "gate shutting down".to_string(),
+        Ending::Kicked(Kick::Disabled) => "mailbox disabled by reload".to_string(),
+        Ending::Kicked(Kick::Admin) => "closed by the administrator".to_string(),
     };
+    if let Ending::Kicked(kick) = ending {
+        let bye = match kick {
+            Kick::Disabled => params.disabled_bye.as_str(),
+            Kick::Admin => "* BYE Session closed by the administrator.\r\n",
+        };
+        let said_bye = say_bye(&mut s2c, &c2s, &mut client, bye).await;
+        tracing::info!(said_bye, "closing session: {reason}");
+    }
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        let _ = client.inner.shutdown().await;
-        let _ = server.inner.shutdown().await;
+        let _ = client.shutdown().await;
+        let _ = server.shutdown().await;
     })
     .await;
     tracing::info!(
-        ending,
-        bytes_from_client = client.read,
-        bytes_from_backend = server.read,
+        ending = %reason,
+        bytes_from_client = counters.from_client.load(Ordering::Relaxed),
+        bytes_from_backend = counters.from_backend.load(Ordering::Relaxed),
         seconds = start.elapsed().as_secs(),
         "session closed"
     );
 }
 
-/// A stream that counts what is read from it and stamps the time of the last read.
-struct Counted {
-    inner: Stream,
-    read: u64,
-    start: Instant,
-    activity: Arc<AtomicU64>,
-}
-
-impl Counted {
-    fn new(inner: Stream, start: Instant, activity: Arc<AtomicU64>) -> Counted {
-        Counted {
-            inner,
-            read: 0,
-            start,
-            activity,
-        }
+/// Finishes the chunk being written to the client, then writes `bye` if the response stream is
+/// between two lines and nothing made it opaque. Returns whether the line was written.
+async fn say_bye(s2c: &mut Pump, c2s: &Pump, client: &mut Stream, bye: &str) -> bool {
+    let flushed = tokio::time::timeout(
+        Duration::from_secs(1),
+        poll_fn(|cx| s2c.poll_write_pending(cx, client)),
+    )
+    .await;
+    if !matches!(flushed, Ok(Ok(()))) || !s2c.boundary.at_line_start() || c2s.boundary.is_opaque() {
+        return false;
     }
-}
-
-impl AsyncRead for Counted {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        if n > 0 {
-            this.read += n as u64;
-            let now = this.start.elapsed().as_millis() as u64;
-            this.activity.store(now, Ordering::Relaxed);
-        }
-        r
-    }
-}
-
-impl AsyncWrite for Counted {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
+    let write = async {
+        client.write_all(bye.as_bytes()).await?;
+        client.flush().await
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), write).await,
+        Ok(Ok(()))
+    )
 }

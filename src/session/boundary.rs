@@ -1,0 +1,178 @@
+//! Where an IMAP byte stream stands, without parsing it: at the start of a line, inside a line, or
+//! inside a literal. The relay feeds every chunk through a [`Boundary`] so that, when a session
+//! must be closed (its mailbox was disabled), it knows whether a `* BYE` line can be written to
+//! the client without landing inside a response or a literal.
+//!
+//! The cost is one `memchr` for `\n` over response lines; literal data, which is nearly all of a
+//! large FETCH, is skipped by arithmetic. On the client side it also notices `COMPRESS`, after
+//! which the stream is deflate and no plaintext line may ever be injected.
+
+/// Longest tail of a line kept to recognise a literal announcement (`{4294967295+}\r`).
+const TAIL: usize = 16;
+/// Longest line head kept to recognise the command name on the client side.
+const HEAD: usize = 48;
+
+#[derive(Debug, Default)]
+pub struct Boundary {
+    literal_left: u64,
+    /// Bytes of the current line seen so far (0 = at a line start).
+    line_len: u64,
+    tail: Vec<u8>,
+    head: Vec<u8>,
+    /// The stream switched to COMPRESS (or was otherwise lost): no more tracking.
+    opaque: bool,
+    /// Look for `COMPRESS` commands (client-to-server direction).
+    watch_compress: bool,
+}
+
+impl Boundary {
+    /// Tracker for the backend-to-client direction.
+    pub fn responses() -> Boundary {
+        Boundary::default()
+    }
+
+    /// Tracker for the client-to-backend direction, which also notices COMPRESS.
+    pub fn commands() -> Boundary {
+        Boundary {
+            watch_compress: true,
+            ..Boundary::default()
+        }
+    }
+
+    /// True when the next byte would start a new line, outside any literal.
+    pub fn at_line_start(&self) -> bool {
+        !self.opaque && self.literal_left == 0 && self.line_len == 0
+    }
+
+    /// True once the stream can no longer be followed (COMPRESS is on).
+    pub fn is_opaque(&self) -> bool {
+        self.opaque
+    }
+
+    /// Marks the stream as no longer followable.
+    pub fn set_opaque(&mut self) {
+        self.opaque = true;
+    }
+
+    pub fn feed(&mut self, mut chunk: &[u8]) {
+        while !self.opaque && !chunk.is_empty() {
+            if self.literal_left > 0 {
+                let skip = self.literal_left.min(chunk.len() as u64);
+                self.literal_left -= skip;
+                chunk = &chunk[skip as usize..];
+                continue;
+            }
+            match memchr::memchr(b'\n', chunk) {
+                None => {
+                    self.remember(chunk);
+                    self.line_len += chunk.len() as u64;
+                    return;
+                }
+                Some(pos) => {
+                    self.remember(&chunk[..pos]);
+                    chunk = &chunk[pos + 1..];
+                    match literal_announced(&self.tail) {
+                        Some(n) => {
+                            self.literal_left = n;
+                            self.line_len += pos as u64 + 1;
+                        }
+                        None => self.end_of_line(),
+                    }
+                    self.tail.clear();
+                }
+            }
+        }
+    }
+
+    fn remember(&mut self, bytes: &[u8]) {
+        if self.watch_compress && self.head.len() < HEAD && self.line_len == self.head.len() as u64
+        {
+            let take = (HEAD - self.head.len()).min(bytes.len());
+            self.head.extend_from_slice(&bytes[..take]);
+        }
+        if bytes.len() >= TAIL {
+            self.tail.clear();
+            self.tail.extend_from_slice(&bytes[bytes.len() - TAIL..]);
+        } else {
+            self.tail.extend_from_slice(bytes);
+            if self.tail.len() > TAIL {
+                self.tail.drain(..self.tail.len() - TAIL);
+            }
+        }
+    }
+
+    fn end_of_line(&mut self) {
+        if self.watch_compress && command_name_is(&self.head, b"COMPRESS") {
+            self.opaque = true;
+        }
+        self.head.clear();
+        self.line_len = 0;
+    }
+}
+
+/// `COMPRESS` as the second word of a command line (`tag COMPRESS DEFLATE`).
+fn command_name_is(head: &[u8], name: &[u8]) -> bool {
+    let mut words = head.split(|&b| b == b' ');
+    let _tag = words.next();
+    words
+        .next()
+        .is_some_and(|w| w.trim_ascii_end().eq_ignore_ascii_case(name))
+}
+
+/// The length announced by `{N}` or `{N+}` (optionally followed by CR) at the end of `tail`.
+fn literal_announced(tail: &[u8]) -> Option<u64> {
+    let t = tail.strip_suffix(b"\r").unwrap_or(tail);
+    let t = t.strip_suffix(b"}")?;
+    let open = t.iter().rposition(|&b| b == b'{')?;
+    let digits = &t[open + 1..];
+    let digits = digits.strip_suffix(b"+").unwrap_or(digits);
+    if digits.is_empty() || digits.len() > 10 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fed(parts: &[&[u8]]) -> Boundary {
+        let mut b = Boundary::responses();
+        for p in parts {
+            b.feed(p);
+        }
+        b
+    }
+
+    #[test]
+    fn lines_and_literals() {
+        assert!(fed(&[]).at_line_start());
+        assert!(fed(&[b"* 3 EXISTS\r\n"]).at_line_start());
+        assert!(!fed(&[b"* 3 EXI"]).at_line_start());
+        // Inside a literal, even right after a CRLF that belongs to the literal.
+        assert!(!fed(&[b"* 1 FETCH (BODY[] {10}\r\n", b"abc\r\n"]).at_line_start());
+        // After the literal the line continues to its own CRLF.
+        assert!(!fed(&[b"* 1 FETCH (BODY[] {5}\r\nab\r\nc"]).at_line_start());
+        assert!(fed(&[b"* 1 FETCH (BODY[] {5}\r\nab\r\nc)\r\n", b"a OK done\r\n"]).at_line_start());
+        // Split everywhere, one byte at a time.
+        let stream = b"* 1 FETCH (BODY[] {12}\r\n0123456789\r\n BODY[1] {3+}\r\nxyz)\r\na1 OK\r\n";
+        let fetch_end = stream.windows(3).position(|w| w == b")\r\n").unwrap() + 2;
+        let mut b = Boundary::responses();
+        for (i, byte) in stream.iter().enumerate() {
+            b.feed(std::slice::from_ref(byte));
+            let expect = i == fetch_end || i + 1 == stream.len();
+            assert_eq!(b.at_line_start(), expect, "after byte {i}");
+        }
+    }
+
+    #[test]
+    fn compress_makes_the_client_stream_opaque() {
+        let mut b = Boundary::commands();
+        b.feed(b"a1 APPEND INBOX {12}\r\nx COMPRESS\r\n");
+        assert!(!b.is_opaque(), "COMPRESS inside a literal does not count");
+        b.feed(b"\r\n");
+        b.feed(b"a2 compress DEFLATE\r\n");
+        assert!(b.is_opaque());
+        assert!(!b.at_line_start());
+    }
+}
