@@ -70,7 +70,7 @@ pub async fn serve(
                 };
                 drop(state);
                 session.kick.mark_unchanged();
-                relay::run(session, params).await;
+                relay::run(*session, params).await;
             }
         }
     }

@@ -44,7 +44,7 @@ const ID_MAX_VALUE: usize = 1024;
 pub enum PreAuthEnd {
     /// The client left, was refused or timed out; nothing more to do.
     Closed,
-    LoggedIn(LoggedIn),
+    LoggedIn(Box<LoggedIn>),
 }
 
 /// A session whose user is logged in on the backend, with the client already told.
@@ -149,7 +149,7 @@ impl PreAuth {
 
     pub async fn run(mut self) -> PreAuthEnd {
         match self.dialogue().await {
-            Ok(logged_in) => PreAuthEnd::LoggedIn(logged_in),
+            Ok(logged_in) => PreAuthEnd::LoggedIn(Box::new(logged_in)),
             Err(end) => {
                 let bye: Option<&[u8]> = match end {
                     End::Gone | End::Bye => None,

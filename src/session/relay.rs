@@ -110,7 +110,7 @@ impl Pump {
                 self.done = true;
                 return Poll::Ready(Ok(()));
             }
-            if let Poll::Pending = src.poll_read_ready(cx)? {
+            if src.poll_read_ready(cx)?.is_pending() {
                 return self.poll_flush_idle(cx, dst);
             }
             let mut buf = take_buffer();
