@@ -22,7 +22,11 @@ Try, from another shell in $(pwd):
   curl --cacert certs/ca.pem --ssl-reqd 'imap://localhost:2143/INBOX;UID=1' -u 'jsmith:pass1'
   # Jane Doe, IMAP4 disabled: curl: (67) Login denied
   curl -v --cacert certs/ca.pem 'imaps://localhost:2993/INBOX' -u 'jane.doe@example.com:pass2' 2>&1 | grep 'NO \['
-Flip a mailbox: edit config/mailboxes.toml, then: kill -HUP \$(pgrep -f 'imapgate --config')
+Turn IMAP4 off for John Smith and check (the seed's procedure; edits config/mailboxes.toml):
+  target/debug/imapgate --config config/imapgate.toml mailbox set --identity "john.smith@example.com" --imap-enabled false
+  target/debug/imapgate --config config/imapgate.toml mailbox get --identity "john.smith@example.com"
+  target/debug/imapgate --config config/imapgate.toml mailbox get
+  target/debug/imapgate --config config/imapgate.toml sessions
 
 MSG
 target/debug/imapgate --config config/imapgate.toml

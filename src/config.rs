@@ -158,6 +158,13 @@ fn default_login_timeout() -> Duration {
     Duration::from_secs(15)
 }
 
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Unix socket for `imapgate reload|mailbox|sessions|kick`; created with mode 0600.
+    pub control_socket: Option<PathBuf>,
+}
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -168,6 +175,8 @@ pub struct Config {
     pub directory: DirectoryConfig,
     #[serde(default)]
     pub backends: BTreeMap<String, BackendConfig>,
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// Where the file was read from; relative paths were resolved against its directory.
     #[serde(skip)]
     pub path: PathBuf,
@@ -203,6 +212,9 @@ impl Config {
             resolve(p);
         }
         resolve(&mut config.directory.mailboxes);
+        if let Some(p) = config.admin.control_socket.as_mut() {
+            resolve(p);
+        }
         for backend in config.backends.values_mut() {
             if let Some(p) = backend.ca.as_mut() {
                 resolve(p);

@@ -13,9 +13,12 @@
 //!   [`session::relay`] (bytes both ways after login).
 //! - [`backend`]: the backend side: connect, TLS, log in on the user's behalf.
 //! - [`directory`]: the mailbox directory, identity resolution and the policy cache.
+//! - [`registry`]: open sessions, for reload, `imapgate sessions` and `imapgate kick`.
+//! - [`admin`]: control socket, safe edits of the mailboxes file, the operator's commands.
 //! - [`state`]: the reloadable snapshot (config, directory, certificate, backends).
 //! - [`config`], [`tls`], [`credentials`], [`stream`]: supporting pieces.
 
+pub mod admin;
 pub mod backend;
 pub mod config;
 pub mod credentials;

@@ -1,10 +1,13 @@
-//! The `imapgate` command: run the daemon, or check a configuration.
+//! The `imapgate` command: run the daemon, check a configuration, administer mailboxes and
+//! sessions of a running gate.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use imapgate::admin::cli::{self, Format};
+use imapgate::config::Config;
 
 #[derive(Parser)]
 #[command(version, about = "IMAP4 front end enforcing per-mailbox IMAP access")]
@@ -20,12 +23,66 @@ struct Cli {
 enum Command {
     /// Check the configuration, mailbox directory and certificates; exit 1 when anything is wrong.
     CheckConfig,
+    /// Ask the running gate to reload (like SIGHUP) and wait for the answer.
+    Reload,
+    /// Show or change a mailbox's IMAP4 access (like Get-CASMailbox / Set-CASMailbox).
+    #[command(subcommand)]
+    Mailbox(MailboxCommand),
+    /// List the open sessions of the running gate.
+    Sessions {
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Close the open sessions of a mailbox (or login name).
+    Kick {
+        #[arg(long)]
+        identity: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum MailboxCommand {
+    /// Turn IMAP4 on or off for one mailbox, then reload the running gate.
+    Set {
+        /// Display name, alias, email, UPN, DOMAIN\account or GUID.
+        #[arg(long)]
+        identity: String,
+        #[arg(long, action = clap::ArgAction::Set)]
+        imap_enabled: bool,
+        /// Create the mailbox when no entry matches (identity must be an email or an alias).
+        #[arg(long)]
+        create: bool,
+        /// Only edit the file; put it in force later with `imapgate reload`.
+        #[arg(long)]
+        no_reload: bool,
+    },
+    /// Show one mailbox (ending with `IMAP4: Enabled|Disabled`) or a table of all.
+    Get {
+        #[arg(long)]
+        identity: Option<String>,
+        /// Only mailboxes with this setting, e.g. `imap-enabled=false`.
+        #[arg(long, value_parser = parse_filter)]
+        filter: Option<bool>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+}
+
+fn parse_filter(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().replace('_', "-").as_str() {
+        "imap-enabled=true" | "imapenabled=true" => Ok(true),
+        "imap-enabled=false" | "imapenabled=false" => Ok(false),
+        _ => Err("expected imap-enabled=true or imap-enabled=false".into()),
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Some(Command::CheckConfig) => match imapgate::state::State::load(&cli.config) {
+    let Some(command) = cli.command else {
+        return run_daemon(&cli.config);
+    };
+    if let Command::CheckConfig = command {
+        return match imapgate::state::State::load(&cli.config) {
             Ok(state) => {
                 println!(
                     "{}: OK ({} mailboxes, {} backends)",
@@ -39,30 +96,75 @@ fn main() -> ExitCode {
                 eprintln!("{e}");
                 ExitCode::FAILURE
             }
-        },
-        None => {
-            tracing_subscriber::fmt()
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::stderr().is_terminal())
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_env("IMAPGATE_LOG")
-                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-                )
-                .init();
-            let runtime = match tokio::runtime::Runtime::new() {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(imapgate::lifecycle::run_daemon(&cli.config)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!("{e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+        };
+    }
+    let config = match Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match command {
+            Command::CheckConfig => Ok(0),
+            Command::Reload => cli::reload(&config).await,
+            Command::Sessions { format } => cli::sessions(&config, format).await,
+            Command::Kick { identity } => cli::kick(&config, &identity).await,
+            Command::Mailbox(MailboxCommand::Set {
+                identity,
+                imap_enabled,
+                create,
+                no_reload,
+            }) => cli::mailbox_set(&config, &identity, imap_enabled, create, no_reload).await,
+            Command::Mailbox(MailboxCommand::Get {
+                identity,
+                filter,
+                format,
+            }) => cli::mailbox_get(&config, identity.as_deref(), filter, format).await,
+        }
+    });
+    match result {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_daemon(config: &std::path::Path) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("IMAPGATE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(imapgate::lifecycle::run_daemon(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
         }
     }
 }

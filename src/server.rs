@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
@@ -42,6 +42,11 @@ pub struct Shared {
 pub enum StartError {
     #[error(transparent)]
     Load(#[from] LoadError),
+    #[error("cannot create the control socket {path}: {source}")]
+    Control {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot listen on {address}: {source}")]
     Bind {
         address: SocketAddr,
@@ -52,6 +57,7 @@ pub enum StartError {
 pub struct Gate {
     shared: Arc<Shared>,
     listeners: Vec<(ListenerKind, TcpListener)>,
+    control: Option<(UnixListener, PathBuf)>,
 }
 
 /// What a successful reload did.
@@ -84,6 +90,18 @@ impl Gate {
                 listeners.push((kind, l));
             }
         }
+        let control = match &state.config.admin.control_socket {
+            Some(path) => Some((
+                crate::admin::control::bind(path)
+                    .await
+                    .map_err(|source| StartError::Control {
+                        path: path.clone(),
+                        source,
+                    })?,
+                path.clone(),
+            )),
+            None => None,
+        };
         let (phase, _) = watch::channel(Phase::Running);
         Ok(Gate {
             shared: Arc::new(Shared {
@@ -95,6 +113,7 @@ impl Gate {
                 registry: Arc::new(Registry::default()),
             }),
             listeners,
+            control,
         })
     }
 
@@ -129,6 +148,14 @@ impl Gate {
         let mut accept_loops = Vec::new();
         for (kind, l) in self.listeners {
             accept_loops.push(tokio::spawn(listener::accept_loop(l, kind, shared.clone())));
+        }
+        if let Some((listener, path)) = self.control {
+            let handle = GateHandle {
+                shared: shared.clone(),
+            };
+            accept_loops.push(tokio::spawn(crate::admin::control::serve(
+                listener, path, handle,
+            )));
         }
         let mut phase = shared.phase.subscribe();
         let _ = phase.wait_for(|p| *p != Phase::Running).await;
@@ -213,6 +240,11 @@ impl GateHandle {
     /// Sessions currently open.
     pub fn open_sessions(&self) -> usize {
         self.shared.tracker.len()
+    }
+
+    /// Follows the gate's phase (running, draining, closing).
+    pub fn phase(&self) -> watch::Receiver<Phase> {
+        self.shared.phase.subscribe()
     }
 
     /// The registry of logged-in sessions.

@@ -3,15 +3,12 @@
 mod common;
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
+use common::daemon::{Daemon, BIN};
 use common::fake::{FakeBackend, Script};
 use common::{last, Client, GateConfig};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, ChildStderr, Command};
-
-const BIN: &str = env!("CARGO_BIN_EXE_imapgate");
+use tokio::process::Command;
 
 fn mailboxes(enabled: bool) -> String {
     format!("# operators' comment\n[[mailbox]]\nname = \"John Smith\"\nemail = \"john@example.com\"\nlogin = \"user1\"\nimap_enabled = {enabled}\n")
@@ -60,63 +57,6 @@ async fn check_config_accepts_good_files_and_names_what_is_wrong() {
     );
     let (ok, text) = check_config(&dir.path().join("missing.toml")).await;
     assert!(!ok && text.contains("missing.toml"), "{text}");
-}
-
-/// The daemon as a child process, with its log read line by line.
-struct Daemon {
-    child: Child,
-    log: tokio::io::Lines<BufReader<ChildStderr>>,
-}
-
-impl Daemon {
-    async fn start(config: &Path) -> (Daemon, u16) {
-        let mut child = Command::new(BIN)
-            .arg("--config")
-            .arg(config)
-            .env("IMAPGATE_LOG", "info")
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start daemon");
-        let stderr = child.stderr.take().expect("stderr");
-        let mut d = Daemon {
-            child,
-            log: BufReader::new(stderr).lines(),
-        };
-        let line = d.wait_for("listening (plain, STARTTLS)").await;
-        let port = line
-            .rsplit_once("address=127.0.0.1:")
-            .and_then(|(_, p)| p.split_whitespace().next())
-            .and_then(|p| p.parse().ok())
-            .expect("port in the log");
-        (d, port)
-    }
-
-    async fn wait_for(&mut self, needle: &str) -> String {
-        let found = tokio::time::timeout(Duration::from_secs(10), async {
-            while let Ok(Some(line)) = self.log.next_line().await {
-                if line.contains(needle) {
-                    return Some(line);
-                }
-            }
-            None
-        })
-        .await;
-        found
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| panic!("log line with {needle:?} not seen"))
-    }
-
-    fn signal(&self, sig: &str) {
-        let pid = self.child.id().expect("pid").to_string();
-        let ok = std::process::Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .expect("kill")
-            .success();
-        assert!(ok);
-    }
 }
 
 async fn login(port: u16, user: &str) -> String {

@@ -120,6 +120,27 @@ impl Directory {
             .map(|&i| &self.mailboxes[i])
     }
 
+    /// Every mailbox with defaults applied, in file order.
+    pub fn views(&self) -> Vec<MailboxView> {
+        self.mailboxes
+            .iter()
+            .map(|m| MailboxView {
+                name: m.name.clone(),
+                alias: m.alias.clone(),
+                email: m.email.clone(),
+                upn: m.upn.clone(),
+                domain_account: m.domain_account.clone(),
+                guid: m.guid.clone(),
+                login: m.login.clone(),
+                backend: m
+                    .backend
+                    .clone()
+                    .unwrap_or_else(|| self.default_backend.to_string()),
+                imap_enabled: m.imap_enabled.unwrap_or(self.default_imap_enabled),
+            })
+            .collect()
+    }
+
     /// The policy for a login name, without the cache.
     pub fn policy(&self, login: &str) -> Policy {
         match self.find(login) {
@@ -141,6 +162,60 @@ impl Directory {
             },
         }
     }
+}
+
+/// A mailbox with its effective settings (defaults applied), as the admin commands show it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MailboxView {
+    pub name: Option<String>,
+    pub alias: Option<String>,
+    pub email: Option<String>,
+    pub upn: Option<String>,
+    pub domain_account: Option<String>,
+    pub guid: Option<String>,
+    pub login: Option<String>,
+    pub backend: String,
+    pub imap_enabled: bool,
+}
+
+impl MailboxView {
+    /// True when `identity` names this mailbox in any form the admin commands accept: display
+    /// name, alias, email, UPN, `DOMAIN\account` (or `DOMAIN/account`), GUID; case-insensitive.
+    pub fn matches(&self, identity: &str) -> bool {
+        let wanted = identity.to_lowercase().replace('/', "\\");
+        [
+            &self.name,
+            &self.alias,
+            &self.email,
+            &self.upn,
+            &self.domain_account,
+            &self.guid,
+        ]
+        .into_iter()
+        .flatten()
+        .any(|v| v.to_lowercase().replace('/', "\\") == wanted)
+    }
+
+    /// What tables and messages call this mailbox.
+    pub fn label(&self) -> &str {
+        self.name
+            .as_deref()
+            .or(self.email.as_deref())
+            .or(self.upn.as_deref())
+            .or(self.alias.as_deref())
+            .or(self.domain_account.as_deref())
+            .unwrap_or("")
+    }
+}
+
+/// Positions in `views` of the mailboxes `identity` names.
+pub fn find_identity(views: &[MailboxView], identity: &str) -> Vec<usize> {
+    views
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| v.matches(identity))
+        .map(|(i, _)| i)
+        .collect()
 }
 
 /// Identity resolution through a moka cache, bound to one directory snapshot.

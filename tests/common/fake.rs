@@ -293,17 +293,22 @@ async fn serve(
                     .write_all(format!("{tag} OK IDLE terminated\r\n").as_bytes())
                     .await?;
             }
-            // XBIG n: one FETCH literal of n bytes; XDIE n: half of it, then the connection drops.
-            "XBIG" | "XDIE" => {
+            // XBIG n: one FETCH literal of n bytes; XDIE n: half of it, then the connection drops;
+            // XHALF n: half of it, then nothing more (the connection stays open).
+            "XBIG" | "XDIE" | "XHALF" => {
                 let n: usize = String::from_utf8_lossy(&args).trim().parse().unwrap_or(0);
                 w.write_all(format!("* 1 FETCH (BODY[] {{{n}}}\r\n").as_bytes())
                     .await?;
                 let body: Vec<u8> = (0..n)
                     .map(|i| b"abcdefghijklmnopqrstuvwxyz\r\n"[i % 28])
                     .collect();
-                if name == "XDIE" {
+                if name == "XDIE" || name == "XHALF" {
                     w.write_all(&body[..n / 2]).await?;
                     w.flush().await?;
+                    if name == "XHALF" {
+                        let mut sink = Vec::new();
+                        let _ = r.read_to_end(&mut sink).await;
+                    }
                     return Ok(());
                 }
                 w.write_all(&body).await?;

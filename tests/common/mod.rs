@@ -2,6 +2,7 @@
 //! STARTTLS, implicit TLS), a scriptable fake backend, and a real Dovecot backend.
 #![allow(dead_code)]
 
+pub mod daemon;
 pub mod dovecot;
 pub mod fake;
 

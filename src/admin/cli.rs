@@ -1,0 +1,357 @@
+//! The operator's commands: `mailbox set`, `mailbox get`, `reload`, `sessions`, `kick`.
+//! Each returns the process exit code; what it prints is meant for people, or JSON for scripts.
+
+use std::path::Path;
+
+use anyhow::Context;
+use serde::Serialize;
+
+use super::control::{self, ControlError};
+use super::edit;
+use crate::config::Config;
+use crate::directory::{self, find_identity, MailboxView};
+use crate::registry::SessionView;
+use crate::server::ReloadReport;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+fn socket(config: &Config) -> anyhow::Result<&Path> {
+    config.admin.control_socket.as_deref().with_context(|| {
+        format!(
+            "{}: no [admin] control_socket configured",
+            config.path.display()
+        )
+    })
+}
+
+fn backend_names(config: &Config) -> Vec<&str> {
+    config.backends.keys().map(String::as_str).collect()
+}
+
+fn enabled_word(enabled: bool) -> &'static str {
+    if enabled {
+        "Enabled"
+    } else {
+        "Disabled"
+    }
+}
+
+/// Asks the running gate to reload; prints the outcome. Exit 1 when the gate refused the new
+/// configuration or could not be reached.
+pub async fn reload(config: &Config) -> anyhow::Result<i32> {
+    match control::request::<ReloadReport>(socket(config)?, "RELOAD").await {
+        Ok(r) => {
+            println!(
+                "reloaded: {} mailboxes in force, {} session(s) of disabled mailboxes closed",
+                r.mailboxes, r.sessions_closed
+            );
+            Ok(0)
+        }
+        Err(ControlError::Refused(reason)) => {
+            eprintln!("reload refused; the previous configuration stays in force: {reason}");
+            Ok(1)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            Ok(1)
+        }
+    }
+}
+
+pub async fn mailbox_set(
+    config: &Config,
+    identity: &str,
+    enabled: bool,
+    create: bool,
+    no_reload: bool,
+) -> anyhow::Result<i32> {
+    let path = config.directory.mailboxes.clone();
+    let backends: Vec<String> = backend_names(config)
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let id = identity.to_string();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let names: Vec<&str> = backends.iter().map(String::as_str).collect();
+        edit::set_imap_enabled(&path, &names, &id, enabled, create)
+    })
+    .await?;
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(1);
+        }
+    };
+    let label = outcome.mailbox.label().to_string();
+    match (outcome.created, outcome.changed) {
+        (true, _) => println!(
+            "created mailbox {label} with IMAP4: {}",
+            enabled_word(enabled)
+        ),
+        (false, true) => println!("{label}: IMAP4 set to {}", enabled_word(enabled)),
+        (false, false) => println!(
+            "{label}: IMAP4 already {} in the file",
+            enabled_word(enabled)
+        ),
+    }
+    if no_reload {
+        println!("not reloaded (--no-reload): run `imapgate reload` or `systemctl reload imapgate` to put it in force");
+        return Ok(0);
+    }
+    let Some(socket) = config.admin.control_socket.as_deref() else {
+        println!(
+            "no control socket configured: run `systemctl reload imapgate` to put it in force"
+        );
+        return Ok(0);
+    };
+    match control::request::<ReloadReport>(socket, "RELOAD").await {
+        Ok(r) => {
+            println!(
+                "reloaded: in force now ({} session(s) of disabled mailboxes closed)",
+                r.sessions_closed
+            );
+            Ok(0)
+        }
+        Err(ControlError::Unreachable { .. }) => {
+            println!("imapgate is not running: the change applies when it starts");
+            Ok(0)
+        }
+        Err(e) => {
+            eprintln!("the file was changed, but the reload failed: {e}");
+            Ok(1)
+        }
+    }
+}
+
+/// One mailbox as `mailbox get` reports it: on disk, and in force when a gate is reachable.
+#[derive(Debug, Serialize)]
+struct Report {
+    #[serde(flatten)]
+    mailbox: MailboxView,
+    /// What the running gate enforces; `None` when no gate was reachable.
+    in_force: Option<InForce>,
+}
+
+#[derive(Debug, Serialize)]
+struct InForce {
+    /// `None` when the running gate's directory does not have this mailbox (defaults apply).
+    imap_enabled: Option<bool>,
+    backend: Option<String>,
+    differs_from_disk: bool,
+}
+
+impl Report {
+    /// The ImapEnabled that counts: in force when known, else the file's.
+    fn effective(&self) -> bool {
+        self.in_force
+            .as_ref()
+            .and_then(|f| f.imap_enabled)
+            .unwrap_or(self.mailbox.imap_enabled)
+    }
+}
+
+pub async fn mailbox_get(
+    config: &Config,
+    identity: Option<&str>,
+    filter: Option<bool>,
+    format: Format,
+) -> anyhow::Result<i32> {
+    let names = backend_names(config);
+    let disk = directory::file::load(&config.directory.mailboxes, &names)?.views();
+    let running: Option<Vec<MailboxView>> = match config.admin.control_socket.as_deref() {
+        Some(socket) => match control::request(socket, "MAILBOXES").await {
+            Ok(v) => Some(v),
+            Err(ControlError::Unreachable { .. }) => None,
+            Err(e) => return Err(e.into()),
+        },
+        None => None,
+    };
+    let selected: Vec<usize> = match identity {
+        Some(id) => {
+            let m = find_identity(&disk, id);
+            if m.is_empty() {
+                eprintln!(
+                    "no mailbox matches {id:?} in {}",
+                    config.directory.mailboxes.display()
+                );
+                return Ok(1);
+            }
+            m
+        }
+        None => (0..disk.len()).collect(),
+    };
+    let reports: Vec<Report> = selected
+        .into_iter()
+        .map(|i| {
+            let mailbox = disk[i].clone();
+            let in_force = running.as_ref().map(|r| {
+                let found = r.iter().find(|v| same_mailbox(v, &mailbox));
+                InForce {
+                    imap_enabled: found.map(|v| v.imap_enabled),
+                    backend: found.map(|v| v.backend.clone()),
+                    differs_from_disk: found != Some(&mailbox),
+                }
+            });
+            Report { mailbox, in_force }
+        })
+        .filter(|r| filter.is_none_or(|want| r.effective() == want))
+        .collect();
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&reports)?),
+        Format::Table if identity.is_some() => {
+            for (i, r) in reports.iter().enumerate() {
+                if i > 0 {
+                    println!();
+                }
+                print_block(r, running.is_some());
+            }
+        }
+        Format::Table => print_table(&reports, running.is_some()),
+    }
+    Ok(0)
+}
+
+/// The same mailbox in two versions of the directory: same first login name.
+fn same_mailbox(a: &MailboxView, b: &MailboxView) -> bool {
+    let key = |v: &MailboxView| {
+        (
+            v.email.as_ref().map(|s| s.to_lowercase()),
+            v.upn.as_ref().map(|s| s.to_lowercase()),
+            v.alias.as_ref().map(|s| s.to_lowercase()),
+            v.domain_account.as_ref().map(|s| s.to_lowercase()),
+        )
+    };
+    key(a) == key(b)
+}
+
+fn print_block(r: &Report, gate_running: bool) {
+    let m = &r.mailbox;
+    let opt = |v: &Option<String>| v.clone().unwrap_or_default();
+    println!("Name              : {}", opt(&m.name));
+    println!("Alias             : {}", opt(&m.alias));
+    println!("EmailAddress      : {}", opt(&m.email));
+    println!("UserPrincipalName : {}", opt(&m.upn));
+    println!("DomainAccount     : {}", opt(&m.domain_account));
+    println!("Guid              : {}", opt(&m.guid));
+    println!("BackendLogin      : {}", opt(&m.login));
+    println!("Backend           : {}", m.backend);
+    match &r.in_force {
+        Some(f) if f.differs_from_disk => {
+            let disk = enabled_word(m.imap_enabled);
+            let force = f
+                .imap_enabled
+                .map(enabled_word)
+                .unwrap_or("not in the directory (defaults apply)");
+            println!("Source            : the running gate");
+            println!(
+                "Note              : on disk differs from in force: the file says IMAP4 {disk}, the gate enforces {force}; run `imapgate reload`"
+            );
+        }
+        Some(_) => println!("Source            : the running gate (same as on disk)"),
+        None if gate_running => {}
+        None => println!("Source            : the file (no running gate reachable)"),
+    }
+    println!("IMAP4: {}", enabled_word(r.effective()));
+}
+
+fn print_table(reports: &[Report], gate_running: bool) {
+    let rows: Vec<[String; 5]> = reports
+        .iter()
+        .map(|r| {
+            let m = &r.mailbox;
+            let mut enabled = if r.effective() { "True" } else { "False" }.to_string();
+            if r.in_force.as_ref().is_some_and(|f| f.differs_from_disk) {
+                enabled.push_str(" *");
+            }
+            [
+                m.name.clone().unwrap_or_default(),
+                m.alias.clone().unwrap_or_default(),
+                m.email.clone().or(m.upn.clone()).unwrap_or_default(),
+                m.backend.clone(),
+                enabled,
+            ]
+        })
+        .collect();
+    let header = ["Name", "Alias", "Email", "Backend", "ImapEnabled"];
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    println!("{}", line(&header.map(String::from)));
+    println!("{}", line(&widths.map(|w| "-".repeat(w))));
+    for row in &rows {
+        println!("{}", line(row));
+    }
+    if reports
+        .iter()
+        .any(|r| r.in_force.as_ref().is_some_and(|f| f.differs_from_disk))
+    {
+        println!("* on disk differs from in force (shown: what the running gate enforces); run `imapgate reload`");
+    }
+    if !gate_running {
+        println!("(from the file: no running gate reachable)");
+    }
+}
+
+pub async fn sessions(config: &Config, format: Format) -> anyhow::Result<i32> {
+    let list: Vec<SessionView> = control::request(socket(config)?, "SESSIONS").await?;
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&list)?),
+        Format::Table => {
+            println!(
+                "{:<8}  {:<28}  {:<20}  {:<22}  {:<10}  {:>10}  {:>12}  {:>12}",
+                "Id", "User", "Mailbox", "Client", "Backend", "Since", "FromClient", "FromBackend"
+            );
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            for s in &list {
+                println!(
+                    "{:<8}  {:<28}  {:<20}  {:<22}  {:<10}  {:>9}s  {:>12}  {:>12}",
+                    s.id,
+                    s.user,
+                    s.mailbox.as_deref().unwrap_or("-"),
+                    s.client,
+                    s.backend,
+                    now.saturating_sub(s.since),
+                    s.bytes_from_client,
+                    s.bytes_from_backend
+                );
+            }
+            println!("{} session(s)", list.len());
+        }
+    }
+    Ok(0)
+}
+
+pub async fn kick(config: &Config, identity: &str) -> anyhow::Result<i32> {
+    #[derive(serde::Deserialize)]
+    struct Closed {
+        closed: usize,
+    }
+    let line = format!("KICK {identity}");
+    if line.contains(['\r', '\n']) {
+        anyhow::bail!("an identity cannot contain a line break");
+    }
+    let r: Closed = control::request(socket(config)?, &line).await?;
+    println!("{} session(s) closed", r.closed);
+    Ok(0)
+}

@@ -1,0 +1,202 @@
+//! The control socket: a Unix socket (`[admin] control_socket`) created owner-only (0600), on
+//! which the operator's `imapgate` commands reach the running daemon.
+//!
+//! Protocol: one request line per connection, `VERB [ARGUMENT]` (UTF-8, at most 4 KiB), answered
+//! by one line, `OK <json>` or `ERR <message>`. Verbs: `PING`, `RELOAD`, `MAILBOXES` (the
+//! directory in force), `SESSIONS`, `KICK <identity>`. A malformed request gets `ERR` and changes
+//! nothing. Besides the file mode, the peer's uid must be root's or the socket owner's.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::directory::{find_identity, login_key};
+use crate::registry::Kick;
+use crate::server::{GateHandle, Phase};
+
+const MAX_REQUEST: u64 = 4096;
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("cannot reach the gate's control socket {path}: {source} (is imapgate running?)")]
+    Unreachable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("control socket {path}: {message}")]
+    Protocol { path: PathBuf, message: String },
+    /// The daemon answered `ERR`.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Binds the control socket, replacing a stale one; refuses when another gate answers on it.
+pub async fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("{} is in use by a running gate", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+pub async fn serve(listener: UnixListener, path: PathBuf, handle: GateHandle) {
+    let owner = std::fs::metadata(&path).map(|m| m.uid()).ok();
+    let mut phase = handle.phase();
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = phase.wait_for(|p| *p != Phase::Running) => break,
+        };
+        let Ok((stream, _)) = accepted else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let allowed = stream
+            .peer_cred()
+            .map(|c| c.uid() == 0 || Some(c.uid()) == owner)
+            .unwrap_or(false);
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(IO_TIMEOUT, answer(stream, allowed, handle)).await;
+        });
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
+async fn answer(stream: UnixStream, allowed: bool, handle: GateHandle) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = Vec::new();
+    let mut reader = BufReader::new(read.take(MAX_REQUEST + 1));
+    reader.read_until(b'\n', &mut line).await?;
+    let reply = if !allowed {
+        "ERR permission denied".to_string()
+    } else if line.len() as u64 > MAX_REQUEST || !line.ends_with(b"\n") {
+        "ERR request too long or not terminated by a newline".to_string()
+    } else {
+        match std::str::from_utf8(&line) {
+            Ok(text) => handle_request(text.trim_end_matches(['\r', '\n']), &handle).await,
+            Err(_) => "ERR request is not UTF-8".to_string(),
+        }
+    };
+    write.write_all(reply.as_bytes()).await?;
+    write.write_all(b"\n").await?;
+    write.shutdown().await?;
+    // Read what a refused request left unread (bounded), so closing does not reset the
+    // connection before the client has read the answer.
+    let mut rest = reader.into_inner().into_inner().take(64 * 1024);
+    let _ = tokio::io::copy(&mut rest, &mut tokio::io::sink()).await;
+    Ok(())
+}
+
+fn ok<T: serde::Serialize>(value: &T) -> String {
+    match serde_json::to_string(value) {
+        Ok(json) => format!("OK {json}"),
+        Err(e) => format!("ERR {e}"),
+    }
+}
+
+async fn handle_request(line: &str, handle: &GateHandle) -> String {
+    let (verb, arg) = line.split_once(' ').unwrap_or((line, ""));
+    match (verb, arg.is_empty()) {
+        ("PING", true) => ok(&serde_json::json!({ "version": env!("CARGO_PKG_VERSION") })),
+        ("RELOAD", true) => {
+            let h = handle.clone();
+            match tokio::task::spawn_blocking(move || h.reload()).await {
+                Ok(Ok(report)) => ok(&report),
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "reload refused; the previous configuration stays in force");
+                    format!("ERR {}", one_line(&e.to_string()))
+                }
+                Err(e) => format!("ERR reload failed: {e}"),
+            }
+        }
+        ("MAILBOXES", true) => ok(&handle.state().policies.directory().views()),
+        ("SESSIONS", true) => ok(&handle.registry().list()),
+        ("KICK", false) => {
+            let state = handle.state();
+            let directory = state.policies.directory();
+            let matches = find_identity(&directory.views(), arg);
+            let closed = if matches.is_empty() {
+                // Not in the directory: the identity is a login name.
+                let key = login_key(arg);
+                handle
+                    .registry()
+                    .kick_where(Kick::Admin, |s| login_key(&s.user) == key)
+            } else {
+                let targets: Vec<_> = matches
+                    .iter()
+                    .map(|&i| directory.mailboxes[i].clone())
+                    .collect();
+                handle.registry().kick_where(Kick::Admin, |s| {
+                    directory
+                        .find(&s.user)
+                        .is_some_and(|m| targets.iter().any(|t| Arc::ptr_eq(t, m)))
+                })
+            };
+            tracing::info!(
+                identity = arg,
+                closed,
+                "kick requested on the control socket"
+            );
+            ok(&serde_json::json!({ "closed": closed }))
+        }
+        ("PING" | "RELOAD" | "MAILBOXES" | "SESSIONS", false) => {
+            format!("ERR {verb} takes no argument")
+        }
+        ("KICK", true) => "ERR KICK needs an identity".to_string(),
+        _ => "ERR unknown request; expected PING, RELOAD, MAILBOXES, SESSIONS or KICK <identity>"
+            .to_string(),
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.replace(['\r', '\n'], " ")
+}
+
+/// Sends one request and returns the JSON after `OK`.
+pub async fn request<T: DeserializeOwned>(path: &Path, line: &str) -> Result<T, ControlError> {
+    let unreachable = |source| ControlError::Unreachable {
+        path: path.to_path_buf(),
+        source,
+    };
+    let protocol = |message: String| ControlError::Protocol {
+        path: path.to_path_buf(),
+        message,
+    };
+    let mut stream = UnixStream::connect(path).await.map_err(unreachable)?;
+    let exchange = async {
+        stream.write_all(format!("{line}\n").as_bytes()).await?;
+        let mut reply = String::new();
+        BufReader::new(&mut stream)
+            .take(64 * 1024 * 1024)
+            .read_line(&mut reply)
+            .await?;
+        std::io::Result::Ok(reply)
+    };
+    // A reload reads files and certificates: give it time.
+    let reply = tokio::time::timeout(Duration::from_secs(60), exchange)
+        .await
+        .map_err(|_| protocol("no answer within 60 s".into()))?
+        .map_err(|e| protocol(e.to_string()))?;
+    let reply = reply.trim_end();
+    if let Some(json) = reply.strip_prefix("OK ") {
+        serde_json::from_str(json).map_err(|e| protocol(format!("unreadable answer: {e}")))
+    } else if let Some(message) = reply.strip_prefix("ERR ") {
+        Err(ControlError::Refused(message.to_string()))
+    } else {
+        Err(protocol(format!("unexpected answer {reply:?}")))
+    }
+}

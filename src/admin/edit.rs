@@ -1,0 +1,290 @@
+//! Safe edits of the mailboxes file: comments, order and formatting of everything else are kept
+//! (toml_edit); the result is validated like a reload would before it is written; the write is
+//! atomic (temporary file in the same directory, fsync, rename, fsync of the directory); and a
+//! lock on `<file>.lock` serializes concurrent editors, so no edit is lost.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use toml_edit::{DocumentMut, Item, TableLike, Value};
+
+use crate::directory::{self, find_identity, MailboxView};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EditError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Directory(#[from] directory::DirectoryError),
+    #[error("{path}: {message}")]
+    Toml { path: PathBuf, message: String },
+    #[error("no mailbox matches {identity:?}; add --create to create one (with an email address or alias as identity)")]
+    NotFound { identity: String },
+    #[error("{identity:?} matches {} mailboxes; use a unique identity (email, UPN, alias or GUID):\n{}", .matches.len(), .matches.join("\n"))]
+    Ambiguous {
+        identity: String,
+        matches: Vec<String>,
+    },
+    #[error("--create needs an email address or an alias as identity, not {0:?}")]
+    CannotCreate(String),
+}
+
+/// What `set_imap_enabled` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EditOutcome {
+    pub mailbox: MailboxView,
+    pub created: bool,
+    /// False when the file already said so (it was not rewritten).
+    pub changed: bool,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> EditError + '_ {
+    move |source| EditError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Sets `imap_enabled` on the one mailbox `identity` names (creating it with `create`), under the
+/// file lock. `backends` are the configured backend names, for validation.
+pub fn set_imap_enabled(
+    path: &Path,
+    backends: &[&str],
+    identity: &str,
+    enabled: bool,
+    create: bool,
+) -> Result<EditOutcome, EditError> {
+    let lock_path = lock_path(path);
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io_err(&lock_path))?;
+    lock.lock().map_err(io_err(&lock_path))?;
+    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+    let views = directory::file::parse(path, &text, backends)?.views();
+    let matches = find_identity(&views, identity);
+    let mut doc: DocumentMut = text
+        .parse()
+        .map_err(|e: toml_edit::TomlError| EditError::Toml {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    let created = match matches.as_slice() {
+        [] if create => {
+            append_mailbox(&mut doc, identity, enabled)?;
+            true
+        }
+        [] => {
+            return Err(EditError::NotFound {
+                identity: identity.into(),
+            })
+        }
+        [one] => {
+            if views[*one].imap_enabled == enabled {
+                let mailbox = views[*one].clone();
+                return Ok(EditOutcome {
+                    mailbox,
+                    created: false,
+                    changed: false,
+                });
+            }
+            let table = mailbox_table(&mut doc, *one).ok_or_else(|| EditError::Toml {
+                path: path.to_path_buf(),
+                message: "the [[mailbox]] entries are not an array of tables".into(),
+            })?;
+            set_bool(table, "imap_enabled", enabled);
+            false
+        }
+        many => {
+            return Err(EditError::Ambiguous {
+                identity: identity.into(),
+                matches: many.iter().map(|&i| describe(&views[i])).collect(),
+            })
+        }
+    };
+    let new_text = doc.to_string();
+    // Never write what a reload would refuse.
+    let new_views = directory::file::parse(path, &new_text, backends)?.views();
+    let index = find_identity(&new_views, identity);
+    let mailbox = index
+        .first()
+        .map(|&i| new_views[i].clone())
+        .ok_or_else(|| EditError::NotFound {
+            identity: identity.into(),
+        })?;
+    write_atomically(path, new_text.as_bytes())?;
+    drop(lock);
+    Ok(EditOutcome {
+        mailbox,
+        created,
+        changed: true,
+    })
+}
+
+pub fn lock_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".lock");
+    path.with_file_name(name)
+}
+
+fn describe(v: &MailboxView) -> String {
+    let mut parts = vec![format!("  {}", v.label())];
+    for (k, val) in [
+        ("alias", &v.alias),
+        ("email", &v.email),
+        ("upn", &v.upn),
+        ("guid", &v.guid),
+    ] {
+        if let Some(val) = val {
+            parts.push(format!("{k}={val}"));
+        }
+    }
+    parts.join("  ")
+}
+
+/// The `index`th `[[mailbox]]` entry, whether written as tables or as an inline array.
+fn mailbox_table(doc: &mut DocumentMut, index: usize) -> Option<&mut dyn TableLike> {
+    match doc.get_mut("mailbox")? {
+        Item::ArrayOfTables(aot) => aot.get_mut(index).map(|t| t as &mut dyn TableLike),
+        Item::Value(Value::Array(array)) => array
+            .get_mut(index)?
+            .as_inline_table_mut()
+            .map(|t| t as &mut dyn TableLike),
+        _ => None,
+    }
+}
+
+/// Sets a boolean, keeping the comment and spacing around an existing value.
+fn set_bool(table: &mut dyn TableLike, key: &str, value: bool) {
+    match table.get_mut(key).and_then(Item::as_value_mut) {
+        Some(existing) => {
+            let decor = existing.decor().clone();
+            *existing = Value::from(value);
+            *existing.decor_mut() = decor;
+        }
+        None => {
+            table.insert(key, toml_edit::value(value));
+        }
+    }
+}
+
+fn append_mailbox(doc: &mut DocumentMut, identity: &str, enabled: bool) -> Result<(), EditError> {
+    let key = if identity.contains('@') {
+        "email"
+    } else if identity
+        .chars()
+        .all(|c| c.is_alphanumeric() || "._-".contains(c))
+        && !identity.is_empty()
+    {
+        "alias"
+    } else {
+        return Err(EditError::CannotCreate(identity.into()));
+    };
+    let mut table = toml_edit::Table::new();
+    table.insert(key, toml_edit::value(identity));
+    table.insert("imap_enabled", toml_edit::value(enabled));
+    match doc.get_mut("mailbox") {
+        Some(Item::ArrayOfTables(aot)) => aot.push(table),
+        Some(Item::Value(Value::Array(array))) => array.push(table.into_inline_table()),
+        Some(_) => {
+            return Err(EditError::CannotCreate(
+                "the file's `mailbox` key is not a list of mailboxes".into(),
+            ))
+        }
+        None => {
+            let mut aot = toml_edit::ArrayOfTables::new();
+            aot.push(table);
+            doc.insert("mailbox", Item::ArrayOfTables(aot));
+        }
+    }
+    Ok(())
+}
+
+/// Temporary file beside `path`, fsync, rename over `path`, fsync the directory. The file keeps
+/// its permissions.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), EditError> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(path.file_name().unwrap_or_default());
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = dir.join(tmp_name);
+    let result = (|| {
+        let mut file = File::create(&tmp)?;
+        if let Ok(meta) = std::fs::metadata(path) {
+            file.set_permissions(meta.permissions())?;
+        }
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(io_err(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#"# Directory of Contoso
+[defaults]
+imap_enabled = true   # Exchange's default
+
+# The boss
+[[mailbox]]
+name = "John Smith"
+email = "john@example.com"
+imap_enabled = true   # keep this comment
+
+[[mailbox]]
+name = "John Smith"
+email = "john.smith2@example.com"
+alias = "js2"
+"#;
+
+    #[test]
+    fn edits_keep_comments_and_refuse_ambiguity() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mailboxes.toml");
+        std::fs::write(&path, FILE).unwrap();
+        let e = set_imap_enabled(&path, &["main"], "john smith", false, false).unwrap_err();
+        assert!(
+            matches!(e, EditError::Ambiguous { ref matches, .. } if matches.len() == 2),
+            "{e}"
+        );
+        let out = set_imap_enabled(&path, &["main"], "JOHN@example.com", false, false).unwrap();
+        assert!(out.changed && !out.mailbox.imap_enabled);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("imap_enabled = false   # keep this comment"),
+            "{text}"
+        );
+        assert!(text.starts_with("# Directory of Contoso\n") && text.contains("# The boss"));
+        let out = set_imap_enabled(&path, &["main"], "js2", false, false).unwrap();
+        assert!(out.changed);
+        assert!(std::fs::read_to_string(&path)
+            .unwrap()
+            .contains("alias = \"js2\"\nimap_enabled = false"));
+        assert!(matches!(
+            set_imap_enabled(&path, &["main"], "new@example.com", false, false),
+            Err(EditError::NotFound { .. })
+        ));
+        let out = set_imap_enabled(&path, &["main"], "new@example.com", false, true).unwrap();
+        assert!(out.created && out.mailbox.email.as_deref() == Some("new@example.com"));
+        assert!(matches!(
+            set_imap_enabled(&path, &["main"], "two words", false, true),
+            Err(EditError::CannotCreate(_))
+        ));
+    }
+}

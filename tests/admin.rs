@@ -1,0 +1,574 @@
+//! Mailbox administration (`imapgate mailbox set|get`, `reload`, `sessions`, `kick`) against the
+//! running daemon over its control socket, and reloads that close the sessions of mailboxes that
+//! became disabled.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::daemon::{cli, Daemon};
+use common::dovecot::dovecot;
+use common::fake::{FakeBackend, Script};
+use common::{last, Client, GateConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const MAILBOXES: &str = r#"# Contoso directory: keep this comment
+[defaults]
+imap_enabled = true
+
+[[mailbox]]
+name = "John Smith"   # the boss
+email = "john.smith@example.com"
+alias = "jsmith"
+login = "user1"
+imap_enabled = true   # flipped by the tests
+
+[[mailbox]]
+name = "John Smith"
+email = "john.smith2@example.com"
+login = "user3"
+
+[[mailbox]]
+name = "Jane Doe"
+email = "jane@example.com"
+login = "user2"
+"#;
+
+/// Writes a configuration with a control socket; returns (dir, config path).
+fn setup(backend: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut config = GateConfig::new(backend);
+    config.extra = format!(
+        "[admin]\ncontrol_socket = {:?}\n",
+        dir.path().join("control.sock")
+    );
+    let path = dir.path().join("imapgate.toml");
+    std::fs::write(&path, config.render()).expect("config");
+    std::fs::write(dir.path().join("mailboxes.toml"), MAILBOXES).expect("mailboxes");
+    (dir, path)
+}
+
+async fn login(port: u16, user: &str, pass: &str) -> (Client, String) {
+    let mut c = Client::plain(([127, 0, 0, 1], port).into()).await;
+    c.greeting().await;
+    let r = c.cmd("a", &format!("LOGIN {user} {pass}")).await;
+    let reply = last(&r).to_string();
+    (c, reply)
+}
+
+#[tokio::test]
+async fn the_seed_procedure_is_one_command_and_one_check_against_dovecot() {
+    let Some(d) = dovecot() else { return };
+    let (dir, config) = setup(&format!("127.0.0.1:{}", d.port));
+    let (_daemon, port) = Daemon::start(&config).await;
+    // An open IDLE session of John Smith, and one of another user.
+    let (mut john, r) = login(port, "john.smith@example.com", "pass1").await;
+    assert!(r.starts_with("a OK"), "{r}");
+    john.cmd("s", "SELECT INBOX").await;
+    john.send(b"i IDLE\r\n").await;
+    assert!(john.line().await.starts_with("+ "));
+    let (mut other, r) = login(port, "john.smith2@example.com", "pass3").await;
+    assert!(r.starts_with("a OK"), "{r}");
+    other.cmd("s", "SELECT INBOX").await;
+    other.send(b"i IDLE\r\n").await;
+    assert!(other.line().await.starts_with("+ "));
+
+    // Set-CASMailbox -Identity john.smith@example.com -ImapEnabled $false
+    let started = Instant::now();
+    let (ok, out, err) = cli(
+        &config,
+        &[
+            "mailbox",
+            "set",
+            "--identity",
+            "john.smith@example.com",
+            "--imap-enabled",
+            "false",
+        ],
+    )
+    .await;
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("IMAP4 set to Disabled") && out.contains("reloaded"),
+        "{out}"
+    );
+    assert_eq!(
+        john.line().await,
+        "* BYE IMAP4 access is disabled for this mailbox."
+    );
+    assert!(john.closed_within(Duration::from_secs(1)).await);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // The other user's session is untouched.
+    other.send(b"DONE\r\n").await;
+    assert!(other
+        .until_tag("i")
+        .await
+        .last()
+        .unwrap()
+        .starts_with("i OK"));
+    assert!(last(&other.cmd("n", "NOOP").await).starts_with("n OK"));
+    // A real login is refused; the check shows IMAP4: Disabled; the comments survived.
+    assert!(login(port, "jsmith", "pass1")
+        .await
+        .1
+        .starts_with("a NO [CONTACTADMIN]"));
+    let (ok, out, _) = cli(&config, &["mailbox", "get", "--identity", "jsmith"]).await;
+    assert!(ok);
+    assert_eq!(out.lines().last(), Some("IMAP4: Disabled"), "{out}");
+    let text = std::fs::read_to_string(dir.path().join("mailboxes.toml")).expect("read");
+    assert!(
+        text.contains("# Contoso directory: keep this comment")
+            && text.contains("name = \"John Smith\"   # the boss"),
+        "{text}"
+    );
+    assert!(
+        text.contains("imap_enabled = false   # flipped by the tests"),
+        "{text}"
+    );
+
+    // And back.
+    let (ok, out, err) = cli(
+        &config,
+        &[
+            "mailbox",
+            "set",
+            "--identity",
+            "JSMITH",
+            "--imap-enabled",
+            "true",
+        ],
+    )
+    .await;
+    assert!(ok, "{out}{err}");
+    assert!(login(port, "jsmith", "pass1").await.1.starts_with("a OK"));
+    let (_, out, _) = cli(
+        &config,
+        &["mailbox", "get", "--identity", "john.smith@example.com"],
+    )
+    .await;
+    assert_eq!(out.lines().last(), Some("IMAP4: Enabled"), "{out}");
+}
+
+#[tokio::test]
+async fn ambiguous_and_unknown_identities_are_refused() {
+    let fake = FakeBackend::start(Script::default()).await;
+    let (dir, config) = setup(&fake.address());
+    let before = std::fs::read_to_string(dir.path().join("mailboxes.toml")).expect("read");
+    let (ok, _, err) = cli(
+        &config,
+        &[
+            "mailbox",
+            "set",
+            "--identity",
+            "john smith",
+            "--imap-enabled",
+            "false",
+            "--no-reload",
+        ],
+    )
+    .await;
+    assert!(!ok);
+    assert!(
+        err.contains("matches 2 mailboxes")
+            && err.contains("john.smith@example.com")
+            && err.contains("john.smith2@example.com"),
+        "{err}"
+    );
+    let (ok, _, err) = cli(
+        &config,
+        &[
+            "mailbox",
+            "set",
+            "--identity",
+            "nobody@example.com",
+            "--imap-enabled",
+            "false",
+            "--no-reload",
+        ],
+    )
+    .await;
+    assert!(!ok && err.contains("--create"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("mailboxes.toml")).expect("read"),
+        before
+    );
+    // With --create the entry is added (no daemon running: the change applies at start).
+    let (ok, out, err) = cli(
+        &config,
+        &[
+            "mailbox",
+            "set",
+            "--identity",
+            "nobody@example.com",
+            "--imap-enabled",
+            "false",
+            "--create",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("created") && out.contains("not running"),
+        "{out}"
+    );
+    let (_, out, _) = cli(
+        &config,
+        &["mailbox", "get", "--identity", "nobody@example.com"],
+    )
+    .await;
+    assert_eq!(out.lines().last(), Some("IMAP4: Disabled"), "{out}");
+}
+
+#[tokio::test]
+async fn concurrent_edits_from_several_processes_lose_nothing() {
+    let fake = FakeBackend::start(Script::default()).await;
+    let (dir, config) = setup(&fake.address());
+    let mut runs = Vec::new();
+    for i in 0..12 {
+        let config = config.clone();
+        runs.push(tokio::spawn(async move {
+            let id = format!("user{i}@example.com");
+            cli(
+                &config,
+                &[
+                    "mailbox",
+                    "set",
+                    "--identity",
+                    &id,
+                    "--imap-enabled",
+                    "false",
+                    "--create",
+                    "--no-reload",
+                ],
+            )
+            .await
+        }));
+    }
+    // Meanwhile, flips of an existing mailbox.
+    for enabled in ["false", "true", "false"] {
+        let (ok, _, err) = cli(
+            &config,
+            &[
+                "mailbox",
+                "set",
+                "--identity",
+                "jane@example.com",
+                "--imap-enabled",
+                enabled,
+                "--no-reload",
+            ],
+        )
+        .await;
+        assert!(ok, "{err}");
+    }
+    for r in runs {
+        let (ok, _, err) = r.await.expect("task");
+        assert!(ok, "{err}");
+    }
+    let text = std::fs::read_to_string(dir.path().join("mailboxes.toml")).expect("read");
+    for i in 0..12 {
+        assert!(
+            text.contains(&format!("email = \"user{i}@example.com\"")),
+            "user{i} lost:\n{text}"
+        );
+    }
+    assert!(text.starts_with("# Contoso directory: keep this comment"));
+    let (ok, out, _) = cli(
+        &config,
+        &[
+            "mailbox",
+            "get",
+            "--filter",
+            "imap-enabled=false",
+            "--format",
+            "json",
+        ],
+    )
+    .await;
+    assert!(ok);
+    let list: Vec<serde_json::Value> = serde_json::from_str(&out).expect("json");
+    assert_eq!(list.len(), 13, "{out}");
+    assert!(!dir.path().read_dir().expect("dir").any(|e| e
+        .expect("e")
+        .file_name()
+        .to_string_lossy()
+        .contains(".tmp-")));
+}
+
+#[tokio::test]
+async fn get_says_when_the_file_differs_from_what_is_in_force() {
+    let fake = FakeBackend::start(Script::default()).await;
+    let (_dir, config) = setup(&fake.address());
+    let (_daemon, port) = Daemon::start(&config).await;
+    let (ok, out, _) = cli(
+        &config,
+        &["mailbox", "get", "--identity", "jane@example.com"],
+    )
+    .await;
+    assert!(ok && !out.contains("differs"), "{out}");
+    assert!(
+        out.contains("Source            : the running gate"),
+        "{out}"
+    );
+    let (ok, _, _) = cli(
+        &config,
+        &[
+            "mailbox",
+            "set",
+            "--identity",
+            "jane@example.com",
+            "--imap-enabled",
+            "false",
+            "--no-reload",
+        ],
+    )
+    .await;
+    assert!(ok);
+    let (_, out, _) = cli(
+        &config,
+        &["mailbox", "get", "--identity", "jane@example.com"],
+    )
+    .await;
+    assert!(out.contains("on disk differs from in force"), "{out}");
+    assert_eq!(
+        out.lines().last(),
+        Some("IMAP4: Enabled"),
+        "what the gate enforces: {out}"
+    );
+    let (_, table, _) = cli(&config, &["mailbox", "get"]).await;
+    assert!(
+        table.contains("Jane Doe")
+            && table.contains("True *")
+            && table.contains("on disk differs from in force"),
+        "{table}"
+    );
+    assert!(login(port, "jane@example.com", "pass2")
+        .await
+        .1
+        .starts_with("a OK"));
+    let (ok, out, _) = cli(&config, &["reload"]).await;
+    assert!(ok && out.contains("reloaded"), "{out}");
+    let (_, out, _) = cli(&config, &["mailbox", "get", "--identity", "Jane Doe"]).await;
+    assert!(!out.contains("differs"), "{out}");
+    assert_eq!(out.lines().last(), Some("IMAP4: Disabled"));
+    assert!(login(port, "jane@example.com", "pass2")
+        .await
+        .1
+        .starts_with("a NO [CONTACTADMIN]"));
+}
+
+async fn raw_request(socket: &Path, bytes: &[u8]) -> String {
+    let mut s = tokio::net::UnixStream::connect(socket)
+        .await
+        .expect("connect");
+    s.write_all(bytes).await.expect("write");
+    let _ = s.shutdown().await;
+    let mut reply = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut reply))
+        .await
+        .expect("answer")
+        .expect("read");
+    reply
+}
+
+#[tokio::test]
+async fn the_control_socket_is_owner_only_and_refuses_malformed_requests() {
+    let fake = FakeBackend::start(Script::default()).await;
+    let (dir, config) = setup(&fake.address());
+    let (_daemon, port) = Daemon::start(&config).await;
+    let socket = dir.path().join("control.sock");
+    let mode = std::fs::metadata(&socket)
+        .expect("socket")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    for (request, expect) in [
+        (&b"FROB\n"[..], "ERR unknown request"),
+        (b"KICK\n", "ERR KICK needs an identity"),
+        (b"RELOAD now\n", "ERR RELOAD takes no argument"),
+        (b"\xff\xfe\n", "ERR request is not UTF-8"),
+        (b"RELOAD", "ERR request too long or not terminated"),
+        (&[b'A'; 5000][..], "ERR request too long"),
+    ] {
+        let reply = raw_request(&socket, request).await;
+        assert!(
+            reply.starts_with(expect),
+            "{:?} -> {reply}",
+            String::from_utf8_lossy(&request[..request.len().min(20)])
+        );
+    }
+    assert!(raw_request(&socket, b"PING\n")
+        .await
+        .starts_with("OK {\"version\""));
+    // A refused reload: `imapgate reload` exits 1 with the reason; the gate keeps its directory.
+    std::fs::write(
+        dir.path().join("mailboxes.toml"),
+        "[[mailbox]]\nemail = \"a@example.com\"\nimap_enabled = \"no\"\n",
+    )
+    .expect("w");
+    let (ok, _, err) = cli(&config, &["reload"]).await;
+    assert!(
+        !ok && err.contains("mailboxes.toml") && err.contains("line 3"),
+        "{err}"
+    );
+    assert!(login(port, "jane@example.com", "pass2")
+        .await
+        .1
+        .starts_with("a OK"));
+}
+
+#[tokio::test]
+async fn sessions_lists_and_kick_closes() {
+    let fake = FakeBackend::start(Script::default()).await;
+    let (_dir, config) = setup(&fake.address());
+    let (_daemon, port) = Daemon::start(&config).await;
+    let (mut john, _) = login(port, "jsmith", "pass1").await;
+    let (mut jane, _) = login(port, "jane@example.com", "pass2").await;
+    john.send(b"i IDLE\r\n").await;
+    assert_eq!(john.line().await, "+ idling");
+    let (ok, out, _) = cli(&config, &["sessions", "--format", "json"]).await;
+    assert!(ok);
+    let list: Vec<serde_json::Value> = serde_json::from_str(&out).expect("json");
+    assert_eq!(list.len(), 2, "{out}");
+    let js = list
+        .iter()
+        .find(|s| s["user"] == "jsmith")
+        .expect("john listed");
+    assert_eq!(js["mailbox"], "John Smith");
+    assert_eq!(js["backend"], "main");
+    assert!(js["bytes_from_client"].as_u64().unwrap_or(0) >= 8, "{js}");
+    let (ok, table, _) = cli(&config, &["sessions"]).await;
+    assert!(ok && table.contains("2 session(s)"), "{table}");
+    // Kick by another identity form of the same mailbox.
+    let (ok, out, _) = cli(&config, &["kick", "--identity", "john.smith@example.com"]).await;
+    assert!(ok && out.contains("1 session(s) closed"), "{out}");
+    assert_eq!(
+        john.line().await,
+        "* BYE Session closed by the administrator."
+    );
+    assert!(john.closed_within(Duration::from_secs(1)).await);
+    assert!(last(&jane.cmd("n", "NOOP").await).starts_with("n OK"));
+}
+
+#[tokio::test]
+async fn a_kick_mid_literal_or_after_compress_closes_without_a_bye_line() {
+    let fake = FakeBackend::start(Script::default()).await;
+    let gate = GateConfig::new(&fake.address())
+        .mailboxes(MAILBOXES)
+        .start()
+        .await;
+    // Mid-literal: the response stream is inside a FETCH literal.
+    let mut c = gate.plain().await;
+    c.greeting().await;
+    c.cmd("a", "LOGIN jsmith pass1").await;
+    c.send(b"f XHALF 1000\r\n").await;
+    assert_eq!(c.line().await, "* 1 FETCH (BODY[] {1000}");
+    let half = c.read_exact(500).await;
+    assert!(half.starts_with(b"abc"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let n = gate
+        .handle
+        .registry()
+        .kick_where(imapgate::registry::Kick::Disabled, |_| true);
+    assert_eq!(n, 1);
+    assert_eq!(
+        c.try_line(Duration::from_secs(2)).await,
+        Ok(None),
+        "closed, with no BYE inside the literal"
+    );
+    // After COMPRESS the stream is deflate: no plaintext line may be injected.
+    let mut c = gate.plain().await;
+    c.greeting().await;
+    c.cmd("a", "LOGIN jsmith pass1").await;
+    assert_eq!(
+        c.cmd("z", "COMPRESS DEFLATE").await,
+        vec!["z OK COMPRESS done"]
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    gate.handle
+        .registry()
+        .kick_where(imapgate::registry::Kick::Disabled, |_| true);
+    assert_eq!(c.try_line(Duration::from_secs(2)).await, Ok(None));
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn a_reload_during_a_login_in_flight_is_not_missed() {
+    let fake = FakeBackend::start(Script {
+        login_delay: Duration::from_millis(700),
+        ..Script::default()
+    })
+    .await;
+    let gate = GateConfig::new(&fake.address())
+        .mailboxes(MAILBOXES)
+        .start()
+        .await;
+    let mut c = gate.plain().await;
+    c.greeting().await;
+    c.send(b"a LOGIN jsmith pass1\r\n").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gate.write_mailboxes(&MAILBOXES.replace(
+        "imap_enabled = true   # flipped",
+        "imap_enabled = false   # flipped",
+    ));
+    gate.handle.reload().expect("reload");
+    let r = c.until_tag("a").await;
+    assert!(last(&r).starts_with("a NO [CONTACTADMIN]"), "{r:?}");
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn reload_moves_mailboxes_between_backends_and_removed_ones_get_defaults() {
+    let one = FakeBackend::start(Script::default()).await;
+    let two = FakeBackend::start(Script::default()).await;
+    let base = MAILBOXES.replace(
+        "imap_enabled = true\n\n",
+        "imap_enabled = true\nbackend = \"main\"\n\n",
+    );
+    let gate = GateConfig::new(&one.address())
+        .backend("two", &format!("address = \"{}\"", two.address()))
+        .mailboxes(&base)
+        .start()
+        .await;
+    let ok = |r: Vec<String>| last(&r).starts_with("a OK");
+    let mut c = gate.plain().await;
+    c.greeting().await;
+    assert!(ok(c.cmd("a", "LOGIN jsmith pass1").await));
+    assert_eq!(one.named("AUTHENTICATE").len(), 1);
+    // Move John Smith to backend "two".
+    gate.write_mailboxes(&base.replace(
+        "login = \"user1\"\n",
+        "login = \"user1\"\nbackend = \"two\"\n",
+    ));
+    gate.handle.reload().expect("reload");
+    let mut c = gate.plain().await;
+    c.greeting().await;
+    assert!(ok(c.cmd("a", "LOGIN jsmith pass1").await));
+    assert_eq!(
+        two.named("AUTHENTICATE").len(),
+        1,
+        "new sessions go to the new backend"
+    );
+    // Remove Jane Doe: her address now gets the defaults (no `login` mapping: the typed name is sent).
+    gate.write_mailboxes(
+        base.split("[[mailbox]]\nname = \"Jane Doe\"")
+            .next()
+            .expect("split"),
+    );
+    gate.handle.reload().expect("reload");
+    let mut c = gate.plain().await;
+    c.greeting().await;
+    let r = c.cmd("a", "LOGIN jane@example.com pass2").await;
+    assert!(
+        last(&r).starts_with("a NO [AUTHENTICATIONFAILED]"),
+        "the backend knows no jane@example.com: {r:?}"
+    );
+    gate.stop().await;
+}
