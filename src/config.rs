@@ -264,19 +264,50 @@ impl Config {
         if !(1024..=65536).contains(&i.max_command_size) {
             return Err(self.invalid("imap4.max_command_size", "must be between 1024 and 65536"));
         }
-        for (key, value) in [
+        let secs = Duration::from_secs;
+        for (key, value, min, max) in [
             (
                 "imap4.preauthenticated_connection_timeout",
                 i.preauthenticated_connection_timeout,
+                secs(1),
+                secs(3600),
             ),
+            // Exchange allows 30 s..1 h; up to a day here. Under 30 min cuts IDLE clients, which
+            // re-issue IDLE only every 29 minutes (RFC 9051).
             (
                 "imap4.authenticated_connection_timeout",
                 i.authenticated_connection_timeout,
+                secs(30),
+                secs(86400),
             ),
-            ("imap4.tls_handshake_timeout", i.tls_handshake_timeout),
+            (
+                "imap4.tls_handshake_timeout",
+                i.tls_handshake_timeout,
+                secs(1),
+                secs(300),
+            ),
+            (
+                "imap4.shutdown_grace",
+                i.shutdown_grace,
+                Duration::ZERO,
+                secs(3600),
+            ),
+            (
+                "directory.cache_ttl",
+                self.directory.cache_ttl,
+                Duration::ZERO,
+                secs(86400),
+            ),
         ] {
-            if value.is_zero() {
-                return Err(self.invalid(key, "must be greater than zero"));
+            if value < min || value > max {
+                return Err(self.invalid(
+                    key,
+                    format!(
+                        "must be between {} and {}",
+                        humantime::format_duration(min),
+                        humantime::format_duration(max)
+                    ),
+                ));
             }
         }
         if i.banner.contains(['\r', '\n']) || i.disabled_message.contains(['\r', '\n']) {
@@ -295,6 +326,17 @@ impl Config {
             };
             if host.is_empty() || port.parse::<u16>().is_err() {
                 return Err(self.invalid(&key, "expected host:port"));
+            }
+            for (what, value) in [
+                ("connect_timeout", b.connect_timeout),
+                ("login_timeout", b.login_timeout),
+            ] {
+                if value < Duration::from_millis(100) || value > Duration::from_secs(300) {
+                    return Err(self.invalid(
+                        &format!("backends.{name}.{what}"),
+                        "must be between 100ms and 5m",
+                    ));
+                }
             }
             if b.tls != BackendTls::None {
                 let server_name = b
@@ -394,6 +436,29 @@ address = "127.0.0.1:1993"
         );
         assert_eq!(c.directory.cache_ttl, Duration::from_secs(300));
         assert_eq!(c.imap4.login_type, LoginType::SecureLogin);
+    }
+
+    #[test]
+    fn durations_out_of_range_are_refused() {
+        let base = "[imap4]\nunencrypted_or_tls_bindings=[\"127.0.0.1:1\"]\nlogin_type=\"plain-text-login\"\n";
+        let backend = "[backends.b]\naddress=\"h:1\"\n";
+        for (extra, key) in [
+            (
+                "preauthenticated_connection_timeout = \"500000000000years\"\n",
+                "preauthenticated",
+            ),
+            (
+                "authenticated_connection_timeout = \"1s\"\n",
+                "authenticated_connection_timeout",
+            ),
+        ] {
+            let text = format!("{base}{extra}{backend}");
+            let e = Config::parse(Path::new("/x/g.toml"), &text).unwrap_err();
+            assert!(e.to_string().contains(key), "{e}");
+        }
+        let text = format!("{base}{backend}connect_timeout = \"0s\"\n");
+        let e = Config::parse(Path::new("/x/g.toml"), &text).unwrap_err();
+        assert!(e.to_string().contains("backends.b.connect_timeout"), "{e}");
     }
 
     #[test]

@@ -41,6 +41,8 @@ impl Drop for Password {
 pub enum CredentialError {
     #[error("empty user name")]
     EmptyUser,
+    #[error("user name longer than {MAX_USER} bytes")]
+    UserTooLong,
     #[error("user name or password is not UTF-8")]
     NotUtf8,
     #[error("user name or password contains NUL, CR or LF")]
@@ -50,6 +52,9 @@ pub enum CredentialError {
     #[error("authorization identity differs from the authentication identity")]
     AuthzidMismatch,
 }
+
+/// Longest user name accepted: longer ones are no one's, and would only cost memory and logs.
+pub const MAX_USER: usize = 256;
 
 /// A checked pair: the user name is UTF-8 without control characters, the password UTF-8 without
 /// NUL, CR or LF. Anything else could split a command line on the backend.
@@ -63,6 +68,9 @@ impl Credentials {
     pub fn new(user: &[u8], password: &[u8]) -> Result<Credentials, CredentialError> {
         if user.is_empty() {
             return Err(CredentialError::EmptyUser);
+        }
+        if user.len() > MAX_USER {
+            return Err(CredentialError::UserTooLong);
         }
         if user
             .iter()

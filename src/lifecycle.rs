@@ -31,7 +31,10 @@ pub async fn run_daemon(config_path: &Path) -> anyhow::Result<()> {
     let signals = tokio::spawn(async move {
         loop {
             tokio::select! {
-                _ = hup.recv() => reload(&handle).await,
+                // In its own task: a reload stuck on a file system must not hold up SIGTERM.
+                _ = hup.recv() => {
+                    tokio::spawn(reload(handle.clone()));
+                }
                 _ = term.recv() => break,
                 _ = int.recv() => break,
             }
@@ -45,10 +48,9 @@ pub async fn run_daemon(config_path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn reload(handle: &GateHandle) {
+async fn reload(handle: GateHandle) {
     tracing::info!("reload requested");
-    let h = handle.clone();
-    match tokio::task::spawn_blocking(move || h.reload()).await {
+    match tokio::task::spawn_blocking(move || handle.reload()).await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => {
             tracing::error!(error = %e, "reload refused; the previous configuration stays in force")

@@ -179,7 +179,8 @@ async fn imaplib_over_each_backend_mode_and_the_policy_replies() {
     );
     // user3 lives behind the implicit-TLS backend; an empty INBOX has no message 1.
     assert_eq!(imaplib(tls, "ssl", "user3", "pass3").await, "OK:empty");
-    // Non-ASCII password, plain backend (sent as a literal).
+    // Non-ASCII password through AUTHENTICATE PLAIN, to the plain backend (base64 on both sides;
+    // LOGIN with literals towards a backend is covered against the fake in tests/login.rs).
     assert_eq!(imaplib(tls, "ssl", "utf8", "pässwörd✓").await, "OK:empty");
     let r = imaplib(tls, "ssl", "john.smith@example.com", "wrong").await;
     assert!(
@@ -258,5 +259,15 @@ async fn backend_certificates_are_verified() {
     c.greeting().await;
     let r = c.cmd("a", "LOGIN user1 pass1").await;
     assert!(last(&r).starts_with("a NO [UNAVAILABLE]"), "{r:?}");
+    gate.stop().await;
+    // The control: the same backend with the right CA and name works.
+    let gate = GateConfig::new("unused:1")
+        .backend("main", &format!("address = \"127.0.0.1:{}\"\ntls = \"tls\"\nca = {ca:?}\nserver_name = \"localhost\"", d.tls_port))
+        .start()
+        .await;
+    let mut c = gate.implicit_tls().await;
+    c.greeting().await;
+    let r = c.cmd("a", "LOGIN user1 pass1").await;
+    assert!(last(&r).starts_with("a OK"), "{r:?}");
     gate.stop().await;
 }

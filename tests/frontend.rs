@@ -201,7 +201,14 @@ async fn literals_sync_and_literal_plus_carry_utf8_passwords() {
     )
     .await;
     let r = c.until_tag("b").await;
+    assert_eq!(r.len(), 1, "no continuation for LITERAL+: {r:?}");
     assert!(last(&r).starts_with("b OK"), "{r:?}");
+    // UTF-8 inside a quoted string (8-bit quoted strings are outside IMAP4rev1, but clients send
+    // them and servers such as Dovecot accept them).
+    let mut c = gate.plain().await;
+    c.greeting().await;
+    let r = c.cmd("u", &format!("LOGIN utf8 \"{password}\"")).await;
+    assert!(last(&r).starts_with("u OK"), "{r:?}");
     // Quotes, backslashes and braces in a quoted password.
     let mut c = gate.plain().await;
     c.greeting().await;
@@ -227,7 +234,7 @@ async fn a_literal_over_the_limit_is_refused_before_it_is_sent() {
     c.send(b"c LOGIN user1 {20000+}\r\n").await;
     assert_eq!(
         c.line().await,
-        "* BYE [TOOBIG] Literal exceeds the size limit."
+        "* BYE [TOOBIG] Command exceeds the size limit."
     );
     assert!(c.closed_within(Duration::from_secs(2)).await);
     gate.stop().await;
@@ -307,5 +314,47 @@ async fn starttls_discards_commands_pipelined_behind_it() {
         vec!["b OK NOOP completed."],
         "the injected command must not run inside TLS"
     );
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn an_empty_literal_waits_for_the_rest_of_the_command() {
+    let fake = FakeBackend::start(Script::default()).await;
+    let gate = GateConfig::new(&fake.address()).start().await;
+    let mut c = gate.plain().await;
+    c.greeting().await;
+    c.send(b"a LOGIN user1 {0}\r\n").await;
+    assert!(c.line().await.starts_with("+ "));
+    // Exactly one continuation, then silence until the command is complete.
+    assert_eq!(c.try_line(Duration::from_millis(300)).await, Err(()));
+    c.send(b"\r\n").await;
+    assert_eq!(c.line().await, "a NO [AUTHENTICATIONFAILED] LOGIN failed.");
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn a_bad_command_carrying_a_literal_ends_the_session_instead_of_running_its_data() {
+    let fake = FakeBackend::start(Script::default()).await;
+    let gate = GateConfig::new(&fake.address()).start().await;
+    let mut c = gate.plain().await;
+    c.greeting().await;
+    // The literal holds something that looks like a command; it must not run.
+    c.send(b"d LOGIN {14}\r\n").await;
+    assert!(c.line().await.starts_with("+ "));
+    c.send(b"e CAPABILITY\r\n\0\r\n").await;
+    assert_eq!(c.line().await, "d BAD Command not understood.");
+    assert_eq!(
+        c.line().await,
+        "* BYE Cannot resynchronize after an invalid command with a literal."
+    );
+    assert!(c.closed_within(Duration::from_secs(2)).await);
+    // A bad line arriving in pieces is answered once, and the next command still runs.
+    let mut c = gate.plain().await;
+    c.greeting().await;
+    c.send(b"a FROB").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    c.send(b" x y\r\nb NOOP\r\n").await;
+    assert_eq!(c.line().await, "a BAD Command not understood.");
+    assert_eq!(c.line().await, "b OK NOOP completed.");
     gate.stop().await;
 }

@@ -44,42 +44,106 @@ async fn ipv4_and_ipv6_listeners_both_serve() {
     run.await.expect("run");
 }
 
-fn self_signed(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    let (cert, key) = (dir.join("other.pem"), dir.join("other.key"));
-    let ok = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-        ])
-        .args([
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl")
-        .status
-        .success();
-    assert!(ok, "openssl req");
-    (cert, key)
+/// A new CA and a `localhost` certificate it signs: (ca, cert, key).
+fn new_identity(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let (ca, ca_key) = (dir.join("other-ca.pem"), dir.join("other-ca.key"));
+    let (cert, key, csr, ext) = (
+        dir.join("other.pem"),
+        dir.join("other.key"),
+        dir.join("other.csr"),
+        dir.join("ext"),
+    );
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let p = |p: &std::path::Path| p.to_string_lossy().into_owned();
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=other test CA",
+        "-keyout",
+        &p(&ca_key),
+        "-out",
+        &p(&ca),
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        &p(&key),
+        "-out",
+        &p(&csr),
+    ]);
+    std::fs::write(
+        &ext,
+        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n",
+    )
+    .expect("ext");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &p(&csr),
+        "-CA",
+        &p(&ca),
+        "-CAkey",
+        &p(&ca_key),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        &p(&ext),
+        "-out",
+        &p(&cert),
+    ]);
+    (ca, cert, key)
 }
 
 async fn handshake_ok(addr: SocketAddr) -> bool {
+    handshake_with(addr, common::dev_connector()).await
+}
+
+async fn handshake_with(addr: SocketAddr, connector: tokio_rustls::TlsConnector) -> bool {
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").expect("name");
-    common::dev_connector().connect(name, tcp).await.is_ok()
+    connector.connect(name, tcp).await.is_ok()
+}
+
+/// A client trusting only the certificate in `pem`.
+fn trusting(pem: &std::path::Path) -> tokio_rustls::TlsConnector {
+    use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer};
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(pem).expect("pem"))
+        .expect("root");
+    let config = tokio_rustls::rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
 }
 
 #[tokio::test]
@@ -101,11 +165,16 @@ async fn reload_swaps_the_certificate_and_keeps_the_old_one_when_the_new_is_brok
     let e = gate.handle.reload().expect_err("refused").to_string();
     assert!(e.contains("gate.pem"), "{e}");
     assert!(handshake_ok(tls).await);
-    // A new certificate (self-signed, so the dev CA no longer verifies it): in force after reload.
-    let (other_cert, other_key) = self_signed(dir.path());
-    std::fs::copy(other_cert, &cert).expect("copy");
+    // A certificate from another CA, so the dev CA no longer verifies it: in force after reload.
+    let (other_ca, other_cert, other_key) = new_identity(dir.path());
+    std::fs::copy(&other_cert, &cert).expect("copy");
     std::fs::copy(other_key, &key).expect("copy");
+    assert!(handshake_ok(tls).await, "nothing changes before the reload");
     gate.handle.reload().expect("reload");
-    assert!(!handshake_ok(tls).await, "the new certificate is presented");
+    assert!(!handshake_ok(tls).await, "the old certificate is gone");
+    assert!(
+        handshake_with(tls, trusting(&other_ca)).await,
+        "the new certificate is presented"
+    );
     gate.stop().await;
 }

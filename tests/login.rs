@@ -24,10 +24,6 @@ name = "Jane Doe"
 email = "jane@example.com"
 login = "user2"
 imap_enabled = false
-
-[[mailbox]]
-alias = "user2"
-imap_enabled = false
 "#;
 
 async fn login(gate: &common::TestGate, user: &str, pass: &str) -> String {
@@ -59,6 +55,7 @@ async fn disabled_mailbox_with_the_right_password_is_told_and_logged_out_of_the_
         .mailboxes(MAILBOXES)
         .start()
         .await;
+    // "user2" is the name the backend knows her by: it must not bypass the flag.
     for name in ["jane@example.com", "JANE@EXAMPLE.COM", "user2"] {
         assert_eq!(
             login(&gate, name, "pass2").await,
@@ -300,5 +297,133 @@ async fn backend_dying_mid_fetch_gives_the_client_what_arrived_then_closes() {
     }
     // Half the literal arrived (the last partial line has no CRLF, hence the slack); nothing else.
     assert!((49_990..=50_002).contains(&got), "{got}");
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn a_backend_trickling_lines_cannot_stretch_a_login() {
+    let fake = FakeBackend::start(Script {
+        greeting: Greeting::Trickle,
+        ..Script::default()
+    })
+    .await;
+    let gate = GateConfig::new(&fake.address()).start().await;
+    let started = Instant::now();
+    let r = login(&gate, "user1", "pass1").await;
+    assert!(r.starts_with("a NO [UNAVAILABLE]"), "{r}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_during_a_backend_login_says_bye() {
+    let fake = FakeBackend::start(Script {
+        login_delay: Duration::from_secs(30),
+        ..Script::default()
+    })
+    .await;
+    let gate = GateConfig::new(&fake.address())
+        .backend(
+            "main",
+            &format!("address = \"{}\"\nlogin_timeout = \"60s\"", fake.address()),
+        )
+        .start()
+        .await;
+    let mut c = gate.plain().await;
+    c.greeting().await;
+    c.send(b"a LOGIN user1 pass1\r\n").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let handle = gate.handle.clone();
+    let stopping = tokio::spawn(gate.stop());
+    handle.shutdown();
+    assert_eq!(c.line().await, "* BYE [UNAVAILABLE] Server shutting down.");
+    stopping.await.expect("stopped");
+}
+
+#[tokio::test]
+async fn untagged_lines_and_response_codes_of_the_backend_reach_the_client() {
+    let fake = FakeBackend::start(Script {
+        login_ok: Some("OK [ALERT] Your password expires in 3 days".into()),
+        login_untagged: vec!["* OK [ALERT] Maintenance tonight".into()],
+        ..Script::default()
+    })
+    .await;
+    let gate = GateConfig::new(&fake.address()).start().await;
+    let mut c = gate.plain().await;
+    c.greeting().await;
+    let r = c.cmd("a", "LOGIN user1 pass1").await;
+    assert_eq!(
+        r,
+        vec![
+            "* OK [ALERT] Maintenance tonight",
+            "* CAPABILITY IMAP4rev1 IDLE COMPRESS=DEFLATE X-FAKE-POSTLOGIN",
+            "a OK [ALERT] Your password expires in 3 days",
+        ]
+    );
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn a_backend_saying_unavailable_is_reported_as_unavailable() {
+    let fake = FakeBackend::start(Script {
+        login_reply: Some("NO [UNAVAILABLE] Maintenance".into()),
+        ..Script::default()
+    })
+    .await;
+    let gate = GateConfig::new(&fake.address()).start().await;
+    assert!(login(&gate, "user1", "pass1")
+        .await
+        .starts_with("a NO [UNAVAILABLE]"));
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn names_without_a_mailbox_never_enter_the_cache_and_long_names_are_refused() {
+    let fake = FakeBackend::start(Script::default()).await;
+    let gate = GateConfig::new(&fake.address())
+        .mailboxes(MAILBOXES)
+        .start()
+        .await;
+    let mut c = gate.plain().await;
+    c.greeting().await;
+    for i in 0..3 {
+        let r = c
+            .cmd(&format!("t{i}"), &format!("LOGIN nobody{i}@example.com x"))
+            .await;
+        assert!(last(&r).contains("[AUTHENTICATIONFAILED]"));
+    }
+    assert_eq!(gate.handle.state().policies.cached_entries(), 0);
+    assert!(login(&gate, "jsmith", "pass1").await.starts_with("a OK"));
+    assert_eq!(gate.handle.state().policies.cached_entries(), 1);
+    let before = fake.commands().len();
+    let long = "x".repeat(300);
+    assert_eq!(
+        login(&gate, &long, "pass1").await,
+        "a NO [AUTHENTICATIONFAILED] LOGIN failed."
+    );
+    assert_eq!(
+        fake.commands().len(),
+        before,
+        "a 300-byte name never reaches the backend"
+    );
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn id_towards_the_backend_stays_within_30_pairs() {
+    let fake = FakeBackend::start(Script::default()).await;
+    let gate = GateConfig::new(&fake.address()).start().await;
+    let mut c = gate.plain().await;
+    c.greeting().await;
+    let pairs: Vec<String> = (0..30).map(|i| format!("\"k{i}\" \"v{i}\"")).collect();
+    c.cmd("i", &format!("ID ({})", pairs.join(" "))).await;
+    assert!(last(&c.cmd("a", "LOGIN user1 pass1").await).starts_with("a OK"));
+    let id = &fake.named("ID")[0];
+    let quoted = id.matches('"').count();
+    assert_eq!(quoted / 4, 30, "{id}");
     gate.stop().await;
 }

@@ -1,6 +1,7 @@
 //! No password or SASL blob reaches a log line at any level: every login path runs with a TRACE
 //! subscriber (which also captures `log` records of dependencies such as rustls), and the captured
-//! text is searched for the secrets in every encoding the gate saw or produced.
+//! text is searched for the secrets in every encoding the gate saw or produced: text, base64,
+//! hex, and the decimal byte lists `Debug` prints for a `Vec<u8>`.
 
 mod common;
 
@@ -24,6 +25,32 @@ impl Write for Capture {
     }
 }
 
+const SECRET: &str = "Zq7-secret-pässwörd";
+
+fn b64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// Every form in which `secret` could show up in a log line.
+fn encodings(secret: &str) -> Vec<String> {
+    let bytes = secret.as_bytes();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let decimal = bytes[..6]
+        .iter()
+        .map(u8::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    vec![
+        secret.to_string(),
+        secret[..10].to_string(),
+        b64(secret),
+        b64(&format!("\0user1\0{secret}")),
+        hex[..20].to_string(),
+        decimal,
+        format!("{:?}", &secret[..10]),
+    ]
+}
+
 #[tokio::test]
 async fn trace_output_never_contains_passwords_or_sasl_blobs() {
     let capture = Capture::default();
@@ -35,100 +62,173 @@ async fn trace_output_never_contains_passwords_or_sasl_blobs() {
         .try_init()
         .expect("subscriber");
 
-    let secret = "Zq7-secret-pässwörd";
-    let script = Script {
-        users: vec![("user1".into(), secret.into())],
+    let users = vec![("user1".to_string(), SECRET.to_string())];
+    let fake = |caps: &str| Script {
+        caps: caps.into(),
+        users: users.clone(),
         ..Script::default()
     };
-    let fake = FakeBackend::start(script).await;
-    let lit_fake = FakeBackend::start(Script {
-        caps: "IMAP4rev1".into(),
-        users: vec![("user1".into(), secret.into())],
-        ..Script::default()
+    let main = FakeBackend::start(fake("IMAP4rev1 AUTH=PLAIN SASL-IR ID")).await;
+    let twostep = FakeBackend::start(fake("IMAP4rev1 AUTH=PLAIN")).await;
+    let litplus = FakeBackend::start(fake("IMAP4rev1 LITERAL+")).await;
+    let literal = FakeBackend::start(fake("IMAP4rev1")).await;
+    let down = FakeBackend::start(Script {
+        login_reply: Some("NO [UNAVAILABLE] maintenance".into()),
+        ..fake("IMAP4rev1 AUTH=PLAIN SASL-IR")
     })
     .await;
-    let mailboxes = "[[mailbox]]\nalias = \"off\"\nlogin = \"user1\"\nimap_enabled = false\n\n[[mailbox]]\nalias = \"lit\"\nlogin = \"user1\"\nbackend = \"literal\"\n";
-    let gate = GateConfig::new(&fake.address())
-        .backend("literal", &format!("address = \"{}\"", lit_fake.address()))
-        .mailboxes(mailboxes)
-        .extra_defaults("main")
+    // One gate per backend path; the mailbox `alias` logs in as user1 there (`login` may belong
+    // to one mailbox only, hence one gate each). "down" answers NO [UNAVAILABLE].
+    let mut gates = Vec::new();
+    for (alias, backend, address, enabled) in [
+        ("off", "main", main.address(), false),
+        ("two", "twostep", twostep.address(), true),
+        ("lp", "litplus", litplus.address(), true),
+        ("lit", "literal", literal.address(), true),
+    ] {
+        let mailboxes = format!(
+            "[defaults]\nbackend = \"main\"\n\n[[mailbox]]\nalias = \"{alias}\"\nlogin = \"user1\"\nbackend = \"{backend}\"\nimap_enabled = {enabled}\n\n[[mailbox]]\nalias = \"down\"\nbackend = \"down\"\n"
+        );
+        let gate = GateConfig::new(&main.address())
+            .backend(backend, &format!("address = \"{address}\""))
+            .backend("down", &format!("address = \"{}\"", down.address()))
+            .mailboxes(&mailboxes)
+            .start()
+            .await;
+        gates.push((alias, gate));
+    }
+    let secure = GateConfig::new(&main.address())
+        .imap4("login_type = \"secure-login\"")
         .start()
         .await;
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    let blob = b64(&format!("\0user1\0{secret}"));
-    let wrong_blob = b64("\0user1\0wrong-Zq7");
 
-    // LOGIN with a literal (ok), through STARTTLS, with a wrong password, on a disabled mailbox,
-    // on a backend without AUTH=PLAIN (LOGIN with literal towards the backend).
-    for (user, pass, expect) in [
-        ("user1", secret, "OK"),
-        ("user1", "wrong-Zq7", "NO [AUTHENTICATIONFAILED]"),
-        ("off", secret, "NO [CONTACTADMIN]"),
-        ("lit", secret, "OK"),
-    ] {
-        let mut c = gate.plain().await;
-        c.greeting().await;
-        let mut c = c.starttls().await;
-        c.send(format!("a LOGIN {user} {{{}}}\r\n", pass.len()).as_bytes())
-            .await;
-        assert!(c.line().await.starts_with("+ "));
-        c.send(format!("{pass}\r\n").as_bytes()).await;
-        let r = c.until_tag("a").await;
-        assert!(
-            last(&r).starts_with(&format!("a {expect}")),
-            "{user}: {r:?}"
-        );
-    }
-    // AUTHENTICATE with SASL-IR and with a continuation, right and wrong.
-    for (ir, expect) in [(&blob, "OK"), (&wrong_blob, "NO")] {
+    for (alias, gate) in &gates {
+        // LOGIN with a synchronizing literal, through STARTTLS: right, and wrong.
+        for (pass, expect) in [
+            (
+                SECRET,
+                if *alias == "off" {
+                    "NO [CONTACTADMIN]"
+                } else {
+                    "OK"
+                },
+            ),
+            ("wrong-Zq7-pw", "NO [AUTHENTICATIONFAILED]"),
+        ] {
+            let mut c = gate.plain().await;
+            c.greeting().await;
+            let mut c = c.starttls().await;
+            c.send(format!("a LOGIN {alias} {{{}}}\r\n", pass.len()).as_bytes())
+                .await;
+            assert!(c.line().await.starts_with("+ "));
+            c.send(format!("{pass}\r\n").as_bytes()).await;
+            let r = c.until_tag("a").await;
+            assert!(
+                last(&r).starts_with(&format!("a {expect}")),
+                "{alias}: {r:?}"
+            );
+        }
+        // AUTHENTICATE with SASL-IR and with a continuation, on the implicit-TLS port.
+        let blob = b64(&format!("\0{alias}\0{SECRET}"));
         let mut c = gate.implicit_tls().await;
         c.greeting().await;
-        let r = c.cmd("b", &format!("AUTHENTICATE PLAIN {ir}")).await;
-        assert!(last(&r).starts_with(&format!("b {expect}")), "{r:?}");
+        let r = c.cmd("b", &format!("AUTHENTICATE PLAIN {blob}")).await;
+        assert!(last(&r).starts_with("b "), "{r:?}");
         let mut c = gate.implicit_tls().await;
         c.greeting().await;
         c.send(b"c AUTHENTICATE PLAIN\r\n").await;
         assert_eq!(c.line().await, "+ ");
-        c.send(format!("{ir}\r\n").as_bytes()).await;
-        let r = c.until_tag("c").await;
-        assert!(last(&r).starts_with(&format!("c {expect}")), "{r:?}");
+        c.send(format!("{blob}\r\n").as_bytes()).await;
+        c.until_tag("c").await;
+        // The backend that is down, malformed SASL, and a malformed LOGIN carrying the secret.
+        let mut c = gate.plain().await;
+        c.greeting().await;
+        let r = c
+            .cmd(
+                "d",
+                &format!("AUTHENTICATE PLAIN {}", b64(&format!("\0down\0{SECRET}"))),
+            )
+            .await;
+        assert!(last(&r).starts_with("d "), "{r:?}");
+        let r = c
+            .cmd(
+                "e",
+                &format!("AUTHENTICATE PLAIN {}", b64(&format!("{SECRET}\0only-two"))),
+            )
+            .await;
+        assert!(last(&r).starts_with("e NO"), "{r:?}");
+        let r = c.cmd("f", &format!("AUTHENTICATE PLAIN !{SECRET}!")).await;
+        assert!(last(&r).starts_with("f BAD"), "{r:?}");
+        let r = c
+            .cmd("g", &format!("LOGIN user1 \"{}", &SECRET[..10]))
+            .await;
+        assert!(last(&r).starts_with("g BAD"), "{r:?}");
     }
-    // A malformed command carrying a password.
-    let mut c = gate.plain().await;
+    // Credentials before TLS under secure-login.
+    let mut c = secure.plain().await;
     c.greeting().await;
-    let r = c.cmd("d", &format!("LOGIN user1 \"{secret}")).await;
-    assert!(last(&r).starts_with("d BAD"), "{r:?}");
-    gate.stop().await;
+    let r = c
+        .cmd("p", &format!("LOGIN user1 \"{}\"", &SECRET[..10]))
+        .await;
+    assert!(last(&r).starts_with("p NO [PRIVACYREQUIRED]"), "{r:?}");
+    let r = c
+        .cmd(
+            "q",
+            &format!("AUTHENTICATE PLAIN {}", b64(&format!("\0user1\0{SECRET}"))),
+        )
+        .await;
+    assert!(last(&r).starts_with("q NO [PRIVACYREQUIRED]"), "{r:?}");
+    for (_, gate) in gates {
+        gate.stop().await;
+    }
+    secure.stop().await;
+
+    // Each backend path was really taken.
+    assert!(main
+        .named("AUTHENTICATE")
+        .iter()
+        .any(|c| c.contains(&b64(&format!("\0user1\0{SECRET}")))));
+    assert!(
+        twostep
+            .commands()
+            .iter()
+            .any(|c| c.ends_with("AUTHENTICATE PLAIN")),
+        "{:?}",
+        twostep.commands()
+    );
+    assert!(
+        litplus.named("LOGIN").iter().any(|c| c.contains("+}")),
+        "{:?}",
+        litplus.commands()
+    );
+    assert!(
+        literal.named("LOGIN").iter().any(|c| c.contains("}\r\n")),
+        "{:?}",
+        literal.commands()
+    );
+    assert!(!down.named("AUTHENTICATE").is_empty());
 
     let log = String::from_utf8_lossy(&capture.0.lock().expect("lock")).into_owned();
-    assert!(
-        log.contains("outcome=\"ok\"") || log.contains("outcome=ok"),
-        "login outcomes are logged:\n{log}"
-    );
-    assert!(
-        log.contains("auth_failed") && log.contains("disabled"),
-        "{log}"
-    );
+    for outcome in [
+        "ok",
+        "auth_failed",
+        "disabled",
+        "unavailable",
+        "privacy_required",
+    ] {
+        assert!(
+            log.contains(&format!("outcome=\"{outcome}\"")),
+            "outcome {outcome} is logged:\n{log}"
+        );
+    }
     assert!(
         log.contains("TRACE") || log.contains("DEBUG"),
         "verbose levels were captured"
     );
-    for needle in [
-        secret,
-        "Zq7-secret",
-        "wrong-Zq7",
-        &blob,
-        &wrong_blob,
-        &b64(secret),
-    ] {
+    for needle in encodings(SECRET).iter().chain(&encodings("wrong-Zq7-pw")) {
         assert!(
-            !log.contains(needle),
+            !log.contains(needle.as_str()),
             "{needle:?} leaked into the log:\n{log}"
         );
     }
-    // The backend-side encodings too: the LOGIN literal and AUTHENTICATE towards the fakes.
-    assert!(
-        fake.commands().iter().any(|c| c.contains(&blob)),
-        "the fake saw the blob, so it was produced"
-    );
 }

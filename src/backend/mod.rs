@@ -76,6 +76,8 @@ pub struct BackendSession {
     pub stream: Stream,
     /// Bytes the backend sent after its tagged OK; they belong to the client.
     pub pending: Vec<u8>,
+    /// Untagged lines (CRLF-terminated) for the client before the tagged OK.
+    pub prelude: Vec<u8>,
     /// The text after `OK` to give the client, starting with `[CAPABILITY ...]`.
     pub ok_text: String,
 }
@@ -131,7 +133,22 @@ impl Backend {
         creds: &Credentials,
         client: &ClientInfo,
     ) -> Result<LoginResult, BackendError> {
-        let mut conn = self.connect().await?;
+        let conn = self.connect().await?;
+        // One budget for everything after the TCP connect, on top of the per-read deadlines: a
+        // backend trickling lines cannot stretch a login.
+        let after = self.config.login_timeout;
+        deadline("login", after, self.login_on(conn, creds, client)).await
+    }
+
+    async fn login_on(
+        &self,
+        mut conn: Conn,
+        creds: &Credentials,
+        client: &ClientInfo,
+    ) -> Result<LoginResult, BackendError> {
+        if self.config.tls == BackendTls::Tls {
+            conn = conn.handshake(self.tls_parts()?).await?;
+        }
         let mut caps = conn.greeting().await?;
         if self.config.tls == BackendTls::Starttls {
             conn = conn.starttls(self.tls_parts()?).await?;
@@ -153,7 +170,18 @@ impl Backend {
                 message: "backend offers neither AUTH=PLAIN nor LOGIN".into(),
             });
         };
-        let reply = conn.command(&tag, &fragments, "login").await?;
+        // Untagged lines the backend sends with its answer (an [ALERT], say) are the client's.
+        let mut prelude = Vec::new();
+        let reply = conn
+            .command_with(&tag, &fragments, "login", |line| {
+                let ours = strip_prefix_ci(line, "* ID ").is_some()
+                    || strip_prefix_ci(line, "* CAPABILITY ").is_some();
+                if !ours && line.starts_with("* ") && prelude.len() < 16 * 1024 {
+                    prelude.extend_from_slice(line.as_bytes());
+                    prelude.extend_from_slice(b"\r\n");
+                }
+            })
+            .await?;
         match reply.status.as_str() {
             "OK" => {}
             "NO" if starts_with_code(&reply.text, "UNAVAILABLE") => {
@@ -167,12 +195,20 @@ impl Backend {
         let ok_text = if starts_with_code(&reply.text, "CAPABILITY") {
             reply.text
         } else {
-            let caps = conn.capability("post-login capability").await?;
-            format!("[CAPABILITY {}] {}", caps.join(" "), reply.text)
+            let caps = conn.capability("post-login capability").await?.join(" ");
+            if reply.text.starts_with('[') {
+                // Another response code is there (one per response): keep it, and give the
+                // capabilities as an untagged line before the OK.
+                prelude.extend_from_slice(format!("* CAPABILITY {caps}\r\n").as_bytes());
+                reply.text
+            } else {
+                format!("[CAPABILITY {caps}] {}", reply.text)
+            }
         };
         Ok(LoginResult::LoggedIn(BackendSession {
             stream: conn.stream,
             pending: conn.buf,
+            prelude,
             ok_text,
         }))
     }
@@ -203,15 +239,11 @@ impl Backend {
         })
         .await?;
         let _ = tcp.set_nodelay(true);
-        let mut conn = Conn {
+        Ok(Conn {
             stream: Stream::Plain(tcp),
             buf: Vec::new(),
             timeout: self.config.login_timeout,
-        };
-        if self.config.tls == BackendTls::Tls {
-            conn = conn.handshake(self.tls_parts()?).await?;
-        }
-        Ok(conn)
+        })
     }
 }
 
@@ -335,6 +367,8 @@ impl Conn {
             .filter(|(k, _)| !k.to_ascii_lowercase().starts_with("x-"))
             .filter_map(|(k, v)| v.as_ref().map(|v| (k.clone(), v.clone())))
             .collect();
+        // RFC 2971 allows 30 pairs; keep room for the three the gate adds.
+        params.truncate(27);
         if let Some(peer) = client.peer {
             params.push(("x-originating-ip".into(), peer.ip().to_string()));
             params.push(("x-originating-port".into(), peer.port().to_string()));

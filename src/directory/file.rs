@@ -224,6 +224,19 @@ email = "ann@example.com"
     }
 
     #[test]
+    fn the_backend_login_name_finds_the_mailbox_too() {
+        let d = parse(Path::new("m.toml"), FILE, &["main"]).unwrap();
+        // John Smith (disabled) sends "user1" to the backend: typing "user1" must not bypass him.
+        let p = d.policy("user1");
+        assert_eq!(p.mailbox.as_deref(), Some("John Smith"));
+        assert!(!p.imap_enabled);
+        // A backend login may not be another mailbox's name.
+        let text = "[[mailbox]]\nalias = \"a\"\nlogin = \"shared\"\n\n[[mailbox]]\nalias = \"shared\"\nimap_enabled = false\n";
+        let e = parse(Path::new("m.toml"), text, &["main"]).unwrap_err();
+        assert!(e.to_string().contains("already used"), "{e}");
+    }
+
+    #[test]
     fn duplicates_and_unknown_backends_name_the_line() {
         let dup = "[[mailbox]]\nemail = \"a@x\"\n\n[[mailbox]]\nupn = \"A@x\"\n";
         let e = parse(Path::new("m.toml"), dup, &["main"]).unwrap_err();

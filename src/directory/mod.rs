@@ -78,11 +78,17 @@ impl Directory {
     ) -> Result<Directory, (usize, String)> {
         let mut index: HashMap<(NameForm, String), usize> = HashMap::new();
         for (i, m) in mailboxes.iter().enumerate() {
-            for (field, value) in m.login_names() {
+            // The backend login is indexed too: logging in with the backend's own user name
+            // must find the mailbox (and its ImapEnabled), not fall through to [defaults].
+            for (field, value) in m
+                .login_names()
+                .chain(m.login.as_deref().map(|l| ("login", l)))
+            {
                 let key = login_key(value);
                 let expected = match field {
                     "alias" => NameForm::Alias,
                     "domain_account" => NameForm::DomainAccount,
+                    "login" => key.0,
                     _ => NameForm::Address,
                 };
                 if key.0 != expected {
@@ -141,25 +147,32 @@ impl Directory {
             .collect()
     }
 
-    /// The policy for a login name, without the cache.
+    /// The policy for a login name, without the cache. A mailbox's backend `login` is one of its
+    /// names too (and may belong to no other mailbox), so typing the backend's user name finds the
+    /// same mailbox and the same ImapEnabled.
     pub fn policy(&self, login: &str) -> Policy {
-        match self.find(login) {
-            Some(m) => Policy {
-                mailbox: Some(m.display_name().into()),
-                imap_enabled: m.imap_enabled.unwrap_or(self.default_imap_enabled),
-                backend: m
-                    .backend
-                    .as_deref()
-                    .map(Arc::from)
-                    .unwrap_or_else(|| self.default_backend.clone()),
-                backend_login: m.login.as_deref().map(Arc::from),
-            },
-            None => Policy {
-                mailbox: None,
-                imap_enabled: self.default_imap_enabled,
-                backend: self.default_backend.clone(),
-                backend_login: None,
-            },
+        let Some(m) = self.find(login) else {
+            return self.default_policy();
+        };
+        Policy {
+            mailbox: Some(m.display_name().into()),
+            imap_enabled: m.imap_enabled.unwrap_or(self.default_imap_enabled),
+            backend: m
+                .backend
+                .as_deref()
+                .map(Arc::from)
+                .unwrap_or_else(|| self.default_backend.clone()),
+            backend_login: m.login.as_deref().map(Arc::from),
+        }
+    }
+
+    /// What a name that matches no mailbox gets: `[defaults]`.
+    pub fn default_policy(&self) -> Policy {
+        Policy {
+            mailbox: None,
+            imap_enabled: self.default_imap_enabled,
+            backend: self.default_backend.clone(),
+            backend_login: None,
         }
     }
 }
@@ -222,11 +235,13 @@ pub fn find_identity(views: &[MailboxView], identity: &str) -> Vec<usize> {
 pub struct PolicyCache {
     directory: Arc<Directory>,
     cache: moka::sync::Cache<(NameForm, String), Arc<Policy>>,
+    defaults: Arc<Policy>,
 }
 
 impl PolicyCache {
     pub fn new(directory: Arc<Directory>, capacity: u64, ttl: Duration) -> PolicyCache {
         PolicyCache {
+            defaults: Arc::new(directory.default_policy()),
             directory,
             cache: moka::sync::Cache::builder()
                 .max_capacity(capacity)
@@ -239,9 +254,14 @@ impl PolicyCache {
         &self.directory
     }
 
-    /// The policy for `login`, from the cache when present.
+    /// The policy for `login`, from the cache when present. Names that match no mailbox share
+    /// the `[defaults]` answer and are never cached: whoever tries names without a password
+    /// cannot fill the cache.
     pub fn resolve(&self, login: &str) -> Arc<Policy> {
         let key = login_key(login);
+        if !self.directory.index.contains_key(&key) {
+            return self.defaults.clone();
+        }
         self.cache
             .get_with(key, || Arc::new(self.directory.policy(login)))
     }

@@ -3,6 +3,7 @@
 //! the session id, the client's address, the listener and, after login, the user.
 
 pub mod boundary;
+pub mod input;
 pub mod preauth;
 pub mod relay;
 

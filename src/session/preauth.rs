@@ -14,15 +14,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use imap_codec::decode::Decoder;
-use imap_codec::imap_types::auth::{AuthMechanism, AuthenticateData};
+use imap_codec::imap_types::auth::AuthMechanism;
 use imap_codec::imap_types::command::{Command, CommandBody};
-use imap_codec::imap_types::core::{IString, LiteralMode, NString};
-use imap_codec::{AuthenticateDataCodec, CommandCodec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::input::{self, Decoded, SaslDecoded};
 use crate::backend::{BackendSession, ClientInfo, LoginResult};
 use crate::config::LoginType;
 use crate::credentials::{CredentialError, Credentials};
@@ -35,11 +33,6 @@ use crate::stream::Stream;
 
 /// Deadline for writing one answer to a client that does not read.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// RFC 2971 limits: 30 pairs, fields of 30 octets, values of 1024.
-const ID_MAX_PAIRS: usize = 30;
-const ID_MAX_FIELD: usize = 30;
-const ID_MAX_VALUE: usize = 1024;
-
 /// How the pre-login phase ended.
 pub enum PreAuthEnd {
     /// The client left, was refused or timed out; nothing more to do.
@@ -75,7 +68,7 @@ enum End {
 
 /// What the reader produced.
 enum Input {
-    Command(Command<'static>),
+    Command(Box<Command<'static>>),
     /// An unparseable line; the tag when one could be read.
     Bad(Option<String>),
     /// A synchronizing literal over the limit was announced; the command was dropped.
@@ -201,7 +194,7 @@ impl PreAuth {
     }
 
     /// Answers one command; `Some` once the user is logged in.
-    async fn handle(&mut self, command: Command<'static>) -> Result<Option<LoggedIn>, End> {
+    async fn handle(&mut self, command: Box<Command<'static>>) -> Result<Option<LoggedIn>, End> {
         let tag = command.tag.inner().to_string();
         let state = self.state();
         match command.body {
@@ -229,7 +222,7 @@ impl PreAuth {
             }
             CommandBody::Id { parameters } => {
                 self.bad_commands = 0;
-                self.client_id = id_parameters(parameters.unwrap_or_default());
+                self.client_id = input::id_parameters(parameters.unwrap_or_default());
                 let reply = format!(
                     "* ID (\"name\" \"imapgate\" \"version\" \"{}\")\r\n{tag} OK ID completed.\r\n",
                     env!("CARGO_PKG_VERSION")
@@ -352,29 +345,24 @@ impl PreAuth {
     async fn sasl_continuation(&mut self, tag: &str) -> Result<Option<Vec<u8>>, End> {
         self.send(b"+ \r\n").await?;
         loop {
-            match AuthenticateDataCodec::new().decode(&self.buf) {
-                Ok((rest, data)) => {
-                    let used = self.buf.len() - rest.len();
-                    let message = match data {
-                        AuthenticateData::Continue(secret) => Some(secret.declassify().to_vec()),
-                        AuthenticateData::Cancel => None,
-                    };
-                    self.buf.drain(..used);
-                    if message.is_none() {
-                        let reply = format!("{tag} BAD AUTHENTICATE cancelled.\r\n");
-                        self.send(reply.as_bytes()).await?;
-                    }
-                    return Ok(message);
+            match input::decode_sasl(&self.buf, self.max_command_size()) {
+                SaslDecoded::Message { message, consumed } => {
+                    self.buf.drain(..consumed);
+                    return Ok(Some(message));
                 }
-                Err(imap_codec::decode::AuthenticateDataDecodeError::Incomplete) => {
-                    if self.buf.len() >= self.max_command_size() {
-                        self.send(b"* BYE [TOOBIG] Line too long.\r\n").await?;
-                        return Err(End::Bye);
-                    }
-                    self.fill().await?;
+                SaslDecoded::Cancel { consumed } => {
+                    self.buf.drain(..consumed);
+                    let reply = format!("{tag} BAD AUTHENTICATE cancelled.\r\n");
+                    self.send(reply.as_bytes()).await?;
+                    return Ok(None);
                 }
-                Err(imap_codec::decode::AuthenticateDataDecodeError::Failed) => {
-                    discard_line(&mut self.buf);
+                SaslDecoded::NeedMore => self.fill().await?,
+                SaslDecoded::TooLong => {
+                    self.send(b"* BYE [TOOBIG] Line too long.\r\n").await?;
+                    return Err(End::Bye);
+                }
+                SaslDecoded::Bad { consumed } => {
+                    self.buf.drain(..consumed);
                     self.bad(&format!("{tag} BAD Invalid base64 in AUTHENTICATE.\r\n"))
                         .await?;
                     return Ok(None);
@@ -417,7 +405,12 @@ impl PreAuth {
             id: self.client_id.clone(),
         };
         let started = std::time::Instant::now();
-        let result = backend.login(&backend_creds, &client).await;
+        // The client's own deadline and a shutdown still apply while the backend works.
+        let result = tokio::select! {
+            r = backend.login(&backend_creds, &client) => r,
+            _ = tokio::time::sleep_until(self.deadline) => return Err(End::Timeout),
+            _ = self.phase.wait_for(|p| *p != Phase::Running) => return Err(End::Shutdown),
+        };
         let elapsed_ms = started.elapsed().as_millis() as u64;
         let user = creds.user.as_str();
         let mailbox = policy.mailbox.as_deref().unwrap_or("-");
@@ -459,7 +452,8 @@ impl PreAuth {
                 }
                 tracing::Span::current().record("user", user);
                 tracing::info!(outcome = "ok", mailbox, backend = %backend.name, elapsed_ms, "logged in");
-                let mut reply = format!("{tag} OK {}\r\n", session.ok_text).into_bytes();
+                let mut reply = std::mem::take(&mut session.prelude);
+                reply.extend_from_slice(format!("{tag} OK {}\r\n", session.ok_text).as_bytes());
                 reply.append(&mut session.pending);
                 self.send(&reply).await?;
                 Ok(Some(LoggedIn {
@@ -525,51 +519,36 @@ impl PreAuth {
                 }
                 self.literal_until = None;
             }
-            match CommandCodec::new().decode_static(&self.buf) {
-                Ok((rest, command)) => {
-                    let used = self.buf.len() - rest.len();
-                    self.buf.drain(..used);
+            match input::decode(&self.buf, max) {
+                Decoded::Command { command, consumed } => {
+                    self.buf.drain(..consumed);
                     return Ok(Input::Command(command));
                 }
-                Err(imap_codec::decode::CommandDecodeError::Incomplete) => {
-                    if self.buf.len() >= max {
-                        self.send(b"* BYE [TOOBIG] Command line too long.\r\n")
-                            .await?;
-                        return Err(End::Bye);
-                    }
-                    self.fill().await?;
+                Decoded::NeedMore => self.fill().await?,
+                Decoded::Continue { until } => {
+                    self.literal_until = Some(until);
+                    self.send(b"+ Ready for literal data\r\n").await?;
                 }
-                Err(imap_codec::decode::CommandDecodeError::LiteralFound { tag, length, mode }) => {
-                    let length = length as usize;
-                    match mode {
-                        LiteralMode::Sync => {
-                            if self.buf.len().saturating_add(length) > max {
-                                let tag = tag.inner().to_string();
-                                self.buf.clear();
-                                return Ok(Input::LiteralTooBig(tag));
-                            }
-                            self.literal_until = Some(self.buf.len() + length);
-                            self.send(b"+ Ready for literal data\r\n").await?;
-                        }
-                        LiteralMode::NonSync => {
-                            if length > max {
-                                self.send(b"* BYE [TOOBIG] Literal exceeds the size limit.\r\n")
-                                    .await?;
-                                return Err(End::Bye);
-                            }
-                            if self.buf.len() >= max {
-                                self.send(b"* BYE [TOOBIG] Command exceeds the size limit.\r\n")
-                                    .await?;
-                                return Err(End::Bye);
-                            }
-                            self.fill().await?;
-                        }
-                    }
+                Decoded::LiteralTooBig { tag } => {
+                    self.buf.clear();
+                    return Ok(Input::LiteralTooBig(tag));
                 }
-                Err(imap_codec::decode::CommandDecodeError::Failed) => {
-                    let tag = line_tag(&self.buf);
-                    discard_line(&mut self.buf);
+                Decoded::TooLong => {
+                    self.send(b"* BYE [TOOBIG] Command exceeds the size limit.\r\n")
+                        .await?;
+                    return Err(End::Bye);
+                }
+                Decoded::Bad { tag, consumed } => {
+                    self.buf.drain(..consumed);
                     return Ok(Input::Bad(tag));
+                }
+                Decoded::BadLiteral { tag } => {
+                    let tag = tag.as_deref().unwrap_or("*");
+                    let reply = format!(
+                        "{tag} BAD Command not understood.\r\n* BYE Cannot resynchronize after an invalid command with a literal.\r\n"
+                    );
+                    self.send(reply.as_bytes()).await?;
+                    return Err(End::Bye);
                 }
             }
         }
@@ -604,72 +583,5 @@ impl PreAuth {
             Ok(Ok(())) => Ok(()),
             _ => Err(End::Gone),
         }
-    }
-}
-
-/// Drops everything up to and including the first LF (or the whole buffer when there is none).
-fn discard_line(buf: &mut Vec<u8>) {
-    match buf.iter().position(|&b| b == b'\n') {
-        Some(pos) => {
-            buf.drain(..=pos);
-        }
-        None => buf.clear(),
-    }
-}
-
-/// The tag of an unparseable line, when its first word is a valid tag.
-fn line_tag(buf: &[u8]) -> Option<String> {
-    let end = buf
-        .iter()
-        .position(|&b| b == b' ' || b == b'\r' || b == b'\n')?;
-    let tag = &buf[..end];
-    let valid = !tag.is_empty()
-        && tag.len() <= 64
-        && tag.iter().all(|&b| {
-            b.is_ascii_graphic()
-                && !matches!(b, b'(' | b')' | b'{' | b'%' | b'*' | b'"' | b'\\' | b'+')
-        });
-    valid.then(|| String::from_utf8_lossy(tag).into_owned())
-}
-
-/// The client's ID parameters, bounded as RFC 2971 allows, keeping only text values.
-fn id_parameters(params: Vec<(IString<'_>, NString<'_>)>) -> Vec<(String, Option<String>)> {
-    params
-        .into_iter()
-        .take(ID_MAX_PAIRS)
-        .filter_map(|(k, v)| {
-            let k = std::str::from_utf8(k.as_ref()).ok()?;
-            if k.len() > ID_MAX_FIELD {
-                return None;
-            }
-            let v = match v.0 {
-                Some(v) => {
-                    let v = std::str::from_utf8(v.as_ref()).ok()?;
-                    (v.len() <= ID_MAX_VALUE).then(|| v.to_string())?.into()
-                }
-                None => None,
-            };
-            Some((k.to_string(), v))
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tags_of_bad_lines() {
-        assert_eq!(line_tag(b"a1 FOO\r\n").as_deref(), Some("a1"));
-        assert_eq!(line_tag(b"* FOO\r\n"), None);
-        assert_eq!(line_tag(b"a{1 FOO\r\n"), None);
-        assert_eq!(line_tag(b"nospace"), None);
-    }
-
-    #[test]
-    fn discard_stops_after_the_first_line() {
-        let mut b = b"bad\r\na1 NOOP\r\n".to_vec();
-        discard_line(&mut b);
-        assert_eq!(b, b"a1 NOOP\r\n");
     }
 }

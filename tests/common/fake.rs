@@ -18,6 +18,8 @@ pub enum Greeting {
     Garbage,
     /// `* BYE` and close.
     Bye,
+    /// `* OK` lines every 300 ms, never a greeting that ends.
+    Trickle,
 }
 
 #[derive(Clone, Debug)]
@@ -31,6 +33,12 @@ pub struct Script {
     pub users: Vec<(String, String)>,
     pub login_delay: Duration,
     pub close_during_login: bool,
+    /// Replaces the text after the tag of a successful login (e.g. `OK [ALERT] ...`).
+    pub login_ok: Option<String>,
+    /// Replaces the whole answer to any login (e.g. `NO [UNAVAILABLE] ...`).
+    pub login_reply: Option<String>,
+    /// Untagged lines sent before the tagged answer to a login.
+    pub login_untagged: Vec<String>,
 }
 
 impl Default for Script {
@@ -48,6 +56,9 @@ impl Default for Script {
             ],
             login_delay: Duration::ZERO,
             close_during_login: false,
+            login_ok: None,
+            login_reply: None,
+            login_untagged: Vec::new(),
         }
     }
 }
@@ -200,6 +211,10 @@ async fn serve(
                 .await?;
             return Ok(());
         }
+        Greeting::Trickle => loop {
+            r.get_mut().write_all(b"* OK still thinking\r\n").await?;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        },
     }
     let mut user: Option<String> = None;
     while let Some(cmd) = read_command(&mut r).await? {
@@ -264,7 +279,15 @@ async fn serve(
                         .iter()
                         .any(|(su, sp)| su.as_bytes() == u && sp.as_bytes() == p)
                 });
-                if ok {
+                for line in &script.login_untagged {
+                    w.write_all(format!("{line}\r\n").as_bytes()).await?;
+                }
+                if let Some(reply) = &script.login_reply {
+                    w.write_all(format!("{tag} {reply}\r\n").as_bytes()).await?;
+                } else if let (true, Some(text)) = (ok, &script.login_ok) {
+                    user = creds.map(|(u, _)| String::from_utf8_lossy(&u).into_owned());
+                    w.write_all(format!("{tag} {text}\r\n").as_bytes()).await?;
+                } else if ok {
                     user = creds.map(|(u, _)| String::from_utf8_lossy(&u).into_owned());
                     let text = if script.caps_in_ok {
                         format!("{tag} OK [CAPABILITY {}] Logged in\r\n", script.post_caps)
