@@ -9,6 +9,7 @@
 //! - [`server`]: the gate as a library object (bind, run, reload, shutdown); what tests drive.
 //! - [`lifecycle`]: signals for the daemon (SIGHUP reload, SIGTERM/SIGINT shutdown).
 //! - [`listener`]: accept loops.
+//! - [`limits`]: connection limits and the failed-login penalty, as RAII guards.
 //! - [`session`]: one connection: [`session::preauth`] (the front end before login) and
 //!   [`session::relay`] (bytes both ways after login).
 //! - [`backend`]: the backend side: connect, TLS, log in on the user's behalf.
@@ -24,6 +25,7 @@ pub mod config;
 pub mod credentials;
 pub mod directory;
 pub mod lifecycle;
+pub mod limits;
 pub mod listener;
 pub mod registry;
 pub mod server;

@@ -54,11 +54,22 @@ pub async fn accept_loop(listener: TcpListener, kind: ListenerKind, shared: Arc<
         };
         match accepted {
             Ok((tcp, peer)) => {
-                let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
-                let shared2 = shared.clone();
-                shared
-                    .tracker
-                    .spawn(session::serve(tcp, peer, kind, shared2, id));
+                let imap4 = &shared.state.load().config.imap4;
+                let (max_total, max_ip) =
+                    (imap4.max_connections, imap4.max_connections_from_single_ip);
+                match shared.limits.connect(peer.ip(), max_total, max_ip) {
+                    Ok(guard) => {
+                        let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
+                        let shared2 = shared.clone();
+                        shared
+                            .tracker
+                            .spawn(session::serve(tcp, peer, kind, shared2, id, guard));
+                    }
+                    Err(over) => {
+                        tracing::info!(peer = %peer, listener = kind.name(), ?over, "connection refused: limit reached");
+                        shared.tracker.spawn(refuse(tcp, kind));
+                    }
+                }
             }
             Err(e) => {
                 // EMFILE/ENFILE and friends: back off instead of spinning on the error.
@@ -66,5 +77,21 @@ pub async fn accept_loop(listener: TcpListener, kind: ListenerKind, shared: Arc<
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+    }
+}
+
+/// Over a connection limit: `* BYE [LIMIT]` on a plain port; on an implicit-TLS port a plaintext
+/// line would be garbage to the client and a handshake is what the limit is there to save, so the
+/// connection is just closed.
+async fn refuse(mut tcp: tokio::net::TcpStream, kind: ListenerKind) {
+    use tokio::io::AsyncWriteExt;
+    if kind == ListenerKind::Plain {
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            let _ = tcp
+                .write_all(b"* BYE [LIMIT] Too many connections.\r\n")
+                .await;
+            let _ = tcp.shutdown().await;
+        })
+        .await;
     }
 }

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -79,13 +79,17 @@ pub struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        if let Ok(mut s) = self.registry.sessions.lock() {
-            s.remove(&self.id);
-        }
+        self.registry.lock().remove(&self.id);
     }
 }
 
 impl Registry {
+    /// The table, even after a panic elsewhere poisoned the lock: entries stay consistent
+    /// (every change is a single insert or remove).
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Entry>> {
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Adds a session; the receiver turns `Some` when the session must close.
     pub fn register(
         self: &Arc<Self>,
@@ -93,9 +97,7 @@ impl Registry {
     ) -> (Registration, watch::Receiver<Option<Kick>>) {
         let (tx, rx) = watch::channel(None);
         let id = info.id;
-        if let Ok(mut s) = self.sessions.lock() {
-            s.insert(id, Entry { info, kick: tx });
-        }
+        self.lock().insert(id, Entry { info, kick: tx });
         (
             Registration {
                 registry: self.clone(),
@@ -107,9 +109,7 @@ impl Registry {
 
     /// Asks every session matching `pred` to close; returns how many were asked.
     pub fn kick_where(&self, kick: Kick, pred: impl Fn(&SessionInfo) -> bool) -> usize {
-        let Ok(s) = self.sessions.lock() else {
-            return 0;
-        };
+        let s = self.lock();
         let mut n = 0;
         for entry in s.values().filter(|e| pred(&e.info)) {
             entry.kick.send_if_modified(|k| {
@@ -126,7 +126,7 @@ impl Registry {
     }
 
     pub fn len(&self) -> usize {
-        self.sessions.lock().map(|s| s.len()).unwrap_or(0)
+        self.lock().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -134,9 +134,7 @@ impl Registry {
     }
 
     pub fn list(&self) -> Vec<SessionView> {
-        let Ok(s) = self.sessions.lock() else {
-            return Vec::new();
-        };
+        let s = self.lock();
         let mut v: Vec<SessionView> = s
             .values()
             .map(|e| {

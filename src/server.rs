@@ -14,6 +14,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
+use crate::limits::{Limits, Penalty, Usage};
 use crate::listener::{self, ListenerKind};
 use crate::registry::{Kick, Registry};
 use crate::state::{LoadError, State};
@@ -36,6 +37,8 @@ pub struct Shared {
     pub tracker: TaskTracker,
     pub next_session: AtomicU64,
     pub registry: Arc<Registry>,
+    pub limits: Arc<Limits>,
+    pub penalty: Penalty,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +114,8 @@ impl Gate {
                 tracker: TaskTracker::new(),
                 next_session: AtomicU64::new(1),
                 registry: Arc::new(Registry::default()),
+                limits: Arc::new(Limits::default()),
+                penalty: Penalty::default(),
             }),
             listeners,
             control,
@@ -245,6 +250,11 @@ impl GateHandle {
     /// Follows the gate's phase (running, draining, closing).
     pub fn phase(&self) -> watch::Receiver<Phase> {
         self.shared.phase.subscribe()
+    }
+
+    /// Connection counters (all back to zero when no session is open).
+    pub fn usage(&self) -> Usage {
+        self.shared.limits.usage()
     }
 
     /// The registry of logged-in sessions.

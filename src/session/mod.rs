@@ -13,6 +13,7 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
+use crate::limits::ConnectionGuard;
 use crate::listener::ListenerKind;
 use crate::server::Shared;
 use crate::stream::Stream;
@@ -24,6 +25,7 @@ pub async fn serve(
     kind: ListenerKind,
     shared: Arc<Shared>,
     id: u64,
+    connection: ConnectionGuard,
 ) {
     let session_id = format!("{id:08x}");
     let span = tracing::info_span!(
@@ -76,5 +78,6 @@ pub async fn serve(
         }
     }
     .instrument(span)
-    .await
+    .await;
+    drop(connection);
 }

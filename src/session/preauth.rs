@@ -25,6 +25,7 @@ use crate::backend::{BackendSession, ClientInfo, LoginResult};
 use crate::config::LoginType;
 use crate::credentials::{CredentialError, Credentials};
 use crate::directory::Policy;
+use crate::limits::UserGuard;
 use crate::listener::ListenerKind;
 use crate::registry::{Counters, Kick, Registration, SessionInfo};
 use crate::server::{Phase, Shared};
@@ -52,6 +53,8 @@ pub struct LoggedIn {
     /// Keeps the session in the registry until the relay ends.
     pub registration: Registration,
     pub kick: watch::Receiver<Option<Kick>>,
+    /// Counts the session against `max_connections_per_user` until the relay ends.
+    pub user_guard: Option<UserGuard>,
 }
 
 /// Why the dialogue stopped early.
@@ -379,6 +382,7 @@ impl PreAuth {
         mechanism: Mechanism,
         state: &State,
     ) -> Result<Option<LoggedIn>, End> {
+        self.penalty_wait(state).await?;
         let creds = match creds {
             Ok(c) => c,
             Err(e) => {
@@ -386,6 +390,10 @@ impl PreAuth {
                 return self.login_failed(tag, mechanism).await;
             }
         };
+        #[cfg(feature = "fault-injection")]
+        if creds.user == "fault-injection-panic" {
+            panic!("fault injection: this session panics");
+        }
         let policy = state.policies.resolve(&creds.user);
         let Some(backend) = state.backends.get(&*policy.backend).cloned() else {
             // Cannot happen with a validated directory; answered as an outage, not a panic.
@@ -439,6 +447,25 @@ impl PreAuth {
                 });
                 let current = self.state();
                 let policy = current.policies.resolve(user);
+                let limit = current.config.imap4.max_connections_per_user;
+                let user_guard = match self
+                    .shared
+                    .limits
+                    .login(mailbox_key(&backend.name, &backend_creds.user), limit)
+                {
+                    Ok(g) => Some(g),
+                    Err(_) if policy.imap_enabled => {
+                        drop(registration);
+                        session.logout().await;
+                        tracing::info!(outcome = "limit", user, mailbox, backend = %backend.name, limit, "too many sessions for this mailbox");
+                        let reply =
+                            format!("{tag} NO [LIMIT] Too many connections for this mailbox.\r\n");
+                        self.send(reply.as_bytes()).await?;
+                        return Ok(None);
+                    }
+                    // Disabled wins over the limit: answered below.
+                    Err(_) => None,
+                };
                 if !policy.imap_enabled {
                     drop(registration);
                     session.logout().await;
@@ -465,8 +492,32 @@ impl PreAuth {
                     counters,
                     registration,
                     kick,
+                    user_guard: user_guard,
                 }))
             }
+        }
+    }
+
+    /// Waits out the failed-login penalty of the client's address (none for trusted networks),
+    /// before anything else: every outcome of this login pays it alike.
+    async fn penalty_wait(&mut self, state: &State) -> Result<(), End> {
+        let imap4 = &state.config.imap4;
+        let ip = self.peer.ip();
+        if imap4.trusted_networks.iter().any(|n| n.contains(&ip)) {
+            return Ok(());
+        }
+        let delay =
+            self.shared
+                .penalty
+                .delay(ip, imap4.auth_penalty_initial, imap4.auth_penalty_max);
+        if delay.is_zero() {
+            return Ok(());
+        }
+        tracing::debug!(delay_ms = delay.as_millis() as u64, "failed-login penalty");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => Ok(()),
+            _ = tokio::time::sleep_until(self.deadline) => Err(End::Timeout),
+            _ = self.phase.wait_for(|p| *p != Phase::Running) => Err(End::Shutdown),
         }
     }
 
@@ -483,6 +534,7 @@ impl PreAuth {
         tag: &str,
         mechanism: Mechanism,
     ) -> Result<Option<LoggedIn>, End> {
+        self.shared.penalty.failed(self.peer.ip());
         self.failed_logins += 1;
         let reply = format!("{tag} NO [AUTHENTICATIONFAILED] {}\r\n", mechanism.failed());
         self.send(reply.as_bytes()).await?;
@@ -584,4 +636,10 @@ impl PreAuth {
             _ => Err(End::Gone),
         }
     }
+}
+
+/// What `max_connections_per_user` counts: one backend account (a mailbox), whatever name or
+/// address the client used.
+fn mailbox_key(backend: &str, user: &str) -> String {
+    format!("{backend}/{}", user.to_lowercase())
 }

@@ -1,6 +1,10 @@
 //! After login: move bytes both ways, parse nothing. IDLE, COMPRESS and literals of any size pass
 //! through untouched.
 //!
+//! A client that closes its side has that passed on to the backend, and the backend's last
+//! responses still reach it; when the backend closes, what it sent is delivered and the session
+//! ends at once (the client's side is closed too).
+//!
 //! Each direction waits for its source to become readable *without* holding a buffer, borrows a
 //! 64 KiB buffer from a per-thread pool only while data moves, and gives it back as soon as the
 //! chunk is written: an idle session (an IMAP client in IDLE for half an hour) holds its sockets,
@@ -214,7 +218,10 @@ pub async fn run(session: LoggedIn, mut params: RelayParams) {
             let down = s2c.poll(cx, &mut server, &mut client, &counters.from_backend);
             match (up, down) {
                 (Poll::Ready(Err(e)), _) | (_, Poll::Ready(Err(e))) => Poll::Ready(Err(e)),
-                (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => Poll::Ready(Ok(())),
+                // The backend ended the session (LOGOUT, BYE, crash) and everything it sent has
+                // been passed on: the session is over, whether or not the client closed its side.
+                (_, Poll::Ready(Ok(()))) => Poll::Ready(Ok(())),
+                // The client closed: its end was passed on; the backend's last words still flow.
                 _ => Poll::Pending,
             }
         });

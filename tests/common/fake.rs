@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 #[derive(Clone, Debug)]
 pub enum Greeting {
@@ -39,6 +39,8 @@ pub struct Script {
     pub login_reply: Option<String>,
     /// Untagged lines sent before the tagged answer to a login.
     pub login_untagged: Vec<String>,
+    /// Implicit TLS with the development `localhost` certificate.
+    pub tls: bool,
 }
 
 impl Default for Script {
@@ -59,6 +61,7 @@ impl Default for Script {
             login_ok: None,
             login_reply: None,
             login_untagged: Vec::new(),
+            tls: false,
         }
     }
 }
@@ -80,7 +83,15 @@ impl FakeBackend {
                 let script = script.clone();
                 let log = log.clone();
                 tokio::spawn(async move {
-                    let _ = serve(tcp, script, log).await;
+                    let io: Box<dyn super::Io> = if script.tls {
+                        match dev_acceptor().accept(tcp).await {
+                            Ok(tls) => Box::new(tls),
+                            Err(_) => return,
+                        }
+                    } else {
+                        Box::new(tcp)
+                    };
+                    let _ = serve(io, script, log).await;
                 });
             }
         });
@@ -108,7 +119,23 @@ impl FakeBackend {
     }
 }
 
-type Reader = BufReader<TcpStream>;
+fn dev_acceptor() -> tokio_rustls::TlsAcceptor {
+    use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+    let certs = super::certs();
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(certs.join("localhost.pem"))
+            .expect("cert")
+            .collect::<Result<_, _>>()
+            .expect("cert");
+    let key = PrivateKeyDer::from_pem_file(certs.join("localhost.key")).expect("key");
+    let config = tokio_rustls::rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("server config");
+    tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config))
+}
+
+type Reader = BufReader<Box<dyn super::Io>>;
 
 /// Reads one command, answering `+` to synchronizing literals; returns the raw bytes (CRLF cut).
 async fn read_command(r: &mut Reader) -> std::io::Result<Option<Vec<u8>>> {
@@ -184,11 +211,11 @@ fn astring(s: &[u8]) -> Option<(Vec<u8>, &[u8])> {
 }
 
 async fn serve(
-    tcp: TcpStream,
+    io: Box<dyn super::Io>,
     script: Script,
     log: Arc<Mutex<Vec<String>>>,
 ) -> std::io::Result<()> {
-    let mut r = BufReader::new(tcp);
+    let mut r = BufReader::new(io);
     match &script.greeting {
         Greeting::Ok(true) => {
             let g = format!("* OK [CAPABILITY {}] fake ready\r\n", script.caps);
