@@ -492,7 +492,7 @@ impl PreAuth {
                     counters,
                     registration,
                     kick,
-                    user_guard: user_guard,
+                    user_guard,
                 }))
             }
         }
