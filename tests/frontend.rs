@@ -299,25 +299,6 @@ async fn authenticate_plain_with_and_without_initial_response() {
 }
 
 #[tokio::test]
-async fn starttls_discards_commands_pipelined_behind_it() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let gate = GateConfig::new(&fake.address()).start().await;
-    let mut c = gate.plain().await;
-    c.greeting().await;
-    // The injected CAPABILITY rides in the same packet as STARTTLS.
-    c.send(b"a STARTTLS\r\nx CAPABILITY\r\n").await;
-    assert_eq!(c.line().await, "a OK Begin TLS negotiation now.");
-    let mut c = c.handshake_after_starttls().await;
-    let r = c.cmd("b", "NOOP").await;
-    assert_eq!(
-        r,
-        vec!["b OK NOOP completed."],
-        "the injected command must not run inside TLS"
-    );
-    gate.stop().await;
-}
-
-#[tokio::test]
 async fn an_empty_literal_waits_for_the_rest_of_the_command() {
     let fake = FakeBackend::start(Script::default()).await;
     let gate = GateConfig::new(&fake.address()).start().await;
