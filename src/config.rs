@@ -483,7 +483,7 @@ address = "127.0.0.1:1993"
                 "preauthenticated",
             ),
             (
-                "authenticated_connection_timeout = \"1s\"\n",
+                "authenticated_connection_timeout = \"500ms\"\n",
                 "authenticated_connection_timeout",
             ),
         ] {
