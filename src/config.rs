@@ -104,6 +104,8 @@ pub struct Imap4 {
     pub auth_penalty_max: Duration,
     /// Client networks exempt from the penalty (a webmail host, a monitoring probe).
     pub trusted_networks: Vec<ipnet::IpNet>,
+    /// Certificates for other names, picked by SNI; `certificate` is the default.
+    pub sni_certificates: Vec<SniCertificate>,
 }
 
 impl Default for Imap4 {
@@ -129,6 +131,7 @@ impl Default for Imap4 {
             auth_penalty_initial: Duration::from_secs(2),
             auth_penalty_max: Duration::from_secs(15),
             trusted_networks: Vec::new(),
+            sni_certificates: Vec::new(),
         }
     }
 }
@@ -181,6 +184,78 @@ fn default_login_timeout() -> Duration {
     Duration::from_secs(15)
 }
 
+/// Further certificates chosen by the name the client asks for (SNI).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SniCertificate {
+    /// DNS name as the client sends it in SNI (case-insensitive).
+    pub name: String,
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address of the Prometheus endpoint (`GET /metrics`); off when absent.
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Rollover {
+    #[default]
+    Hourly,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProtocolLogConfig {
+    /// Exchange's `ProtocolLogEnabled`.
+    pub enabled: bool,
+    /// Exchange's `LogFileLocation`.
+    pub directory: PathBuf,
+    pub rollover: Rollover,
+    /// Rows waiting for the writer; past that, rows are dropped (and counted), never waited for.
+    pub queue: usize,
+}
+
+impl Default for ProtocolLogConfig {
+    fn default() -> Self {
+        ProtocolLogConfig {
+            enabled: false,
+            directory: PathBuf::from("protocol-log"),
+            rollover: Rollover::Hourly,
+            queue: 65536,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter (`info`, `imapgate=debug`); `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
@@ -200,6 +275,12 @@ pub struct Config {
     pub backends: BTreeMap<String, BackendConfig>,
     #[serde(default)]
     pub admin: AdminConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub protocol_log: ProtocolLogConfig,
+    #[serde(default)]
+    pub log: LogConfig,
     /// Where the file was read from; relative paths were resolved against its directory.
     #[serde(skip)]
     pub path: PathBuf,
@@ -237,6 +318,11 @@ impl Config {
         resolve(&mut config.directory.mailboxes);
         if let Some(p) = config.admin.control_socket.as_mut() {
             resolve(p);
+        }
+        resolve(&mut config.protocol_log.directory);
+        for sni in config.imap4.sni_certificates.iter_mut() {
+            resolve(&mut sni.certificate);
+            resolve(&mut sni.private_key);
         }
         for backend in config.backends.values_mut() {
             if let Some(p) = backend.ca.as_mut() {
@@ -348,6 +434,21 @@ impl Config {
                 return Err(self.invalid(key, "must be at least 1 (2147483647 means unlimited)"));
             }
         }
+        if !i.sni_certificates.is_empty() && i.certificate.is_none() {
+            return Err(self.invalid(
+                "imap4.sni_certificates",
+                "needs a default imap4.certificate as well",
+            ));
+        }
+        if self.protocol_log.queue == 0 {
+            return Err(self.invalid("protocol_log.queue", "must be at least 1"));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(self.invalid(
+                "log.level",
+                "not a tracing filter (e.g. \"info\" or \"imapgate=debug\")",
+            ));
+        }
         if self.directory.cache_capacity == 0 {
             return Err(self.invalid("directory.cache_capacity", "must be at least 1"));
         }
@@ -424,10 +525,27 @@ pub(crate) fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
 
 /// 1-based line and column of a byte offset.
 pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text.as_bytes()[..offset.min(text.len())];
-    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
-    let col = before.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
-    (line, col)
+    LineIndex::new(text).line_col(offset)
+}
+
+/// Line starts of a text, for many offset-to-line lookups in one pass over the text.
+pub(crate) struct LineIndex {
+    starts: Vec<usize>,
+}
+
+impl LineIndex {
+    pub(crate) fn new(text: &str) -> LineIndex {
+        let mut starts = vec![0];
+        starts.extend(memchr::memchr_iter(b'\n', text.as_bytes()).map(|i| i + 1));
+        LineIndex { starts }
+    }
+
+    /// 1-based line and column of a byte offset.
+    pub(crate) fn line_col(&self, offset: usize) -> (usize, usize) {
+        let line = self.starts.partition_point(|&s| s <= offset);
+        let col = offset - self.starts[line.saturating_sub(1)] + 1;
+        (line, col)
+    }
 }
 
 /// Durations written the human way (`"30s"`, `"5m"`, `"1h"`).

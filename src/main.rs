@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use imapgate::admin::cli::{self, Format};
-use imapgate::config::Config;
+use imapgate::config::{Config, LogFormat};
 
 #[derive(Parser)]
 #[command(version, about = "IMAP4 front end enforcing per-mailbox IMAP access")]
@@ -144,15 +144,17 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_daemon(config: &std::path::Path) -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("IMAPGATE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+fn run_daemon(config_path: &std::path::Path) -> ExitCode {
+    // The [log] section decides the format, so the configuration is read first; the gate reads it
+    // again (with everything it names) when it starts.
+    let log = match Config::load(config_path) {
+        Ok(c) => c.log,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    init_logging(&log);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -160,11 +162,28 @@ fn run_daemon(config: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(imapgate::lifecycle::run_daemon(config)) {
+    match runtime.block_on(imapgate::lifecycle::run_daemon(config_path)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Logs to stderr: text or JSON, level from `RUST_LOG` or `[log] level`. Under systemd (the
+/// journal adds its own), without timestamps; colours only on a terminal.
+fn init_logging(log: &imapgate::config::LogConfig) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
+    let journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && !journal)
+        .with_env_filter(filter);
+    match (log.format, journal) {
+        (LogFormat::Json, _) => builder.json().init(),
+        (LogFormat::Text, true) => builder.without_time().init(),
+        (LogFormat::Text, false) => builder.init(),
     }
 }

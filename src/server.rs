@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::limits::{Limits, Penalty, Usage};
 use crate::listener::{self, ListenerKind};
+use crate::metrics::{Metrics, ResultLabels};
 use crate::registry::{Kick, Registry};
 use crate::state::{LoadError, State};
 
@@ -39,6 +40,9 @@ pub struct Shared {
     pub registry: Arc<Registry>,
     pub limits: Arc<Limits>,
     pub penalty: Penalty,
+    pub metrics: Arc<Metrics>,
+    /// One reload at a time: two racing could put the older file in force.
+    pub reload_lock: std::sync::Mutex<()>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +65,7 @@ pub struct Gate {
     shared: Arc<Shared>,
     listeners: Vec<(ListenerKind, TcpListener)>,
     control: Option<(UnixListener, PathBuf)>,
+    metrics_listener: Option<TcpListener>,
 }
 
 /// What a successful reload did.
@@ -80,7 +85,8 @@ pub struct GateHandle {
 impl Gate {
     /// Loads the configuration at `config_path` and binds every listener it names.
     pub async fn bind(config_path: &Path) -> Result<Gate, StartError> {
-        let state = State::load(config_path)?;
+        let metrics = Arc::new(Metrics::default());
+        let state = State::load_with(config_path, metrics.cache_stats())?;
         let mut listeners = Vec::new();
         let imap4 = &state.config.imap4;
         for (kind, addresses) in [
@@ -105,6 +111,16 @@ impl Gate {
             )),
             None => None,
         };
+        let metrics_listener = crate::metrics::bind(state.config.metrics.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                address: state
+                    .config
+                    .metrics
+                    .listen
+                    .unwrap_or(([0, 0, 0, 0], 0).into()),
+                source,
+            })?;
         let (phase, _) = watch::channel(Phase::Running);
         Ok(Gate {
             shared: Arc::new(Shared {
@@ -116,9 +132,12 @@ impl Gate {
                 registry: Arc::new(Registry::default()),
                 limits: Arc::new(Limits::default()),
                 penalty: Penalty::default(),
+                metrics,
+                reload_lock: std::sync::Mutex::new(()),
             }),
             listeners,
             control,
+            metrics_listener,
         })
     }
 
@@ -153,6 +172,16 @@ impl Gate {
         let mut accept_loops = Vec::new();
         for (kind, l) in self.listeners {
             accept_loops.push(tokio::spawn(listener::accept_loop(l, kind, shared.clone())));
+        }
+        if let Some(listener) = self.metrics_listener {
+            let handle = GateHandle {
+                shared: shared.clone(),
+            };
+            accept_loops.push(tokio::spawn(crate::metrics::serve(
+                listener,
+                handle,
+                shared.metrics.clone(),
+            )));
         }
         if let Some((listener, path)) = self.control {
             let handle = GateHandle {
@@ -195,7 +224,22 @@ impl GateHandle {
     /// Re-reads the configuration, directory and certificate; installs them only when all are
     /// valid, and empties the policy cache by installing a new one. On error nothing changes.
     pub fn reload(&self) -> Result<ReloadReport, LoadError> {
-        let new = State::load(&self.shared.config_path)?;
+        let _one_at_a_time = self
+            .shared
+            .reload_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let metrics = &self.shared.metrics;
+        let new = match State::load_with(&self.shared.config_path, metrics.cache_stats()) {
+            Ok(new) => new,
+            Err(e) => {
+                metrics
+                    .reloads
+                    .get_or_create(&ResultLabels { result: "refused" })
+                    .inc();
+                return Err(e);
+            }
+        };
         let old = self.shared.state.load();
         if new.config.imap4.unencrypted_or_tls_bindings
             != old.config.imap4.unencrypted_or_tls_bindings
@@ -214,6 +258,14 @@ impl GateHandle {
         } else {
             0
         };
+        metrics
+            .reloads
+            .get_or_create(&ResultLabels { result: "ok" })
+            .inc();
+        metrics.mark_reload();
+        metrics
+            .sessions_closed_on_reload
+            .inc_by(sessions_closed as u64);
         tracing::info!(
             mailboxes,
             sessions_closed,
@@ -250,6 +302,11 @@ impl GateHandle {
     /// Follows the gate's phase (running, draining, closing).
     pub fn phase(&self) -> watch::Receiver<Phase> {
         self.shared.phase.subscribe()
+    }
+
+    /// The gate's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
     }
 
     /// Connection counters (all back to zero when no session is open).

@@ -11,7 +11,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::backend::Backend;
 use crate::config::{Config, ConfigError};
-use crate::directory::{self, DirectoryError, PolicyCache};
+use crate::directory::{self, CacheStats, DirectoryError, PolicyCache};
 use crate::tls::{self, TlsError};
 
 /// Why a configuration could not be put in force; the running one stays.
@@ -38,15 +38,22 @@ pub struct State {
 impl State {
     /// Reads and checks the configuration file and everything it names.
     pub fn load(config_path: &Path) -> Result<State, LoadError> {
-        let config = Config::load(config_path)?;
-        Self::from_config(config)
+        Self::load_with(config_path, CacheStats::default())
     }
 
-    pub fn from_config(config: Config) -> Result<State, LoadError> {
+    /// Like [`State::load`], counting cache hits and misses into `stats`.
+    pub fn load_with(config_path: &Path, stats: CacheStats) -> Result<State, LoadError> {
+        let config = Config::load(config_path)?;
+        Self::from_config(config, stats)
+    }
+
+    pub fn from_config(config: Config, stats: CacheStats) -> Result<State, LoadError> {
         let names: Vec<&str> = config.backends.keys().map(String::as_str).collect();
         let directory = directory::file::load(&config.directory.mailboxes, &names)?;
         let acceptor = match (&config.imap4.certificate, &config.imap4.private_key) {
-            (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
+            (Some(cert), Some(key)) => {
+                Some(tls::acceptor(cert, key, &config.imap4.sni_certificates)?)
+            }
             _ => None,
         };
         let mut backends = HashMap::new();
@@ -61,6 +68,7 @@ impl State {
             Arc::new(directory),
             config.directory.cache_capacity,
             config.directory.cache_ttl,
+            stats,
         );
         Ok(State {
             config: Arc::new(config),

@@ -6,8 +6,13 @@
 //! while the old one stays in use. rustls does not implement renegotiation, and only TLS 1.2 and
 //! 1.3 are enabled.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use crate::config::SniCertificate;
+use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
+use tokio_rustls::rustls::sign::CertifiedKey;
 
 use tokio_rustls::rustls::{
     self,
@@ -48,21 +53,55 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
-/// Loads the gate's certificate chain and key into an acceptor.
-pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
+fn certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
     let chain = read_certs(cert)?;
     let private = PrivateKeyDer::from_pem_file(key).map_err(|e| file_error(key, e))?;
+    let provider = rustls::crypto::ring::default_provider();
+    // Parses the key and checks it belongs to the certificate.
+    let certified =
+        CertifiedKey::from_der(chain, private, &provider).map_err(|e| TlsError::Identity {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    Ok(Arc::new(certified))
+}
+
+/// The default certificate, and others chosen by the SNI name the client sends.
+#[derive(Debug)]
+struct BySni {
+    default: Arc<CertifiedKey>,
+    names: HashMap<String, Arc<CertifiedKey>>,
+}
+
+impl ResolvesServerCert for BySni {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let by_name = hello
+            .server_name()
+            .and_then(|n| self.names.get(&n.to_ascii_lowercase()));
+        Some(by_name.unwrap_or(&self.default).clone())
+    }
+}
+
+/// Loads the gate's certificate chain and key (and any SNI certificates) into an acceptor.
+pub fn acceptor(cert: &Path, key: &Path, sni: &[SniCertificate]) -> Result<TlsAcceptor, TlsError> {
+    let mut names = HashMap::new();
+    for s in sni {
+        names.insert(
+            s.name.to_ascii_lowercase(),
+            certified_key(&s.certificate, &s.private_key)?,
+        );
+    }
+    let resolver = BySni {
+        default: certified_key(cert, key)?,
+        names,
+    };
     let config = ServerConfig::builder_with_protocol_versions(&[
         &rustls::version::TLS13,
         &rustls::version::TLS12,
     ])
     .with_no_client_auth()
-    .with_single_cert(chain, private)
-    .map_err(|e| TlsError::Identity {
-        cert: cert.to_path_buf(),
-        key: key.to_path_buf(),
-        message: e.to_string(),
-    })?;
+    .with_cert_resolver(Arc::new(resolver));
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 

@@ -572,3 +572,63 @@ async fn reload_moves_mailboxes_between_backends_and_removed_ones_get_defaults()
     );
     gate.stop().await;
 }
+
+#[tokio::test]
+async fn bytes_right_behind_the_login_ok_count_for_the_bye_decision() {
+    // The backend's OK is followed at once by the start of a literal; a kick must not put a BYE
+    // inside it.
+    let fake = FakeBackend::start(Script {
+        after_login: b"* 1 FETCH (BODY[] {10}\r\nabc".to_vec(),
+        ..Script::default()
+    })
+    .await;
+    let gate = GateConfig::new(&fake.address())
+        .mailboxes(MAILBOXES)
+        .start()
+        .await;
+    let mut c = gate.plain().await;
+    c.greeting().await;
+    c.send(b"a LOGIN jsmith pass1\r\n").await;
+    assert!(c.line().await.starts_with("a OK"));
+    assert_eq!(c.line().await, "* 1 FETCH (BODY[] {10}");
+    assert_eq!(c.read_exact(3).await, b"abc");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    gate.handle
+        .registry()
+        .kick_where(imapgate::registry::Kick::Disabled, |_| true);
+    assert_eq!(
+        c.try_line(Duration::from_secs(2)).await,
+        Ok(None),
+        "closed without a BYE"
+    );
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn compress_after_a_refused_literal_is_still_seen() {
+    let fake = FakeBackend::start(Script::default()).await;
+    let gate = GateConfig::new(&fake.address())
+        .mailboxes(MAILBOXES)
+        .start()
+        .await;
+    let mut c = gate.plain().await;
+    c.greeting().await;
+    c.cmd("a", "LOGIN jsmith pass1").await;
+    // The backend refuses the literal: no data follows the announcement.
+    let r = c.cmd("b", "APPEND INBOX {100000}").await;
+    assert_eq!(r, vec!["b NO [TOOBIG] literal too big"]);
+    assert_eq!(
+        c.cmd("z", "COMPRESS DEFLATE").await,
+        vec!["z OK COMPRESS done"]
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    gate.handle
+        .registry()
+        .kick_where(imapgate::registry::Kick::Disabled, |_| true);
+    assert_eq!(
+        c.try_line(Duration::from_secs(2)).await,
+        Ok(None),
+        "no plaintext BYE after COMPRESS"
+    );
+    gate.stop().await;
+}

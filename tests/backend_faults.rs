@@ -90,12 +90,16 @@ async fn backend_dying_mid_fetch_gives_the_client_what_arrived_then_closes() {
     c.cmd("a", "LOGIN user1 pass1").await;
     c.send(b"f XDIE 100000\r\n").await;
     assert_eq!(c.line().await, "* 1 FETCH (BODY[] {100000}");
-    let mut got = 0;
-    while let Ok(Some(l)) = c.try_line(Duration::from_secs(5)).await {
-        got += l.len() + 2;
-    }
-    // Half the literal arrived (the last partial line has no CRLF, hence the slack); nothing else.
-    assert!((49_990..=50_002).contains(&got), "{got}");
+    // Exactly the half that was sent, byte for byte, then end of stream (not a timeout).
+    let half = c.read_exact(50_000).await;
+    assert!(half
+        .chunks(28)
+        .all(|l| b"abcdefghijklmnopqrstuvwxyz\r\n".starts_with(l)));
+    assert_eq!(
+        c.try_line(Duration::from_secs(5)).await,
+        Ok(None),
+        "closed, nothing invented"
+    );
     gate.stop().await;
 }
 

@@ -117,15 +117,23 @@ pub async fn mailbox_set(
             );
             Ok(0)
         }
-        Err(ControlError::Unreachable { .. }) => {
+        Err(ControlError::Unreachable { source, .. }) if not_running(&source) => {
             println!("imapgate is not running: the change applies when it starts");
             Ok(0)
         }
         Err(e) => {
-            eprintln!("the file was changed, but the reload failed: {e}");
+            eprintln!("the file was changed, but it is not in force yet: {e}");
             Ok(1)
         }
     }
+}
+
+/// No gate behind the socket path (as opposed to one we may not talk to).
+fn not_running(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+    )
 }
 
 /// One mailbox as `mailbox get` reports it: on disk, and in force when a gate is reachable.
@@ -166,7 +174,7 @@ pub async fn mailbox_get(
     let running: Option<Vec<MailboxView>> = match config.admin.control_socket.as_deref() {
         Some(socket) => match control::request(socket, "MAILBOXES").await {
             Ok(v) => Some(v),
-            Err(ControlError::Unreachable { .. }) => None,
+            Err(ControlError::Unreachable { source, .. }) if not_running(&source) => None,
             Err(e) => return Err(e.into()),
         },
         None => None,

@@ -36,16 +36,30 @@ pub enum ControlError {
     Refused(String),
 }
 
-/// Binds the control socket, replacing a stale one; refuses when another gate answers on it.
+/// Binds the control socket. A socket file left by a gate that is gone (connection refused) is
+/// replaced; anything else at the path (a live gate, a regular file) is an error, never deleted.
 pub async fn bind(path: &Path) -> std::io::Result<UnixListener> {
-    if path.exists() {
-        if UnixStream::connect(path).await.is_ok() {
-            return Err(std::io::Error::new(
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        let in_use = || {
+            std::io::Error::new(
                 std::io::ErrorKind::AddrInUse,
-                format!("{} is in use by a running gate", path.display()),
+                format!("{} is in use", path.display()),
+            )
+        };
+        if !meta.file_type().is_socket() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
             ));
         }
-        std::fs::remove_file(path)?;
+        match UnixStream::connect(path).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                std::fs::remove_file(path)?
+            }
+            Ok(_) => return Err(in_use()),
+            Err(e) => return Err(e),
+        }
     }
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
@@ -69,18 +83,20 @@ pub async fn serve(listener: UnixListener, path: PathBuf, handle: GateHandle) {
             .map(|c| c.uid() == 0 || Some(c.uid()) == owner)
             .unwrap_or(false);
         let handle = handle.clone();
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(IO_TIMEOUT, answer(stream, allowed, handle)).await;
-        });
+        tokio::spawn(answer(stream, allowed, handle));
     }
     let _ = std::fs::remove_file(&path);
 }
 
+/// Reading the request and writing the answer have deadlines; handling it has none (a reload of
+/// a large directory takes what it takes, and the client waits for it).
 async fn answer(stream: UnixStream, allowed: bool, handle: GateHandle) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = Vec::new();
     let mut reader = BufReader::new(read.take(MAX_REQUEST + 1));
-    reader.read_until(b'\n', &mut line).await?;
+    tokio::time::timeout(IO_TIMEOUT, reader.read_until(b'\n', &mut line))
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
     let reply = if !allowed {
         "ERR permission denied".to_string()
     } else if line.len() as u64 > MAX_REQUEST || !line.ends_with(b"\n") {
@@ -91,13 +107,16 @@ async fn answer(stream: UnixStream, allowed: bool, handle: GateHandle) -> std::i
             Err(_) => "ERR request is not UTF-8".to_string(),
         }
     };
-    write.write_all(reply.as_bytes()).await?;
-    write.write_all(b"\n").await?;
-    write.shutdown().await?;
-    // Read what a refused request left unread (bounded), so closing does not reset the
-    // connection before the client has read the answer.
-    let mut rest = reader.into_inner().into_inner().take(64 * 1024);
-    let _ = tokio::io::copy(&mut rest, &mut tokio::io::sink()).await;
+    let _ = tokio::time::timeout(IO_TIMEOUT, async {
+        write.write_all(reply.as_bytes()).await?;
+        write.write_all(b"\n").await?;
+        write.shutdown().await?;
+        // Read what a refused request left unread (bounded), so closing does not reset the
+        // connection before the client has read the answer.
+        let mut rest = reader.into_inner().into_inner().take(64 * 1024);
+        tokio::io::copy(&mut rest, &mut tokio::io::sink()).await
+    })
+    .await;
     Ok(())
 }
 
@@ -112,23 +131,22 @@ async fn handle_request(line: &str, handle: &GateHandle) -> String {
     let (verb, arg) = line.split_once(' ').unwrap_or((line, ""));
     match (verb, arg.is_empty()) {
         ("PING", true) => ok(&serde_json::json!({ "version": env!("CARGO_PKG_VERSION") })),
-        ("RELOAD", true) => {
-            let h = handle.clone();
-            match tokio::task::spawn_blocking(move || h.reload()).await {
-                Ok(Ok(report)) => ok(&report),
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "reload refused; the previous configuration stays in force");
-                    format!("ERR {}", one_line(&e.to_string()))
-                }
-                Err(e) => format!("ERR reload failed: {e}"),
-            }
-        }
+        ("RELOAD", true) => match crate::lifecycle::reload(handle.clone()).await {
+            Ok(report) => ok(&report),
+            Err(e) => format!("ERR {}", one_line(&e)),
+        },
         ("MAILBOXES", true) => ok(&handle.state().policies.directory().views()),
         ("SESSIONS", true) => ok(&handle.registry().list()),
         ("KICK", false) => {
             let state = handle.state();
             let directory = state.policies.directory();
             let matches = find_identity(&directory.views(), arg);
+            if matches.len() > 1 {
+                return format!(
+                    "ERR {arg:?} matches {} mailboxes; use a unique identity (email, UPN, alias or GUID)",
+                    matches.len()
+                );
+            }
             let closed = if matches.is_empty() {
                 // Not in the directory: the identity is a login name.
                 let key = login_key(arg);

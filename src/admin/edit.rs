@@ -206,31 +206,34 @@ fn append_mailbox(doc: &mut DocumentMut, identity: &str, enabled: bool) -> Resul
     Ok(())
 }
 
-/// Temporary file beside `path`, fsync, rename over `path`, fsync the directory. The file keeps
-/// its permissions.
+/// Temporary file beside the real file (a symlinked `path` stays a symlink), created with the
+/// file's mode, owner and group (an edit made as root must not lock the daemon's user out), fsync,
+/// rename over it, fsync the directory.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), EditError> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let real = std::fs::canonicalize(path).map_err(io_err(path))?;
+    let meta = std::fs::metadata(&real).map_err(io_err(&real))?;
+    let dir = real.parent().unwrap_or(Path::new("/")).to_path_buf();
     let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(path.file_name().unwrap_or_default());
+    tmp_name.push(real.file_name().unwrap_or_default());
     tmp_name.push(format!(".tmp-{}", std::process::id()));
     let tmp = dir.join(tmp_name);
     let result = (|| {
-        let mut file = File::create(&tmp)?;
-        if let Ok(meta) = std::fs::metadata(path) {
-            file.set_permissions(meta.permissions())?;
-        }
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(meta.mode() & 0o7777)
+            .open(&tmp)?;
+        std::os::unix::fs::fchown(&file, Some(meta.uid()), Some(meta.gid()))?;
         file.write_all(bytes)?;
         file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
+        std::fs::rename(&tmp, &real)?;
+        File::open(&dir)?.sync_all()
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    result.map_err(io_err(path))
+    result.map_err(io_err(&real))
 }
 
 #[cfg(test)]
@@ -286,5 +289,41 @@ alias = "js2"
             set_imap_enabled(&path, &["main"], "two words", false, true),
             Err(EditError::CannotCreate(_))
         ));
+    }
+
+    #[test]
+    fn edits_keep_mode_owner_and_symlinks() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real.toml");
+        std::fs::write(&real, FILE).unwrap();
+        std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o640)).unwrap();
+        // As root (CI), hand the file to another owner the way a packaged install would.
+        let owner = if nix_is_root() {
+            4242
+        } else {
+            std::fs::metadata(&real).unwrap().uid()
+        };
+        let _ = std::os::unix::fs::chown(&real, Some(owner), Some(owner));
+        let link = dir.path().join("mailboxes.toml");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        set_imap_enabled(&link, &["main"], "js2", false, false).unwrap();
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        let meta = std::fs::metadata(&real).unwrap();
+        assert_eq!(meta.mode() & 0o777, 0o640);
+        assert_eq!((meta.uid(), meta.gid()), (owner, owner));
+        assert!(std::fs::read_to_string(&real)
+            .unwrap()
+            .contains("alias = \"js2\"\nimap_enabled = false"));
+    }
+
+    fn nix_is_root() -> bool {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata("/proc/self")
+            .map(|m| m.uid() == 0)
+            .unwrap_or(false)
     }
 }

@@ -20,6 +20,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::config::{BackendConfig, BackendTls};
 use crate::credentials::Credentials;
+use crate::metrics::{BackendLabels, Metrics};
 use crate::stream::Stream;
 use encode::{login_command, quotable, LoginCaps};
 
@@ -132,12 +133,29 @@ impl Backend {
         &self,
         creds: &Credentials,
         client: &ClientInfo,
+        metrics: &Metrics,
     ) -> Result<LoginResult, BackendError> {
+        let labels = BackendLabels {
+            backend: self.name.to_string(),
+        };
+        let started = std::time::Instant::now();
         let conn = self.connect().await?;
+        metrics
+            .backend_connect
+            .get_or_create(&labels)
+            .observe(started.elapsed().as_secs_f64());
+        let connected = std::time::Instant::now();
         // One budget for everything after the TCP connect, on top of the per-read deadlines: a
         // backend trickling lines cannot stretch a login.
         let after = self.config.login_timeout;
-        deadline("login", after, self.login_on(conn, creds, client)).await
+        let result = deadline("login", after, self.login_on(conn, creds, client)).await;
+        if result.is_ok() {
+            metrics
+                .backend_login
+                .get_or_create(&labels)
+                .observe(connected.elapsed().as_secs_f64());
+        }
+        result
     }
 
     async fn login_on(

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::Directory;
-use crate::config::{describe_toml_error, line_col};
+use crate::config::{describe_toml_error, LineIndex};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DirectoryError {
@@ -139,9 +139,10 @@ pub fn parse(path: &Path, text: &str, backends: &[&str]) -> Result<Directory, Di
             format!("[defaults] backend {default_backend:?} is not configured in [backends]"),
         ));
     }
+    let lines = LineIndex::new(text);
     let mut mailboxes = Vec::with_capacity(file.mailbox.len());
     for spanned in file.mailbox {
-        let (line, _) = line_col(text, spanned.span().start);
+        let (line, _) = lines.line_col(spanned.span().start);
         let mut m = spanned.into_inner();
         m.line = line;
         if m.login_names().next().is_none() {

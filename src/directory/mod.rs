@@ -193,7 +193,8 @@ pub struct MailboxView {
 
 impl MailboxView {
     /// True when `identity` names this mailbox in any form the admin commands accept: display
-    /// name, alias, email, UPN, `DOMAIN\account` (or `DOMAIN/account`), GUID; case-insensitive.
+    /// name, alias, email, UPN, `DOMAIN\account` (or `DOMAIN/account`), GUID, backend login;
+    /// case-insensitive.
     pub fn matches(&self, identity: &str) -> bool {
         let wanted = identity.to_lowercase().replace('/', "\\");
         [
@@ -203,6 +204,7 @@ impl MailboxView {
             &self.upn,
             &self.domain_account,
             &self.guid,
+            &self.login,
         ]
         .into_iter()
         .flatten()
@@ -231,16 +233,30 @@ pub fn find_identity(views: &[MailboxView], identity: &str) -> Vec<usize> {
         .collect()
 }
 
+/// Hit and miss counters, shared by the successive caches of a running gate.
+#[derive(Clone, Default)]
+pub struct CacheStats {
+    pub hits: prometheus_client::metrics::counter::Counter,
+    pub misses: prometheus_client::metrics::counter::Counter,
+}
+
 /// Identity resolution through a moka cache, bound to one directory snapshot.
 pub struct PolicyCache {
     directory: Arc<Directory>,
     cache: moka::sync::Cache<(NameForm, String), Arc<Policy>>,
     defaults: Arc<Policy>,
+    stats: CacheStats,
 }
 
 impl PolicyCache {
-    pub fn new(directory: Arc<Directory>, capacity: u64, ttl: Duration) -> PolicyCache {
+    pub fn new(
+        directory: Arc<Directory>,
+        capacity: u64,
+        ttl: Duration,
+        stats: CacheStats,
+    ) -> PolicyCache {
         PolicyCache {
+            stats,
             defaults: Arc::new(directory.default_policy()),
             directory,
             cache: moka::sync::Cache::builder()
@@ -262,6 +278,11 @@ impl PolicyCache {
         if !self.directory.index.contains_key(&key) {
             return self.defaults.clone();
         }
+        if let Some(hit) = self.cache.get(&key) {
+            self.stats.hits.inc();
+            return hit;
+        }
+        self.stats.misses.inc();
         self.cache
             .get_with(key, || Arc::new(self.directory.policy(login)))
     }

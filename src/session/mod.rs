@@ -60,8 +60,11 @@ pub async fn serve(
             }
         };
         tracing::debug!("connected");
+        let preauth_gauge = shared.metrics.session("preauth", kind.name());
         let preauth = PreAuth::new(id, stream, kind, peer, session_id, shared.clone());
-        match preauth.run().await {
+        let end = preauth.run().await;
+        drop(preauth_gauge);
+        match end {
             PreAuthEnd::Closed => tracing::debug!("closed before login"),
             PreAuthEnd::LoggedIn(mut session) => {
                 let state = shared.state.load();
@@ -73,7 +76,8 @@ pub async fn serve(
                 };
                 drop(state);
                 session.kick.mark_unchanged();
-                relay::run(*session, params).await;
+                let _relay_gauge = shared.metrics.session("relay", kind.name());
+                relay::run(*session, params, &shared.metrics).await;
             }
         }
     }

@@ -300,6 +300,7 @@ impl PreAuth {
     async fn privacy_required(&mut self, tag: &str) -> Result<Option<LoggedIn>, End> {
         let reply = format!("{tag} NO [PRIVACYREQUIRED] Use STARTTLS or the TLS port first.\r\n");
         self.send(reply.as_bytes()).await?;
+        self.shared.metrics.login("privacy_required");
         tracing::info!(outcome = "privacy_required", "login refused before TLS");
         Ok(None)
     }
@@ -386,6 +387,7 @@ impl PreAuth {
         let creds = match creds {
             Ok(c) => c,
             Err(e) => {
+                self.shared.metrics.login("auth_failed");
                 tracing::info!(outcome = "auth_failed", reason = %e, "login refused before the backend");
                 return self.login_failed(tag, mechanism).await;
             }
@@ -415,7 +417,7 @@ impl PreAuth {
         let started = std::time::Instant::now();
         // The client's own deadline and a shutdown still apply while the backend works.
         let result = tokio::select! {
-            r = backend.login(&backend_creds, &client) => r,
+            r = backend.login(&backend_creds, &client, &self.shared.metrics) => r,
             _ = tokio::time::sleep_until(self.deadline) => return Err(End::Timeout),
             _ = self.phase.wait_for(|p| *p != Phase::Running) => return Err(End::Shutdown),
         };
@@ -424,10 +426,12 @@ impl PreAuth {
         let mailbox = policy.mailbox.as_deref().unwrap_or("-");
         match result {
             Err(e) => {
+                self.shared.metrics.login("unavailable");
                 tracing::warn!(outcome = "unavailable", user, backend = %backend.name, elapsed_ms, error = %e, "backend unavailable");
                 self.unavailable(tag).await
             }
             Ok(LoginResult::Rejected) => {
+                self.shared.metrics.login("auth_failed");
                 tracing::info!(outcome = "auth_failed", user, backend = %backend.name, elapsed_ms, "login failed");
                 self.login_failed(tag, mechanism).await
             }
@@ -457,6 +461,7 @@ impl PreAuth {
                     Err(_) if policy.imap_enabled => {
                         drop(registration);
                         session.logout().await;
+                        self.shared.metrics.login("limit");
                         tracing::info!(outcome = "limit", user, mailbox, backend = %backend.name, limit, "too many sessions for this mailbox");
                         let reply =
                             format!("{tag} NO [LIMIT] Too many connections for this mailbox.\r\n");
@@ -469,6 +474,7 @@ impl PreAuth {
                 if !policy.imap_enabled {
                     drop(registration);
                     session.logout().await;
+                    self.shared.metrics.login("disabled");
                     tracing::info!(outcome = "disabled", user, mailbox, backend = %backend.name, elapsed_ms, "IMAP4 is disabled for this mailbox");
                     let reply = format!(
                         "{tag} NO [CONTACTADMIN] {}\r\n",
@@ -478,10 +484,10 @@ impl PreAuth {
                     return Ok(None);
                 }
                 tracing::Span::current().record("user", user);
+                self.shared.metrics.login("ok");
                 tracing::info!(outcome = "ok", mailbox, backend = %backend.name, elapsed_ms, "logged in");
                 let mut reply = std::mem::take(&mut session.prelude);
                 reply.extend_from_slice(format!("{tag} OK {}\r\n", session.ok_text).as_bytes());
-                reply.append(&mut session.pending);
                 self.send(&reply).await?;
                 Ok(Some(LoggedIn {
                     client: self.client.detach(),

@@ -28,7 +28,8 @@ use tokio::time::Instant;
 
 use super::boundary::Boundary;
 use super::preauth::LoggedIn;
-use crate::registry::Kick;
+use crate::metrics::Metrics;
+use crate::registry::{Counters, Kick};
 use crate::server::Phase;
 use crate::stream::Stream;
 
@@ -198,7 +199,7 @@ pub struct RelayParams {
     pub disabled_bye: String,
 }
 
-pub async fn run(session: LoggedIn, mut params: RelayParams) {
+pub async fn run(session: LoggedIn, mut params: RelayParams, metrics: &Metrics) {
     let LoggedIn {
         mut client,
         client_pending,
@@ -209,9 +210,11 @@ pub async fn run(session: LoggedIn, mut params: RelayParams) {
     let mut server = backend.stream;
     let start = Instant::now();
     let mut c2s = Pump::new(Boundary::commands(), start).with_pending(client_pending);
-    let mut s2c = Pump::new(Boundary::responses(), start);
+    // What the backend sent right behind its OK is delivered (and tracked) by the relay.
+    let mut s2c = Pump::new(Boundary::responses(), start).with_pending(backend.pending);
     let idle_timeout = params.idle_timeout;
     let check_every = (idle_timeout / 8).clamp(Duration::from_millis(100), Duration::from_secs(30));
+    let mut reported = Reported::default();
     let ending = loop {
         let both = poll_fn(|cx| {
             let up = c2s.poll(cx, &mut client, &mut server, &counters.from_client);
@@ -231,14 +234,13 @@ pub async fn run(session: LoggedIn, mut params: RelayParams) {
                 Err(e) => Ending::Error(e),
             },
             _ = tokio::time::sleep(check_every) => {
+                reported.report(&counters, metrics);
                 let last = c2s.last_read.max(s2c.last_read);
                 if last.elapsed() >= idle_timeout {
                     break Ending::Idle;
                 }
             }
-            k = params.kick.wait_for(Option::is_some) => {
-                break Ending::Kicked(k.ok().and_then(|k| *k).unwrap_or(Kick::Admin));
-            }
+            Some(kick) = kicked(&mut params.kick) => break Ending::Kicked(kick),
             _ = params.phase.wait_for(|p| *p == Phase::Closing) => break Ending::Shutdown,
         }
     };
@@ -263,6 +265,7 @@ pub async fn run(session: LoggedIn, mut params: RelayParams) {
         let _ = server.shutdown().await;
     })
     .await;
+    reported.report(&counters, metrics);
     tracing::info!(
         ending = %reason,
         bytes_from_client = counters.from_client.load(Ordering::Relaxed),
@@ -291,4 +294,36 @@ async fn say_bye(s2c: &mut Pump, c2s: &Pump, client: &mut Stream, bye: &str) -> 
         tokio::time::timeout(Duration::from_secs(1), write).await,
         Ok(Ok(()))
     )
+}
+
+/// What of a session's byte counts the metrics already have.
+#[derive(Default)]
+struct Reported {
+    from_client: u64,
+    from_backend: u64,
+}
+
+impl Reported {
+    /// Adds what moved since the last report to the gate's counters.
+    fn report(&mut self, counters: &Counters, metrics: &Metrics) {
+        let c = counters.from_client.load(Ordering::Relaxed);
+        let b = counters.from_backend.load(Ordering::Relaxed);
+        metrics.relayed(
+            c.saturating_sub(self.from_client),
+            b.saturating_sub(self.from_backend),
+        );
+        (self.from_client, self.from_backend) = (c, b);
+    }
+}
+
+/// The kick for this session, when one comes; never if the registry side is gone.
+async fn kicked(rx: &mut watch::Receiver<Option<Kick>>) -> Option<Kick> {
+    let kick = match rx.wait_for(Option::is_some).await {
+        Ok(kick) => *kick,
+        Err(_) => None,
+    };
+    match kick {
+        Some(k) => Some(k),
+        None => std::future::pending().await,
+    }
 }

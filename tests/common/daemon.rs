@@ -21,7 +21,7 @@ impl Daemon {
         let mut child = Command::new(BIN)
             .arg("--config")
             .arg(config)
-            .env("IMAPGATE_LOG", "info")
+            .env("RUST_LOG", "info")
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()

@@ -41,6 +41,8 @@ pub struct Script {
     pub login_untagged: Vec<String>,
     /// Implicit TLS with the development `localhost` certificate.
     pub tls: bool,
+    /// Raw bytes sent right behind a successful login's tagged OK.
+    pub after_login: Vec<u8>,
 }
 
 impl Default for Script {
@@ -62,6 +64,7 @@ impl Default for Script {
             login_reply: None,
             login_untagged: Vec::new(),
             tls: false,
+            after_login: Vec::new(),
         }
     }
 }
@@ -135,6 +138,9 @@ fn dev_acceptor() -> tokio_rustls::TlsAcceptor {
     tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config))
 }
 
+/// What `read_command` returns for a command it already refused.
+const REFUSED: &[u8] = b"\0refused";
+
 type Reader = BufReader<Box<dyn super::Io>>;
 
 /// Reads one command, answering `+` to synchronizing literals; returns the raw bytes (CRLF cut).
@@ -158,6 +164,17 @@ async fn read_command(r: &mut Reader) -> std::io::Result<Option<Vec<u8>>> {
                     .ok()
                     .and_then(|d| d.parse::<usize>().ok())
                 {
+                    if !plus && n > 50_000 {
+                        // Refuse big synchronizing literals: the client sends no data then.
+                        let tag = String::from_utf8_lossy(
+                            cmd.split(|&b| b == b' ').next().unwrap_or_default(),
+                        )
+                        .into_owned();
+                        r.get_mut()
+                            .write_all(format!("{tag} NO [TOOBIG] literal too big\r\n").as_bytes())
+                            .await?;
+                        return Ok(Some(REFUSED.to_vec()));
+                    }
                     if !plus {
                         r.get_mut().write_all(b"+ go ahead\r\n").await?;
                     }
@@ -245,6 +262,9 @@ async fn serve(
     }
     let mut user: Option<String> = None;
     while let Some(cmd) = read_command(&mut r).await? {
+        if cmd == REFUSED {
+            continue;
+        }
         log.lock()
             .expect("lock")
             .push(String::from_utf8_lossy(&cmd).into_owned());
@@ -322,6 +342,7 @@ async fn serve(
                         format!("{tag} OK Logged in\r\n")
                     };
                     w.write_all(text.as_bytes()).await?;
+                    w.write_all(&script.after_login).await?;
                 } else {
                     w.write_all(
                         format!("{tag} NO [AUTHENTICATIONFAILED] Authentication failed.\r\n")

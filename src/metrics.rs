@@ -1,0 +1,281 @@
+//! Prometheus metrics (`[metrics] listen`, off by default), encoded by prometheus-client in the
+//! OpenMetrics text format on `GET /metrics`.
+//!
+//! Nothing here runs per relayed byte: relayed sessions add their byte counts when the relay wakes
+//! for its idle check (at most every 30 s) and when they end.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::server::{GateHandle, Phase};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SessionLabels {
+    /// `preauth` or `relay`.
+    pub phase: &'static str,
+    /// `imap` or `imaps`.
+    pub listener: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    /// `client_to_backend` or `backend_to_client`.
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabels {
+    pub backend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+type Latency = Family<BackendLabels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms .. about 8 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 15))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub sessions: Family<SessionLabels, Gauge>,
+    pub logins: Family<OutcomeLabels, Counter>,
+    pub relayed_bytes: Family<DirectionLabels, Counter>,
+    pub backend_connect: Latency,
+    pub backend_login: Latency,
+    pub cache_hits: Counter,
+    pub cache_misses: Counter,
+    pub cache_entries: Gauge,
+    pub reloads: Family<ResultLabels, Counter>,
+    pub last_reload: Gauge<f64, AtomicU64>,
+    pub sessions_closed_on_reload: Counter,
+    pub protocol_log_dropped: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("imapgate");
+        let sessions = Family::<SessionLabels, Gauge>::default();
+        let logins = Family::<OutcomeLabels, Counter>::default();
+        let relayed_bytes = Family::<DirectionLabels, Counter>::default();
+        let backend_connect: Latency = Family::new_with_constructor(latency_histogram);
+        let backend_login: Latency = Family::new_with_constructor(latency_histogram);
+        let cache_hits = Counter::default();
+        let cache_misses = Counter::default();
+        let cache_entries = Gauge::default();
+        let reloads = Family::<ResultLabels, Counter>::default();
+        let last_reload = Gauge::<f64, AtomicU64>::default();
+        let sessions_closed_on_reload = Counter::default();
+        let protocol_log_dropped = Counter::default();
+        registry.register(
+            "sessions",
+            "Open sessions by phase and listener",
+            sessions.clone(),
+        );
+        registry.register("logins", "Login attempts by outcome", logins.clone());
+        registry.register(
+            "relayed_bytes",
+            "Bytes relayed after login, by direction",
+            relayed_bytes.clone(),
+        );
+        registry.register(
+            "backend_connect_seconds",
+            "Time to open the TCP connection to a backend",
+            backend_connect.clone(),
+        );
+        registry.register(
+            "backend_login_seconds",
+            "Time from connected to logged in (TLS, greeting, capabilities, login) per backend",
+            backend_login.clone(),
+        );
+        registry.register(
+            "policy_cache_hits",
+            "Policy lookups answered by the cache",
+            cache_hits.clone(),
+        );
+        registry.register(
+            "policy_cache_misses",
+            "Policy lookups that went to the directory",
+            cache_misses.clone(),
+        );
+        registry.register(
+            "policy_cache_entries",
+            "Entries in the policy cache",
+            cache_entries.clone(),
+        );
+        registry.register(
+            "reloads",
+            "Reloads by result (ok, refused)",
+            reloads.clone(),
+        );
+        registry.register(
+            "last_reload_timestamp_seconds",
+            "Unix time of the last successful reload (or of the start)",
+            last_reload.clone(),
+        );
+        registry.register(
+            "sessions_closed_on_reload",
+            "Open sessions closed because a reload disabled their mailbox",
+            sessions_closed_on_reload.clone(),
+        );
+        registry.register(
+            "protocol_log_dropped_rows",
+            "Protocol log rows dropped because the writer fell behind",
+            protocol_log_dropped.clone(),
+        );
+        let m = Metrics {
+            registry,
+            sessions,
+            logins,
+            relayed_bytes,
+            backend_connect,
+            backend_login,
+            cache_hits,
+            cache_misses,
+            cache_entries,
+            reloads,
+            last_reload,
+            sessions_closed_on_reload,
+            protocol_log_dropped,
+        };
+        m.mark_reload();
+        m
+    }
+}
+
+impl Metrics {
+    /// The cache counters, for the policy caches of successive snapshots.
+    pub fn cache_stats(&self) -> crate::directory::CacheStats {
+        crate::directory::CacheStats {
+            hits: self.cache_hits.clone(),
+            misses: self.cache_misses.clone(),
+        }
+    }
+
+    pub fn login(&self, outcome: &'static str) {
+        self.logins.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    pub fn mark_reload(&self) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        self.last_reload.set(now);
+    }
+
+    pub fn relayed(&self, from_client: u64, from_backend: u64) {
+        if from_client > 0 {
+            self.relayed_bytes
+                .get_or_create(&DirectionLabels {
+                    direction: "client_to_backend",
+                })
+                .inc_by(from_client);
+        }
+        if from_backend > 0 {
+            self.relayed_bytes
+                .get_or_create(&DirectionLabels {
+                    direction: "backend_to_client",
+                })
+                .inc_by(from_backend);
+        }
+    }
+
+    /// A session in `phase` on `listener`, counted until the returned guard is dropped.
+    pub fn session(&self, phase: &'static str, listener: &'static str) -> SessionGauge {
+        let gauge = self
+            .sessions
+            .get_or_create(&SessionLabels { phase, listener })
+            .clone();
+        gauge.inc();
+        SessionGauge(gauge)
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Decrements its gauge when dropped.
+pub struct SessionGauge(Gauge);
+
+impl Drop for SessionGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Serves `GET /metrics` until the gate stops. One request per connection, bounded in size and
+/// time; anything else gets 404.
+pub async fn serve(listener: TcpListener, handle: GateHandle, metrics: Arc<Metrics>) {
+    let mut phase = handle.phase();
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = phase.wait_for(|p| *p != Phase::Running) => return,
+        };
+        let Ok((mut stream, _)) = accepted else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let metrics = metrics.clone();
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                let mut head = Vec::with_capacity(1024);
+                let mut chunk = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+                    let n = stream.read(&mut chunk).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    head.extend_from_slice(&chunk[..n]);
+                }
+                let response = if head.starts_with(b"GET /metrics ") || head.starts_with(b"GET /metrics?") {
+                    metrics.cache_entries.set(handle.state().policies.cached_entries() as i64);
+                    let body = metrics.encode();
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                } else {
+                    "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
+                };
+                stream.write_all(response.as_bytes()).await?;
+                stream.shutdown().await
+            })
+            .await;
+        });
+    }
+}
+
+/// Binds the metrics listener when configured.
+pub async fn bind(address: Option<SocketAddr>) -> std::io::Result<Option<TcpListener>> {
+    match address {
+        Some(a) => Ok(Some(TcpListener::bind(a).await?)),
+        None => Ok(None),
+    }
+}
