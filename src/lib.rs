@@ -15,7 +15,7 @@
 //! - [`backend`]: the backend side: connect, TLS, log in on the user's behalf.
 //! - [`directory`]: the mailbox directory, identity resolution and the policy cache.
 //! - [`registry`]: open sessions, for reload, `imapgate sessions` and `imapgate kick`.
-//! - [`metrics`]: Prometheus endpoint.
+//! - [`metrics`]: Prometheus endpoint; [`protocol_log`]: Exchange-style CSV protocol log.
 //! - [`admin`]: control socket, safe edits of the mailboxes file, the operator's commands.
 //! - [`state`]: the reloadable snapshot (config, directory, certificate, backends).
 //! - [`config`], [`tls`], [`credentials`], [`stream`]: supporting pieces.
@@ -29,6 +29,7 @@ pub mod lifecycle;
 pub mod limits;
 pub mod listener;
 pub mod metrics;
+pub mod protocol_log;
 pub mod registry;
 pub mod server;
 pub mod session;

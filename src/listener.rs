@@ -45,6 +45,23 @@ pub fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
+/// Binds and releases `address` the way the gate would: tells whether a start could listen there.
+pub fn bind_std(address: SocketAddr) -> std::io::Result<()> {
+    let socket = match address {
+        SocketAddr::V4(_) => {
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?
+        }
+        SocketAddr::V6(_) => {
+            let s = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)?;
+            s.set_only_v6(true)?;
+            s
+        }
+    };
+    socket.set_reuse_address(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(1)
+}
+
 pub async fn accept_loop(listener: TcpListener, kind: ListenerKind, shared: Arc<Shared>) {
     let mut phase = shared.phase.subscribe();
     loop {

@@ -38,6 +38,27 @@ enum Command {
         #[arg(long)]
         identity: String,
     },
+    /// Log in through the gate like a client, step by step with latencies (Test-ImapConnectivity).
+    TestLogin {
+        /// The login name to use.
+        #[arg(long)]
+        identity: String,
+        /// Read the password from this file (first line); without it, prompt on the terminal.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        /// Use the implicit-TLS listener instead of STARTTLS.
+        #[arg(long)]
+        tls: bool,
+        /// Connect here instead of the first configured listener.
+        #[arg(long)]
+        address: Option<std::net::SocketAddr>,
+        /// Name the gate's certificate must carry.
+        #[arg(long, default_value = "localhost")]
+        server_name: String,
+        /// CA certificates to trust instead of the system roots.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -82,21 +103,7 @@ fn main() -> ExitCode {
         return run_daemon(&cli.config);
     };
     if let Command::CheckConfig = command {
-        return match imapgate::state::State::load(&cli.config) {
-            Ok(state) => {
-                println!(
-                    "{}: OK ({} mailboxes, {} backends)",
-                    cli.config.display(),
-                    state.policies.directory().mailboxes.len(),
-                    state.backends.len()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::FAILURE
-            }
-        };
+        return check_config(&cli.config);
     }
     let config = match Config::load(&cli.config) {
         Ok(c) => c,
@@ -118,6 +125,25 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match command {
             Command::CheckConfig => Ok(0),
+            Command::TestLogin {
+                identity,
+                password_file,
+                tls,
+                address,
+                server_name,
+                ca,
+            } => {
+                test_login(
+                    &config,
+                    identity,
+                    password_file,
+                    tls,
+                    address,
+                    server_name,
+                    ca,
+                )
+                .await
+            }
             Command::Reload => cli::reload(&config).await,
             Command::Sessions { format } => cli::sessions(&config, format).await,
             Command::Kick { identity } => cli::kick(&config, &identity).await,
@@ -142,6 +168,100 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Everything a start would check: files readable, certificate and key parse and match, the
+/// directory valid, backends resolvable, listener addresses free.
+fn check_config(path: &std::path::Path) -> ExitCode {
+    let state = match imapgate::state::State::load(path) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = &state.config;
+    let mut problems = Vec::new();
+    for (name, b) in &config.backends {
+        use std::net::ToSocketAddrs;
+        if let Err(e) = b.address.to_socket_addrs() {
+            problems.push(format!(
+                "backends.{name}.address {:?} does not resolve: {e}",
+                b.address
+            ));
+        }
+    }
+    let listeners = config
+        .imap4
+        .unencrypted_or_tls_bindings
+        .iter()
+        .chain(&config.imap4.ssl_bindings)
+        .chain(config.metrics.listen.as_ref());
+    for address in listeners {
+        if address.port() != 0 {
+            if let Err(e) = imapgate::listener::bind_std(*address) {
+                problems.push(format!("cannot listen on {address}: {e}"));
+            }
+        }
+    }
+    if problems.is_empty() {
+        println!(
+            "{}: OK ({} mailboxes, {} backends)",
+            path.display(),
+            state.policies.directory().mailboxes.len(),
+            state.backends.len()
+        );
+        ExitCode::SUCCESS
+    } else {
+        for p in problems {
+            eprintln!("{}: {p}", path.display());
+        }
+        ExitCode::FAILURE
+    }
+}
+
+async fn test_login(
+    config: &Config,
+    identity: String,
+    password_file: Option<PathBuf>,
+    tls: bool,
+    address: Option<std::net::SocketAddr>,
+    server_name: String,
+    ca: Option<PathBuf>,
+) -> anyhow::Result<i32> {
+    use anyhow::Context;
+    let bindings = if tls {
+        &config.imap4.ssl_bindings
+    } else {
+        &config.imap4.unencrypted_or_tls_bindings
+    };
+    let address = match address.or_else(|| bindings.first().copied()) {
+        Some(mut a) => {
+            if a.ip().is_unspecified() {
+                a.set_ip(match a {
+                    std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                    std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                });
+            }
+            a
+        }
+        None => anyhow::bail!("no listener of that kind is configured; give --address"),
+    };
+    let password = match password_file {
+        Some(path) => {
+            let text = std::fs::read(&path).with_context(|| format!("{}", path.display()))?;
+            let first = text.split(|&b| b == b'\n').next().unwrap_or_default();
+            first.strip_suffix(b"\r").unwrap_or(first).to_vec()
+        }
+        None => rpassword::prompt_password(format!("Password for {identity}: "))?.into_bytes(),
+    };
+    let probe = imapgate::admin::probe::Probe {
+        address,
+        implicit_tls: tls,
+        server_name,
+        connector: imapgate::admin::probe::connector(ca.as_deref())?,
+    };
+    imapgate::admin::probe::run(probe, &identity, &password).await
 }
 
 fn run_daemon(config_path: &std::path::Path) -> ExitCode {

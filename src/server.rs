@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use crate::limits::{Limits, Penalty, Usage};
 use crate::listener::{self, ListenerKind};
 use crate::metrics::{Metrics, ResultLabels};
+use crate::protocol_log::ProtocolLog;
 use crate::registry::{Kick, Registry};
 use crate::state::{LoadError, State};
 
@@ -41,6 +42,7 @@ pub struct Shared {
     pub limits: Arc<Limits>,
     pub penalty: Penalty,
     pub metrics: Arc<Metrics>,
+    pub protocol_log: ProtocolLog,
     /// One reload at a time: two racing could put the older file in force.
     pub reload_lock: std::sync::Mutex<()>,
 }
@@ -51,6 +53,11 @@ pub enum StartError {
     Load(#[from] LoadError),
     #[error("cannot create the control socket {path}: {source}")]
     Control {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write the protocol log in {path}: {source}")]
+    ProtocolLog {
         path: PathBuf,
         source: std::io::Error,
     },
@@ -121,6 +128,14 @@ impl Gate {
                     .unwrap_or(([0, 0, 0, 0], 0).into()),
                 source,
             })?;
+        let protocol_log = ProtocolLog::start(
+            &state.config.protocol_log,
+            metrics.protocol_log_dropped.clone(),
+        )
+        .map_err(|source| StartError::ProtocolLog {
+            path: state.config.protocol_log.directory.clone(),
+            source,
+        })?;
         let (phase, _) = watch::channel(Phase::Running);
         Ok(Gate {
             shared: Arc::new(Shared {
@@ -134,6 +149,7 @@ impl Gate {
                 penalty: Penalty::default(),
                 metrics,
                 reload_lock: std::sync::Mutex::new(()),
+                protocol_log,
             }),
             listeners,
             control,
@@ -149,6 +165,13 @@ impl Gate {
     /// Bound addresses of the implicit-TLS listeners, in configuration order.
     pub fn tls_addrs(&self) -> Vec<SocketAddr> {
         self.addrs(ListenerKind::Tls)
+    }
+
+    /// Bound address of the metrics endpoint, when configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     fn addrs(&self, kind: ListenerKind) -> Vec<SocketAddr> {

@@ -48,6 +48,16 @@ async fn ipv4_and_ipv6_listeners_both_serve() {
 fn new_identity(
     dir: &std::path::Path,
 ) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    identity_for(dir, "localhost")
+}
+
+/// A new CA and a certificate for `name` it signs: (ca, cert, key).
+fn identity_for(
+    dir: &std::path::Path,
+    name: &str,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let dir = &dir.join(name);
+    std::fs::create_dir_all(dir).expect("dir");
     let (ca, ca_key) = (dir.join("other-ca.pem"), dir.join("other-ca.key"));
     let (cert, key, csr, ext) = (
         dir.join("other.pem"),
@@ -100,7 +110,7 @@ fn new_identity(
     ]);
     std::fs::write(
         &ext,
-        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n",
+        format!("subjectAltName=DNS:{name}\nbasicConstraints=CA:FALSE\n"),
     )
     .expect("ext");
     run(&[
@@ -128,8 +138,13 @@ async fn handshake_ok(addr: SocketAddr) -> bool {
 }
 
 async fn handshake_with(addr: SocketAddr, connector: tokio_rustls::TlsConnector) -> bool {
+    handshake_as(addr, connector, "localhost").await
+}
+
+async fn handshake_as(addr: SocketAddr, connector: tokio_rustls::TlsConnector, name: &str) -> bool {
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let name =
+        tokio_rustls::rustls::pki_types::ServerName::try_from(name.to_string()).expect("name");
     connector.connect(name, tcp).await.is_ok()
 }
 
@@ -175,6 +190,30 @@ async fn reload_swaps_the_certificate_and_keeps_the_old_one_when_the_new_is_brok
     assert!(
         handshake_with(tls, trusting(&other_ca)).await,
         "the new certificate is presented"
+    );
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn sni_picks_the_certificate_for_the_name_asked() {
+    let fake = FakeBackend::start(Script::default()).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let (ca, cert, key) = identity_for(dir.path(), "imap.example.org");
+    let gate = GateConfig::new(&fake.address())
+        .imap4(&format!(
+            "sni_certificates = [{{ name = \"IMAP.example.org\", certificate = {cert:?}, private_key = {key:?} }}]"
+        ))
+        .start()
+        .await;
+    let tls = gate.tls.expect("tls");
+    assert!(
+        handshake_as(tls, trusting(&ca), "imap.example.org").await,
+        "the SNI certificate"
+    );
+    assert!(!handshake_as(tls, common::dev_connector(), "imap.example.org").await);
+    assert!(
+        handshake_ok(tls).await,
+        "other names get the default certificate"
     );
     gate.stop().await;
 }

@@ -9,3 +9,4 @@
 pub mod cli;
 pub mod control;
 pub mod edit;
+pub mod probe;

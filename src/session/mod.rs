@@ -37,6 +37,7 @@ pub async fn serve(
     );
     async move {
         let _ = tcp.set_nodelay(true);
+        let local = tcp.local_addr().unwrap_or(([0, 0, 0, 0], 0).into());
         let state = shared.state.load_full();
         let imap4 = &state.config.imap4;
         let stream = match kind {
@@ -61,7 +62,15 @@ pub async fn serve(
         };
         tracing::debug!("connected");
         let preauth_gauge = shared.metrics.session("preauth", kind.name());
-        let preauth = PreAuth::new(id, stream, kind, peer, session_id, shared.clone());
+        let preauth = PreAuth::new(
+            id,
+            stream,
+            local,
+            kind,
+            peer,
+            session_id.clone(),
+            shared.clone(),
+        );
         let end = preauth.run().await;
         drop(preauth_gauge);
         match end {
@@ -73,6 +82,15 @@ pub async fn serve(
                     phase: shared.phase.subscribe(),
                     kick: session.kick.clone(),
                     disabled_bye: format!("* BYE {}\r\n", state.config.imap4.disabled_message),
+                    proxy_log: relay::ProxyLog {
+                        log: shared.protocol_log.clone(),
+                        session: session_id.clone(),
+                        server: local,
+                        client: peer,
+                        user: session.user.clone(),
+                        backend: session.backend_name.clone(),
+                        seq: session.seq,
+                    },
                 };
                 drop(state);
                 session.kick.mark_unchanged();

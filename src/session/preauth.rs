@@ -27,6 +27,7 @@ use crate::credentials::{CredentialError, Credentials};
 use crate::directory::Policy;
 use crate::limits::UserGuard;
 use crate::listener::ListenerKind;
+use crate::protocol_log::Row;
 use crate::registry::{Counters, Kick, Registration, SessionInfo};
 use crate::server::{Phase, Shared};
 use crate::state::State;
@@ -53,6 +54,9 @@ pub struct LoggedIn {
     /// Keeps the session in the registry until the relay ends.
     pub registration: Registration,
     pub kick: watch::Receiver<Option<Kick>>,
+    /// For the relay's protocol log rows.
+    pub backend_name: String,
+    pub seq: u64,
     /// Counts the session against `max_connections_per_user` until the relay ends.
     pub user_guard: Option<UserGuard>,
 }
@@ -71,7 +75,7 @@ enum End {
 
 /// What the reader produced.
 enum Input {
-    Command(Box<Command<'static>>),
+    Command(Box<Command<'static>>, usize),
     /// An unparseable line; the tag when one could be read.
     Bad(Option<String>),
     /// A synchronizing literal over the limit was announced; the command was dropped.
@@ -97,6 +101,13 @@ impl Mechanism {
 pub struct PreAuth {
     id: u64,
     client: Stream,
+    /// The gate's address of this connection, for the protocol log.
+    local: SocketAddr,
+    /// Protocol log: rows so far, bytes answered so far, login outcome of the current command.
+    seq: u64,
+    sent: u64,
+    outcome: &'static str,
+    user: String,
     kind: ListenerKind,
     peer: SocketAddr,
     session_id: String,
@@ -115,6 +126,7 @@ impl PreAuth {
     pub fn new(
         id: u64,
         client: Stream,
+        local: SocketAddr,
         kind: ListenerKind,
         peer: SocketAddr,
         session_id: String,
@@ -129,6 +141,11 @@ impl PreAuth {
         PreAuth {
             id,
             client,
+            local,
+            seq: 0,
+            sent: 0,
+            outcome: "",
+            user: String::new(),
             kind,
             peer,
             session_id,
@@ -174,8 +191,8 @@ impl PreAuth {
         );
         self.send(greeting.as_bytes()).await?;
         loop {
-            let command = match self.next_input().await? {
-                Input::Command(c) => c,
+            let (command, consumed) = match self.next_input().await? {
+                Input::Command(c, consumed) => (c, consumed),
                 Input::Bad(tag) => {
                     let tag = tag.as_deref().unwrap_or("*");
                     self.bad(&format!("{tag} BAD Command not understood.\r\n"))
@@ -190,7 +207,12 @@ impl PreAuth {
                     continue;
                 }
             };
-            if let Some(done) = self.handle(command).await? {
+            let started = std::time::Instant::now();
+            let sent_before = self.sent;
+            let (name, parameters) = describe(&command);
+            let result = self.handle(command).await;
+            self.log_row(name, parameters, consumed, sent_before, started);
+            if let Some(done) = result? {
                 return Ok(done);
             }
         }
@@ -300,7 +322,7 @@ impl PreAuth {
     async fn privacy_required(&mut self, tag: &str) -> Result<Option<LoggedIn>, End> {
         let reply = format!("{tag} NO [PRIVACYREQUIRED] Use STARTTLS or the TLS port first.\r\n");
         self.send(reply.as_bytes()).await?;
-        self.shared.metrics.login("privacy_required");
+        self.record_outcome("privacy_required");
         tracing::info!(outcome = "privacy_required", "login refused before TLS");
         Ok(None)
     }
@@ -387,11 +409,12 @@ impl PreAuth {
         let creds = match creds {
             Ok(c) => c,
             Err(e) => {
-                self.shared.metrics.login("auth_failed");
+                self.record_outcome("auth_failed");
                 tracing::info!(outcome = "auth_failed", reason = %e, "login refused before the backend");
                 return self.login_failed(tag, mechanism).await;
             }
         };
+        self.user = creds.user.clone();
         #[cfg(feature = "fault-injection")]
         if creds.user == "fault-injection-panic" {
             panic!("fault injection: this session panics");
@@ -426,12 +449,12 @@ impl PreAuth {
         let mailbox = policy.mailbox.as_deref().unwrap_or("-");
         match result {
             Err(e) => {
-                self.shared.metrics.login("unavailable");
+                self.record_outcome("unavailable");
                 tracing::warn!(outcome = "unavailable", user, backend = %backend.name, elapsed_ms, error = %e, "backend unavailable");
                 self.unavailable(tag).await
             }
             Ok(LoginResult::Rejected) => {
-                self.shared.metrics.login("auth_failed");
+                self.record_outcome("auth_failed");
                 tracing::info!(outcome = "auth_failed", user, backend = %backend.name, elapsed_ms, "login failed");
                 self.login_failed(tag, mechanism).await
             }
@@ -461,7 +484,7 @@ impl PreAuth {
                     Err(_) if policy.imap_enabled => {
                         drop(registration);
                         session.logout().await;
-                        self.shared.metrics.login("limit");
+                        self.record_outcome("limit");
                         tracing::info!(outcome = "limit", user, mailbox, backend = %backend.name, limit, "too many sessions for this mailbox");
                         let reply =
                             format!("{tag} NO [LIMIT] Too many connections for this mailbox.\r\n");
@@ -474,7 +497,7 @@ impl PreAuth {
                 if !policy.imap_enabled {
                     drop(registration);
                     session.logout().await;
-                    self.shared.metrics.login("disabled");
+                    self.record_outcome("disabled");
                     tracing::info!(outcome = "disabled", user, mailbox, backend = %backend.name, elapsed_ms, "IMAP4 is disabled for this mailbox");
                     let reply = format!(
                         "{tag} NO [CONTACTADMIN] {}\r\n",
@@ -484,7 +507,7 @@ impl PreAuth {
                     return Ok(None);
                 }
                 tracing::Span::current().record("user", user);
-                self.shared.metrics.login("ok");
+                self.record_outcome("ok");
                 tracing::info!(outcome = "ok", mailbox, backend = %backend.name, elapsed_ms, "logged in");
                 let mut reply = std::mem::take(&mut session.prelude);
                 reply.extend_from_slice(format!("{tag} OK {}\r\n", session.ok_text).as_bytes());
@@ -499,9 +522,46 @@ impl PreAuth {
                     registration,
                     kick,
                     user_guard,
+                    backend_name: backend.name.to_string(),
+                    seq: self.seq + 1,
                 }))
             }
         }
+    }
+
+    /// Counts a login outcome and keeps it for the protocol log row of this command.
+    fn record_outcome(&mut self, outcome: &'static str) {
+        self.outcome = outcome;
+        self.shared.metrics.login(outcome);
+    }
+
+    /// One protocol log row for the command just answered.
+    fn log_row(
+        &mut self,
+        command: &'static str,
+        parameters: String,
+        rq_size: usize,
+        sent_before: u64,
+        started: std::time::Instant,
+    ) {
+        if !self.shared.protocol_log.enabled() {
+            return;
+        }
+        self.seq += 1;
+        self.shared.protocol_log.log(Row {
+            time: std::time::SystemTime::now(),
+            session: self.session_id.clone(),
+            seq: self.seq,
+            server: self.local,
+            client: self.peer,
+            user: self.user.clone(),
+            duration_ms: started.elapsed().as_millis() as u64,
+            rq_size: rq_size as u64,
+            rp_size: self.sent - sent_before,
+            command: command.to_string(),
+            parameters,
+            context: std::mem::take(&mut self.outcome).to_string(),
+        });
     }
 
     /// Waits out the failed-login penalty of the client's address (none for trusted networks),
@@ -580,7 +640,7 @@ impl PreAuth {
             match input::decode(&self.buf, max) {
                 Decoded::Command { command, consumed } => {
                     self.buf.drain(..consumed);
-                    return Ok(Input::Command(command));
+                    return Ok(Input::Command(command, consumed));
                 }
                 Decoded::NeedMore => self.fill().await?,
                 Decoded::Continue { until } => {
@@ -633,6 +693,7 @@ impl PreAuth {
     }
 
     async fn send(&mut self, bytes: &[u8]) -> Result<(), End> {
+        self.sent += bytes.len() as u64;
         let write = async {
             self.client.write_all(bytes).await?;
             self.client.flush().await
@@ -648,4 +709,16 @@ impl PreAuth {
 /// address the client used.
 fn mailbox_key(backend: &str, user: &str) -> String {
     format!("{backend}/{}", user.to_lowercase())
+}
+
+/// A command's name and its protocol log parameters: never a password or SASL message.
+fn describe(command: &Command<'_>) -> (&'static str, String) {
+    let parameters = match &command.body {
+        CommandBody::Login { username, .. } => {
+            format!("{} *****", String::from_utf8_lossy(username.as_ref()))
+        }
+        CommandBody::Authenticate { mechanism, .. } => mechanism.to_string(),
+        _ => String::new(),
+    };
+    (command.body.name(), parameters)
 }

@@ -29,12 +29,15 @@ use tokio::time::Instant;
 use super::boundary::Boundary;
 use super::preauth::LoggedIn;
 use crate::metrics::Metrics;
+use crate::protocol_log::{ProtocolLog, Row};
 use crate::registry::{Counters, Kick};
 use crate::server::Phase;
 use crate::stream::Stream;
 
 /// Size of a relay buffer: large reads when data flows.
 const BUFFER: usize = 64 * 1024;
+/// How often a relayed session writes a `proxy` row to the protocol log.
+const PROXY_ROW_EVERY: Duration = Duration::from_secs(30);
 /// Buffers kept per thread for reuse.
 const POOL: usize = 16;
 
@@ -197,6 +200,44 @@ pub struct RelayParams {
     pub kick: watch::Receiver<Option<Kick>>,
     /// The line sent before closing a session whose mailbox was disabled.
     pub disabled_bye: String,
+    pub proxy_log: ProxyLog,
+}
+
+/// The relay's `proxy` rows in the protocol log: at least every 30 s, and at close.
+pub struct ProxyLog {
+    pub log: ProtocolLog,
+    pub session: String,
+    pub server: std::net::SocketAddr,
+    pub client: std::net::SocketAddr,
+    pub user: String,
+    pub backend: String,
+    /// Sequence number of the next row.
+    pub seq: u64,
+}
+
+impl ProxyLog {
+    fn row(&mut self, counters: &Counters, context: &str) {
+        if !self.log.enabled() {
+            return;
+        }
+        let c = counters.from_client.load(Ordering::Relaxed);
+        let b = counters.from_backend.load(Ordering::Relaxed);
+        self.log.log(Row {
+            time: std::time::SystemTime::now(),
+            session: self.session.clone(),
+            seq: self.seq,
+            server: self.server,
+            client: self.client,
+            user: self.user.clone(),
+            duration_ms: 0,
+            rq_size: c,
+            rp_size: b,
+            command: "proxy".into(),
+            parameters: format!("backend={}", self.backend),
+            context: format!("{context};bytes_from_client={c};bytes_from_backend={b}"),
+        });
+        self.seq += 1;
+    }
 }
 
 pub async fn run(session: LoggedIn, mut params: RelayParams, metrics: &Metrics) {
@@ -215,6 +256,7 @@ pub async fn run(session: LoggedIn, mut params: RelayParams, metrics: &Metrics) 
     let idle_timeout = params.idle_timeout;
     let check_every = (idle_timeout / 8).clamp(Duration::from_millis(100), Duration::from_secs(30));
     let mut reported = Reported::default();
+    let mut last_proxy_row = Instant::now();
     let ending = loop {
         let both = poll_fn(|cx| {
             let up = c2s.poll(cx, &mut client, &mut server, &counters.from_client);
@@ -235,6 +277,10 @@ pub async fn run(session: LoggedIn, mut params: RelayParams, metrics: &Metrics) 
             },
             _ = tokio::time::sleep(check_every) => {
                 reported.report(&counters, metrics);
+                if last_proxy_row.elapsed() >= PROXY_ROW_EVERY {
+                    params.proxy_log.row(&counters, "relaying");
+                    last_proxy_row = Instant::now();
+                }
                 let last = c2s.last_read.max(s2c.last_read);
                 if last.elapsed() >= idle_timeout {
                     break Ending::Idle;
@@ -266,6 +312,9 @@ pub async fn run(session: LoggedIn, mut params: RelayParams, metrics: &Metrics) 
     })
     .await;
     reported.report(&counters, metrics);
+    params
+        .proxy_log
+        .row(&counters, &format!("closed: {reason}"));
     tracing::info!(
         ending = %reason,
         bytes_from_client = counters.from_client.load(Ordering::Relaxed),

@@ -99,6 +99,7 @@ impl GateConfig {
             .expect("write mailboxes");
         let gate = Gate::bind(&config_path).await.expect("gate starts");
         let plain = gate.plain_addrs()[0];
+        let metrics = gate.metrics_addr();
         let tls = gate.tls_addrs().first().copied();
         let handle = gate.handle();
         let run = tokio::spawn(gate.run());
@@ -107,6 +108,7 @@ impl GateConfig {
             config_path,
             plain,
             tls,
+            metrics,
             handle,
             run: Some(run),
         }
@@ -118,6 +120,7 @@ pub struct TestGate {
     pub config_path: PathBuf,
     pub plain: SocketAddr,
     pub tls: Option<SocketAddr>,
+    pub metrics: Option<SocketAddr>,
     pub handle: GateHandle,
     pub run: Option<tokio::task::JoinHandle<()>>,
 }

@@ -1,0 +1,450 @@
+//! Operating the gate: the systemd unit, sd_notify (against a fake NOTIFY_SOCKET), the
+//! Prometheus endpoint, the protocol log, JSON logs, `test-login` and `check-config`.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::daemon::{cli, BIN};
+use common::fake::{FakeBackend, Script};
+use common::{last, GateConfig};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixDatagram;
+use tokio::process::Command;
+
+const MAILBOXES: &str = "[[mailbox]]\nname = \"Jane Doe\"\nemail = \"jane@example.com\"\nlogin = \"user2\"\nimap_enabled = false\n";
+
+#[tokio::test]
+async fn the_systemd_unit_verifies() {
+    let Ok(version) = Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .await
+    else {
+        eprintln!("SKIP: systemd-analyze is not installed");
+        return;
+    };
+    let text = String::from_utf8_lossy(&version.stdout).to_string();
+    let major: u32 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let unit =
+        std::fs::read_to_string(common::repo().join("systemd/imapgate.service")).expect("unit");
+    assert!(unit.contains("Type=notify-reload") && unit.contains("RuntimeDirectory=imapgate"));
+    let mut unit = unit.replace("/usr/bin/imapgate", BIN);
+    if major < 253 {
+        // The fallback the unit's header documents for systemd before 253.
+        unit = unit.replace("Type=notify-reload", "Type=notify").replace(
+            "ReloadSignal=SIGHUP\n",
+            "ExecReload=/bin/kill -HUP $MAINPID\n",
+        );
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("imapgate.service");
+    std::fs::write(&path, unit).expect("write");
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .await
+        .expect("verify");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "systemd {major}: {said}");
+    assert!(
+        !said.contains("Unknown key") && !said.contains("Failed to parse"),
+        "{said}"
+    );
+}
+
+/// Reads notifications until one contains `needle`.
+async fn notified(socket: &UnixDatagram, needle: &str) -> String {
+    let mut buf = vec![0u8; 4096];
+    let found = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let n = socket.recv(&mut buf).await.expect("recv");
+            let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+            if msg.contains(needle) {
+                return msg;
+            }
+        }
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("no notification with {needle:?}"))
+}
+
+#[tokio::test]
+async fn sd_notify_ready_reloading_watchdog_status_and_stopping() {
+    let fake = FakeBackend::start(Script::default()).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut config = GateConfig::new(&fake.address());
+    config.extra = format!(
+        "[admin]\ncontrol_socket = {:?}\n",
+        dir.path().join("control.sock")
+    );
+    let config_path = dir.path().join("imapgate.toml");
+    std::fs::write(&config_path, config.render()).expect("config");
+    std::fs::write(dir.path().join("mailboxes.toml"), MAILBOXES).expect("mailboxes");
+    let notify_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&notify_path).expect("notify socket");
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&config_path)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("WATCHDOG_USEC", "400000")
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("daemon");
+    let ready = notified(&socket, "READY=1").await;
+    assert!(ready.contains("STATUS=serving"), "{ready}");
+    notified(&socket, "WATCHDOG=1").await;
+    let pid = child.id().expect("pid").to_string();
+    let signal = |sig: &str| {
+        std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill")
+    };
+    signal("-HUP");
+    let reloading = notified(&socket, "RELOADING=1").await;
+    assert!(reloading.contains("MONOTONIC_USEC="), "{reloading}");
+    let after = notified(&socket, "READY=1").await;
+    assert!(after.contains("STATUS=serving; reloaded"), "{after}");
+    // A refused reload says so in STATUS (through the control socket this time).
+    std::fs::write(dir.path().join("mailboxes.toml"), "[[mailbox\n").expect("w");
+    let (ok, _, _) = cli(&config_path, &["reload"]).await;
+    assert!(!ok);
+    notified(&socket, "RELOADING=1").await;
+    let refused = notified(&socket, "READY=1").await;
+    assert!(
+        refused.contains("reload refused") && refused.contains("mailboxes.toml"),
+        "{refused}"
+    );
+    signal("-TERM");
+    notified(&socket, "STOPPING=1").await;
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exit")
+        .expect("status");
+    assert!(status.success());
+}
+
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.expect("read");
+    assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+    body
+}
+
+fn value(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+}
+
+#[tokio::test]
+async fn metrics_are_scraped() {
+    let fake = FakeBackend::start(Script::default()).await;
+    let mut config = GateConfig::new(&fake.address()).mailboxes(MAILBOXES);
+    config.extra = "[metrics]\nlisten = \"127.0.0.1:0\"\n".into();
+    let gate = config.imap4("login_type = \"secure-login\"").start().await;
+    let addr = gate.metrics.expect("metrics endpoint");
+    let mut ok = gate.implicit_tls().await;
+    ok.greeting().await;
+    assert!(last(&ok.cmd("a", "LOGIN user1 pass1").await).starts_with("a OK"));
+    ok.cmd("n", "NOOP").await;
+    let mut other = gate.implicit_tls().await;
+    other.greeting().await;
+    other.cmd("a", "LOGIN user1 wrong").await;
+    other.cmd("b", "LOGIN jane@example.com pass2").await;
+    let mut plain = gate.plain().await;
+    plain.greeting().await;
+    plain.cmd("a", "LOGIN user1 pass1").await;
+    let m = scrape(addr).await;
+    assert_eq!(value(&m, "imapgate_logins_total{outcome=\"ok\"}"), 1.0);
+    assert_eq!(
+        value(&m, "imapgate_logins_total{outcome=\"auth_failed\"}"),
+        1.0
+    );
+    assert_eq!(
+        value(&m, "imapgate_logins_total{outcome=\"disabled\"}"),
+        1.0
+    );
+    assert_eq!(
+        value(&m, "imapgate_logins_total{outcome=\"privacy_required\"}"),
+        1.0
+    );
+    assert_eq!(
+        value(&m, "imapgate_sessions{phase=\"relay\",listener=\"imaps\"}"),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &m,
+            "imapgate_sessions{phase=\"preauth\",listener=\"imaps\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(&m, "imapgate_sessions{phase=\"preauth\",listener=\"imap\"}"),
+        1.0
+    );
+    assert!(
+        value(
+            &m,
+            "imapgate_backend_connect_seconds_count{backend=\"main\"}"
+        ) >= 3.0
+    );
+    assert_eq!(
+        value(&m, "imapgate_backend_login_seconds_count{backend=\"main\"}"),
+        3.0
+    );
+    assert!(value(&m, "imapgate_policy_cache_misses_total") >= 1.0);
+    assert_eq!(value(&m, "imapgate_policy_cache_entries"), 1.0);
+    // A reload that closes the open session of a newly disabled mailbox, and one refused.
+    gate.write_mailboxes(&format!(
+        "{MAILBOXES}\n[[mailbox]]\nalias = \"user1\"\nimap_enabled = false\n"
+    ));
+    gate.handle.reload().expect("reload");
+    assert!(ok.closed_within(Duration::from_secs(2)).await);
+    gate.write_mailboxes("[[mailbox\n");
+    assert!(gate.handle.reload().is_err());
+    let m = scrape(addr).await;
+    assert_eq!(value(&m, "imapgate_reloads_total{result=\"ok\"}"), 1.0);
+    assert_eq!(value(&m, "imapgate_reloads_total{result=\"refused\"}"), 1.0);
+    assert_eq!(value(&m, "imapgate_sessions_closed_on_reload_total"), 1.0);
+    assert!(value(&m, "imapgate_last_reload_timestamp_seconds") > 1.7e9);
+    assert!(
+        value(
+            &m,
+            "imapgate_relayed_bytes_total{direction=\"client_to_backend\"}"
+        ) >= 8.0
+    );
+    assert!(
+        value(
+            &m,
+            "imapgate_relayed_bytes_total{direction=\"backend_to_client\"}"
+        ) >= 8.0
+    );
+    assert_eq!(
+        value(&m, "imapgate_sessions{phase=\"relay\",listener=\"imaps\"}"),
+        0.0
+    );
+    assert_eq!(value(&m, "imapgate_protocol_log_dropped_rows_total"), 0.0);
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn the_protocol_log_has_exchange_rows_and_no_password() {
+    let fake = FakeBackend::start(Script::default()).await;
+    let mut config = GateConfig::new(&fake.address());
+    config.extra = "[protocol_log]\nenabled = true\ndirectory = \"plog\"\n".into();
+    let gate = config.start().await;
+    let mut c = gate.plain().await;
+    c.greeting().await;
+    c.cmd("a", "CAPABILITY").await;
+    c.cmd("b", "LOGIN user1 wrong-Secret-9").await;
+    assert!(last(&c.cmd("c", "LOGIN user1 pass1").await).starts_with("c OK"));
+    c.cmd("d", "LOGOUT").await;
+    assert!(c.closed_within(Duration::from_secs(2)).await);
+    // The writer flushes after a second without rows.
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    let dir = gate.dir.path().join("plog");
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("log dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let name = files[0]
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .to_string();
+    assert!(
+        name.starts_with("IMAP4_")
+            && name.ends_with(".LOG")
+            && name.len() == "IMAP4_2026112522.LOG".len(),
+        "{name}"
+    );
+    let text = std::fs::read_to_string(&files[0]).expect("read");
+    assert!(text.contains("#Fields: dateTime,sessionId,seqNumber,sIp,cIp,user,duration,rqsize,rpsize,command,parameters,context"), "{text}");
+    let rows: Vec<Vec<String>> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| l.split(',').map(String::from).collect())
+        .collect();
+    let commands: Vec<&str> = rows.iter().map(|r| r[9].as_str()).collect();
+    assert_eq!(
+        commands,
+        ["CAPABILITY", "LOGIN", "LOGIN", "proxy"],
+        "{text}"
+    );
+    assert_eq!(rows[1][10], "user1 *****");
+    assert_eq!(rows[1][11], "auth_failed");
+    assert_eq!(rows[2][11], "ok");
+    assert_eq!(rows[2][5], "user1");
+    assert!(
+        rows[3][10].contains("backend=main") && rows[3][11].starts_with("closed"),
+        "{text}"
+    );
+    assert!(rows.iter().all(|r| r.len() == 12), "{text}");
+    assert!(
+        !text.contains("pass1") && !text.contains("wrong-Secret-9"),
+        "{text}"
+    );
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn json_logs_and_test_login() {
+    let fake = FakeBackend::start(Script::default()).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut config = GateConfig::new(&fake.address()).mailboxes(MAILBOXES);
+    config.extra = "[log]\nformat = \"json\"\n".into();
+    let path = dir.path().join("imapgate.toml");
+    std::fs::write(&path, config.render()).expect("config");
+    std::fs::write(dir.path().join("mailboxes.toml"), MAILBOXES).expect("mailboxes");
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("daemon");
+    let mut log = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let first = log.next_line().await.expect("line").expect("a log line");
+    let json: serde_json::Value = serde_json::from_str(&first).expect("JSON log line");
+    let port: u16 = json["fields"]["address"]
+        .as_str()
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .expect("listening address");
+    let tls_line = log.next_line().await.expect("line").expect("a log line");
+    let tls: serde_json::Value = serde_json::from_str(&tls_line).expect("JSON");
+    let tls_port: u16 = tls["fields"]["address"]
+        .as_str()
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .expect("tls address");
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "pass1\n").expect("pw");
+    let ca = common::certs().join("ca.pem");
+    let probe = |args: Vec<String>| {
+        let path = path.clone();
+        async move {
+            let mut a = vec!["test-login".to_string()];
+            a.extend(args);
+            let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+            cli(&path, &refs).await
+        }
+    };
+    let base = |user: &str, port: u16| {
+        vec![
+            "--identity".into(),
+            user.into(),
+            "--password-file".into(),
+            pw.display().to_string(),
+            "--ca".into(),
+            ca.display().to_string(),
+            "--address".into(),
+            format!("127.0.0.1:{port}"),
+        ]
+    };
+    let (ok, out, err) = probe(base("user1", port)).await;
+    assert!(ok, "{out}{err}");
+    for stepname in [
+        "connect",
+        "greeting",
+        "starttls",
+        "capability",
+        "login",
+        "select",
+        "logout",
+    ] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(stepname) && l.contains(" ms ")),
+            "{stepname}: {out}"
+        );
+    }
+    let mut tls_args = base("user1", tls_port);
+    tls_args.push("--tls".into());
+    let (ok, out, _) = probe(tls_args).await;
+    assert!(
+        ok && out.contains("tls") && !out.contains("starttls"),
+        "{out}"
+    );
+    std::fs::write(&pw, "pass2\n").expect("pw");
+    let (ok, out, _) = probe(base("jane@example.com", port)).await;
+    assert!(!ok && out.contains("NO [CONTACTADMIN]"), "{out}");
+    let _ = child.kill().await;
+}
+
+#[tokio::test]
+async fn check_config_finds_busy_addresses_mismatched_keys_and_unresolvable_backends() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = busy.local_addr().expect("addr").port();
+    let write = |config: GateConfig| -> std::path::PathBuf {
+        let path = dir.path().join("imapgate.toml");
+        std::fs::write(&path, config.render()).expect("config");
+        std::fs::write(dir.path().join("mailboxes.toml"), "").expect("mailboxes");
+        path
+    };
+    let path = write(GateConfig::new("127.0.0.1:1993").imap4(&format!(
+        "unencrypted_or_tls_bindings = [\"127.0.0.1:{port}\"]"
+    )));
+    let (ok, _, err) = cli(&path, &["check-config"]).await;
+    assert!(
+        !ok && err.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{err}"
+    );
+    let path = write(GateConfig::new("no-such-host.invalid:1993"));
+    let (ok, _, err) = cli(&path, &["check-config"]).await;
+    assert!(!ok && err.contains("does not resolve"), "{err}");
+    // The development key with another certificate.
+    let other = dir.path().join("other.pem");
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=x",
+            "-keyout",
+        ])
+        .arg(dir.path().join("other.key"))
+        .arg("-out")
+        .arg(&other)
+        .output()
+        .expect("openssl");
+    assert!(made.status.success());
+    let path = write(GateConfig::new("127.0.0.1:1993").imap4(&format!("certificate = {other:?}")));
+    let (ok, _, err) = cli(&path, &["check-config"]).await;
+    assert!(!ok && err.contains("usable TLS identity"), "{err}");
+    let path = write(GateConfig::new("127.0.0.1:1993"));
+    let (ok, out, err) = cli(&path, &["check-config"]).await;
+    assert!(ok, "{out}{err}");
+    drop(busy);
+}
