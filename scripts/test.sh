@@ -18,3 +18,5 @@ fi
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --all-targets --locked
+# The benchmark harness runs (a smoke, not a benchmark).
+bench/smoke.sh

@@ -46,8 +46,10 @@ pub async fn serve(
                 let Some(acceptor) = state.acceptor.clone() else {
                     return;
                 };
-                match tokio::time::timeout(imap4.tls_handshake_timeout, acceptor.accept(tcp)).await
-                {
+                // Boxed, like the pre-login phase below: their large states must not stay in the
+                // session's future (and its memory) for the whole relayed session.
+                let handshake = Box::pin(acceptor.accept(tcp));
+                match tokio::time::timeout(imap4.tls_handshake_timeout, handshake).await {
                     Ok(Ok(tls)) => Stream::ServerTls(Box::new(tls)),
                     Ok(Err(e)) => {
                         tracing::debug!(error = %e, "TLS handshake failed");
@@ -71,7 +73,7 @@ pub async fn serve(
             session_id.clone(),
             shared.clone(),
         );
-        let end = preauth.run().await;
+        let end = Box::pin(preauth.run()).await;
         drop(preauth_gauge);
         match end {
             PreAuthEnd::Closed => tracing::debug!("closed before login"),

@@ -35,7 +35,7 @@ use crate::server::Phase;
 use crate::stream::Stream;
 
 /// Size of a relay buffer: large reads when data flows.
-const BUFFER: usize = 64 * 1024;
+const BUFFER: usize = 256 * 1024;
 /// How often a relayed session writes a `proxy` row to the protocol log.
 const PROXY_ROW_EVERY: Duration = Duration::from_secs(30);
 /// Buffers kept per thread for reuse.

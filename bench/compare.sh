@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Measures imapgate against direct access, nginx's mail proxy and Dovecot's login proxy, all in one
+# run on this machine, and prints ratios to direct. A benchmark, not a test: nothing here runs in
+# `cargo test`. Needs root on a fresh machine (installs Dovecot and nginx through bench/peers.sh).
+#   bench/compare.sh [SECONDS_PER_RUN] [IDLE_SESSIONS...]     (defaults: 5, 3000 9000)
+# ONLY=throughput or ONLY=idle runs one half.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-5}; shift || true
+idle_counts=("${@:-3000 9000}"); read -r -a idle_counts <<< "${idle_counts[*]}"
+work=/tmp/imapgate-bench; mkdir -p "$work"
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+cargo build --release --quiet --bin imapgate --examples
+gate=target/release/imapgate; load=target/release/examples/loadgen; fake=target/release/examples/fakebackend
+bench/peers.sh start "$work/peers" 2000 >/dev/null
+pkill -f "examples/fakebackend --listen 127.0.0.1:20143" 2>/dev/null || true
+$fake --listen 127.0.0.1:20143 --messages 1 --size 1048576 >/dev/null 2>&1 &
+fake_pid=$!
+pids=("$fake_pid")
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; bench/peers.sh stop "$work/peers" >/dev/null 2>&1 || true; }
+trap cleanup EXIT
+
+# One gate per backend kind; a fresh one for each idle measurement.
+gate_config() { # name plain_port tls_port backend_port
+  cat > "$work/$1.toml" <<CONF
+[imap4]
+unencrypted_or_tls_bindings = ["127.0.0.1:$2"]
+ssl_bindings = ["127.0.0.1:$3"]
+login_type = "plain-text-login"
+certificate = "$PWD/certs/localhost.pem"
+private_key = "$PWD/certs/localhost.key"
+trusted_networks = ["127.0.0.0/8"]
+max_connections_per_user = 100000
+[directory]
+mailboxes = "$work/mailboxes.toml"
+[backends.main]
+address = "127.0.0.1:$4"
+CONF
+}
+: > "$work/mailboxes.toml"
+start_gate() { # name -> pid
+  RUST_LOG=warn $gate --config "$work/$1.toml" >/dev/null 2>>"$work/$1.log" &
+  local pid=$!; pids+=("$pid"); sleep 0.5; echo "$pid"
+}
+gate_config gate-dovecot 31143 31993 10143
+gate_config gate-fake 32143 32993 20143
+start_gate gate-dovecot >/dev/null
+start_gate gate-fake >/dev/null
+sleep 1
+out="$work/results.txt"; : > "$out"
+run() { # label args...
+  local label=$1; shift
+  $load --label "$label" --seconds "$secs" "$@" 2>>"$work/loadgen.err" | tee -a "$out" || echo "$label failed: see $work/loadgen.err"
+}
+ca=(--ca certs/ca.pem)
+only=${ONLY:-all}
+[ "$only" = idle ] || for t in "direct 10143" "nginx 11143" "dovecot-proxy 12143" "imapgate 31143"; do
+  set -- $t
+  run "dovecot/$1" --addr "127.0.0.1:$2" --mode fetch --first-user 1
+  run "dovecot/$1" --addr "127.0.0.1:$2" --mode noop --sessions 16 --users 16
+  run "dovecot/$1" --addr "127.0.0.1:$2" --mode login --sessions 16 --users 2000 --first-user 2
+done
+[ "$only" = idle ] || for t in "direct 20143 plain" "nginx 11144 plain" "imapgate 32143 plain" "imapgate-tls 32993 tls"; do
+  set -- $t
+  run "fake/$1" --addr "127.0.0.1:$2" --mode fetch --security "$3" "${ca[@]}"
+  run "fake/$1" --addr "127.0.0.1:$2" --mode noop --sessions 16 --security "$3" "${ca[@]}"
+  run "fake/$1" --addr "127.0.0.1:$2" --mode login --sessions 16 --users 2000 --security "$3" "${ca[@]}"
+done
+[ "$only" = throughput ] || for n in "${idle_counts[@]}"; do
+  for sec in plain tls; do
+    gate_config gate-idle 33143 33993 20143
+    pid=$(start_gate gate-idle)
+    port=$([ $sec = plain ] && echo 33143 || echo 33993)
+    run "fake/imapgate-idle-$sec" --addr "127.0.0.1:$port" --mode idle --sessions "$n" --security "$sec" "${ca[@]}" --pids "$pid"
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+  done
+done
+python3 - "$out" <<'PY'
+import re, sys
+rows = [dict(re.findall(r"(\w+)=(\S+)", l), label=l.split()[0]) for l in open(sys.argv[1]) if l.strip()]
+def num(v): return float(re.sub(r"[^0-9.]", "", v))
+print(f"\n{'load':<7} {'target':<28} {'figure':>16} {'ratio to direct':>16} {'p50/p99':>16}")
+for mode in ("fetch", "noop", "login"):
+    for backend in ("dovecot", "fake"):
+        group = [r for r in rows if r["mode"] == mode and r["label"].startswith(backend + "/")]
+        direct = next((r for r in group if r["label"].endswith("/direct")), None)
+        for r in group:
+            ratio = num(r["rate"]) / num(direct["rate"]) if direct and num(direct["rate"]) else float("nan")
+            lat = f"{r.get('p50','')}/{r.get('p99','')}" if mode == "noop" else ""
+            print(f"{mode:<7} {r['label']:<28} {r['rate']:>16} {ratio:>16.2f} {lat:>16}")
+for r in rows:
+    if r["mode"] == "idle":
+        print(f"idle    {r['label']:<28} {r['sessions']:>7} sessions  {r['per_session']:>8}/session  alive={r['still_alive']} errors={r['errors']}")
+PY

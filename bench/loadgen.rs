@@ -1,0 +1,328 @@
+//! imapgate's load generator: `login`, `noop`, `fetch` and `idle` loads against any IMAP server
+//! (direct, imapgate, nginx, Dovecot's proxy), plain, STARTTLS or implicit TLS. Prints one line of
+//! figures per run. A benchmark tool, not a test: see bench/compare.sh and bench/RESULTS.md.
+//!
+//! cargo run --release --example loadgen -- --addr 127.0.0.1:10143 --mode noop --sessions 16 --seconds 5
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use imapgate::stream::Stream;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::TlsConnector;
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
+enum Mode {
+    Login,
+    Noop,
+    Fetch,
+    Idle,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
+enum Security {
+    Plain,
+    Starttls,
+    Tls,
+}
+
+#[derive(Parser, Clone)]
+struct Args {
+    #[arg(long)]
+    addr: SocketAddr,
+    #[arg(long, value_enum)]
+    mode: Mode,
+    #[arg(long, value_enum, default_value = "plain")]
+    security: Security,
+    /// CA to verify the server with (TLS and STARTTLS).
+    #[arg(long)]
+    ca: Option<std::path::PathBuf>,
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
+    /// Concurrent sessions (login, noop, idle).
+    #[arg(long, default_value_t = 16)]
+    sessions: usize,
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Users are `{user_prefix}{i}` with password `{pass_prefix}{i}`, i in 1..=users.
+    #[arg(long, default_value = "user")]
+    user_prefix: String,
+    #[arg(long, default_value = "pass")]
+    pass_prefix: String,
+    #[arg(long, default_value_t = 1)]
+    users: usize,
+    /// First user number (the fetch load uses this one: it has the big mailbox).
+    #[arg(long, default_value_t = 1)]
+    first_user: usize,
+    /// Processes whose RSS is measured around the idle hold (the proxy's).
+    #[arg(long)]
+    pids: Vec<u32>,
+    /// Label printed with the figures.
+    #[arg(long, default_value = "")]
+    label: String,
+}
+
+struct Conn {
+    io: BufReader<Stream>,
+}
+
+impl Conn {
+    async fn open(args: &Args, tls: &Option<TlsConnector>) -> anyhow::Result<Conn> {
+        let tcp = TcpStream::connect(args.addr).await?;
+        tcp.set_nodelay(true)?;
+        let name = ServerName::try_from(args.server_name.clone())?;
+        let stream = match (args.security, tls) {
+            (Security::Tls, Some(c)) => {
+                Stream::ClientTls(Box::new(c.connect(name.clone(), tcp).await?))
+            }
+            _ => Stream::Plain(tcp),
+        };
+        let mut conn = Conn {
+            io: BufReader::with_capacity(256 * 1024, stream),
+        };
+        let greeting = conn.line().await?;
+        anyhow::ensure!(greeting.starts_with("* OK"), "greeting: {greeting}");
+        if let (Security::Starttls, Some(c)) = (args.security, tls) {
+            conn.command("s", "STARTTLS").await?;
+            let Stream::Plain(tcp) = conn.io.into_inner() else {
+                anyhow::bail!("stream")
+            };
+            let tls = c.connect(name, tcp).await?;
+            conn = Conn {
+                io: BufReader::with_capacity(256 * 1024, Stream::ClientTls(Box::new(tls))),
+            };
+        }
+        Ok(conn)
+    }
+
+    async fn line(&mut self) -> anyhow::Result<String> {
+        let mut buf = Vec::new();
+        let n = self.io.read_until(b'\n', &mut buf).await?;
+        anyhow::ensure!(n > 0, "closed");
+        Ok(String::from_utf8_lossy(&buf).trim_end().to_string())
+    }
+
+    async fn send(&mut self, text: &str) -> anyhow::Result<()> {
+        self.io.get_mut().write_all(text.as_bytes()).await?;
+        self.io.get_mut().flush().await?;
+        Ok(())
+    }
+
+    /// Sends `tag text` and reads to the tagged answer, skipping literals; returns literal bytes.
+    async fn command(&mut self, tag: &str, text: &str) -> anyhow::Result<u64> {
+        self.send(&format!("{tag} {text}\r\n")).await?;
+        self.until(tag).await
+    }
+
+    async fn until(&mut self, tag: &str) -> anyhow::Result<u64> {
+        let prefix = format!("{tag} ");
+        let mut literal_bytes = 0u64;
+        let mut sink = vec![0u8; 256 * 1024];
+        loop {
+            let line = self.line().await?;
+            if let Some(rest) = line.strip_prefix(&prefix) {
+                anyhow::ensure!(rest.starts_with("OK"), "{line}");
+                return Ok(literal_bytes);
+            }
+            if let Some(n) = literal(&line) {
+                let mut left = n;
+                while left > 0 {
+                    let want = left.min(sink.len() as u64) as usize;
+                    self.io.read_exact(&mut sink[..want]).await?;
+                    left -= want as u64;
+                }
+                literal_bytes += n;
+            }
+        }
+    }
+
+    async fn login(&mut self, args: &Args, i: usize) -> anyhow::Result<()> {
+        let (u, p) = (
+            format!("{}{i}", args.user_prefix),
+            format!("{}{i}", args.pass_prefix),
+        );
+        self.command("l", &format!("LOGIN {u} {p}"))
+            .await
+            .map(|_| ())
+    }
+}
+
+fn literal(line: &str) -> Option<u64> {
+    let inner = line.strip_suffix('}')?;
+    let open = inner.rfind('{')?;
+    inner[open + 1..].trim_end_matches('+').parse().ok()
+}
+
+fn connector(args: &Args) -> anyhow::Result<Option<TlsConnector>> {
+    if args.security == Security::Plain {
+        return Ok(None);
+    }
+    Ok(Some(imapgate::tls::connector(args.ca.as_deref())?))
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let tls = connector(&args)?;
+    let deadline = Instant::now() + Duration::from_secs_f64(args.seconds);
+    let errors = Arc::new(AtomicU64::new(0));
+    let label = if args.label.is_empty() {
+        String::new()
+    } else {
+        format!("{} ", args.label)
+    };
+    match args.mode {
+        Mode::Login => {
+            let done = Arc::new(AtomicU64::new(0));
+            let started = Instant::now();
+            let mut tasks = Vec::new();
+            for s in 0..args.sessions {
+                let (args, tls, done, errors) =
+                    (args.clone(), tls.clone(), done.clone(), errors.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut i = s;
+                    while Instant::now() < deadline {
+                        let user = args.first_user + i % args.users;
+                        i += args.sessions;
+                        let r = async {
+                            let mut c = Conn::open(&args, &tls).await?;
+                            c.login(&args, user).await?;
+                            c.send("o LOGOUT\r\n").await?;
+                            let _ = c.until("o").await;
+                            anyhow::Ok(())
+                        }
+                        .await;
+                        match r {
+                            Ok(()) => done.fetch_add(1, Ordering::Relaxed),
+                            Err(_) => errors.fetch_add(1, Ordering::Relaxed),
+                        };
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await?;
+            }
+            let secs = started.elapsed().as_secs_f64();
+            let n = done.load(Ordering::Relaxed);
+            println!(
+                "{label}mode=login security={:?} sessions={} cycles={n} rate={:.0}/s errors={}",
+                args.security,
+                args.sessions,
+                n as f64 / secs,
+                errors.load(Ordering::Relaxed)
+            );
+        }
+        Mode::Noop => {
+            let mut tasks = Vec::new();
+            let started = Instant::now();
+            for s in 0..args.sessions {
+                let (args, tls, errors) = (args.clone(), tls.clone(), errors.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut lat = Vec::new();
+                    let r = async {
+                        let mut c = Conn::open(&args, &tls).await?;
+                        c.login(&args, args.first_user + s % args.users).await?;
+                        while Instant::now() < deadline {
+                            let t = Instant::now();
+                            c.command("n", "NOOP").await?;
+                            lat.push(t.elapsed().as_micros() as u64);
+                        }
+                        c.command("o", "LOGOUT").await.ok();
+                        anyhow::Ok(())
+                    }
+                    .await;
+                    if r.is_err() {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    lat
+                }));
+            }
+            let mut all = Vec::new();
+            for t in tasks {
+                all.extend(t.await?);
+            }
+            let secs = started.elapsed().as_secs_f64();
+            all.sort_unstable();
+            println!("{label}mode=noop security={:?} sessions={} ops={} rate={:.0}/s p50={}us p99={}us errors={}", args.security, args.sessions, all.len(), all.len() as f64 / secs, percentile(&all, 0.5), percentile(&all, 0.99), errors.load(Ordering::Relaxed));
+        }
+        Mode::Fetch => {
+            let mut c = Conn::open(&args, &tls).await?;
+            c.login(&args, args.first_user).await?;
+            c.command("s", "SELECT INBOX").await?;
+            let started = Instant::now();
+            let mut bytes = 0u64;
+            let mut rounds = 0u64;
+            while Instant::now() < deadline || rounds == 0 {
+                bytes += c.command("f", "FETCH 1:* BODY.PEEK[]").await?;
+                rounds += 1;
+            }
+            let secs = started.elapsed().as_secs_f64();
+            c.command("o", "LOGOUT").await.ok();
+            println!("{label}mode=fetch security={:?} rounds={rounds} bytes={bytes} rate={:.0}MB/s errors=0", args.security, bytes as f64 / secs / 1e6);
+        }
+        Mode::Idle => {
+            let before: u64 = args.pids.iter().map(|&p| rss_kb(p)).sum();
+            let mut held = Vec::new();
+            for s in 0..args.sessions {
+                let r = async {
+                    let mut c = Conn::open(&args, &tls).await?;
+                    c.login(&args, args.first_user + s % args.users).await?;
+                    c.command("s", "SELECT INBOX").await?;
+                    c.send("i IDLE\r\n").await?;
+                    let plus = c.line().await?;
+                    anyhow::ensure!(plus.starts_with('+'), "{plus}");
+                    anyhow::Ok(c)
+                }
+                .await;
+                match r {
+                    Ok(c) => held.push(c),
+                    Err(e) => {
+                        if errors.fetch_add(1, Ordering::Relaxed) < 3 {
+                            eprintln!("idle session {s}: {e}");
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_secs_f64(args.seconds)).await;
+            let during: u64 = args.pids.iter().map(|&p| rss_kb(p)).sum();
+            let n = held.len() as u64;
+            let per = if n > 0 {
+                (during.saturating_sub(before)) as f64 / n as f64
+            } else {
+                0.0
+            };
+            let mut ended = 0;
+            for mut c in held {
+                if c.send("DONE\r\n").await.is_ok() && c.until("i").await.is_ok() {
+                    ended += 1;
+                }
+            }
+            println!("{label}mode=idle security={:?} sessions={n} still_alive={ended} rss_before={before}KB rss_during={during}KB per_session={per:.1}KB errors={}", args.security, errors.load(Ordering::Relaxed));
+        }
+    }
+    Ok(())
+}
