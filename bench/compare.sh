@@ -68,9 +68,9 @@ done
 done
 [ "$only" = throughput ] || for n in "${idle_counts[@]}"; do
   for sec in plain tls; do
-    gate_config gate-idle 33143 33993 20143
+    gate_config gate-idle 23143 23993 20143
     pid=$(start_gate gate-idle)
-    port=$([ $sec = plain ] && echo 33143 || echo 33993)
+    port=$([ $sec = plain ] && echo 23143 || echo 23993)
     run "fake/imapgate-idle-$sec" --addr "127.0.0.1:$port" --mode idle --sessions "$n" --security "$sec" "${ca[@]}" --pids "$pid"
     kill "$pid"; wait "$pid" 2>/dev/null || true
   done

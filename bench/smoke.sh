@@ -6,12 +6,12 @@ cd "$(dirname "$0")/.."
 cargo build --quiet --bin imapgate --examples
 work=$(mktemp -d); pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
-target/debug/examples/fakebackend --listen 127.0.0.1:39144 --messages 2 --size 65536 2>/dev/null &
+target/debug/examples/fakebackend --listen 127.0.0.1:29144 --messages 2 --size 65536 2>/dev/null &
 pids+=($!)
 cat > "$work/gate.toml" <<CONF
 [imap4]
-unencrypted_or_tls_bindings = ["127.0.0.1:39143"]
-ssl_bindings = ["127.0.0.1:39993"]
+unencrypted_or_tls_bindings = ["127.0.0.1:29143"]
+ssl_bindings = ["127.0.0.1:29993"]
 login_type = "plain-text-login"
 certificate = "$PWD/certs/localhost.pem"
 private_key = "$PWD/certs/localhost.key"
@@ -19,15 +19,17 @@ trusted_networks = ["127.0.0.0/8"]
 [directory]
 mailboxes = "mailboxes.toml"
 [backends.main]
-address = "127.0.0.1:39144"
+address = "127.0.0.1:29144"
 CONF
 : > "$work/mailboxes.toml"
 RUST_LOG=warn target/debug/imapgate --config "$work/gate.toml" 2>"$work/gate.log" &
 pids+=($!)
-for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/39143) 2>/dev/null && break; sleep 0.1; done
+for port in 29144 29143; do
+  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+done
 fail=0
-for args in "--mode login --sessions 4" "--mode noop --sessions 4" "--mode fetch" "--mode idle --sessions 20 --security tls --ca certs/ca.pem"; do
-  line=$(target/debug/examples/loadgen --addr "127.0.0.1:$([[ $args == *tls* ]] && echo 39993 || echo 39143)" --seconds 1 $args)
+for args in "--mode login --sessions 4" "--mode noop --sessions 4" "--mode fetch" "--mode idle --sessions 20 --users 20 --security tls --ca certs/ca.pem"; do
+  line=$(target/debug/examples/loadgen --addr "127.0.0.1:$([[ $args == *tls* ]] && echo 29993 || echo 29143)" --seconds 1 $args)
   echo "bench smoke: $line"
   [[ $line == *"errors=0"* ]] || fail=1
 done

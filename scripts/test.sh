@@ -17,6 +17,6 @@ if ((${#need[@]})); then
 fi
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
-cargo test --all-targets --locked
-# The benchmark harness runs (a smoke, not a benchmark).
+# The benchmark harness runs (a smoke, not a benchmark); then every test.
 bench/smoke.sh
+cargo test --all-targets --locked

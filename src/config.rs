@@ -218,6 +218,9 @@ pub struct ProtocolLogConfig {
     pub rollover: Rollover,
     /// Rows waiting for the writer; past that, rows are dropped (and counted), never waited for.
     pub queue: usize,
+    /// How often a relayed session writes a `proxy` row (Exchange: every 30 s).
+    #[serde(with = "humantime_serde_compat")]
+    pub proxy_row_interval: Duration,
 }
 
 impl Default for ProtocolLogConfig {
@@ -227,6 +230,7 @@ impl Default for ProtocolLogConfig {
             directory: PathBuf::from("protocol-log"),
             rollover: Rollover::Hourly,
             queue: 65536,
+            proxy_row_interval: Duration::from_secs(30),
         }
     }
 }

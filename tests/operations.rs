@@ -448,3 +448,38 @@ async fn check_config_finds_busy_addresses_mismatched_keys_and_unresolvable_back
     assert!(ok, "{out}{err}");
     drop(busy);
 }
+
+#[tokio::test]
+async fn relayed_sessions_write_proxy_rows_while_they_last() {
+    let fake = FakeBackend::start(Script::default()).await;
+    let mut config = GateConfig::new(&fake.address());
+    config.extra =
+        "[protocol_log]\nenabled = true\ndirectory = \"plog\"\nproxy_row_interval = \"1s\"\n"
+            .into();
+    let gate = config.start().await;
+    let mut c = gate.plain().await;
+    c.greeting().await;
+    assert!(last(&c.cmd("a", "LOGIN user1 pass1").await).starts_with("a OK"));
+    c.cmd("n", "NOOP").await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let dir = gate.dir.path().join("plog");
+    let file = std::fs::read_dir(&dir)
+        .expect("dir")
+        .next()
+        .expect("a file")
+        .expect("entry")
+        .path();
+    let text = std::fs::read_to_string(file).expect("read");
+    let relaying: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(",proxy,") && l.contains("relaying;"))
+        .collect();
+    assert!(relaying.len() >= 2, "{text}");
+    assert!(
+        relaying
+            .iter()
+            .all(|l| l.contains("backend=main") && l.contains("bytes_from_client=")),
+        "{text}"
+    );
+    gate.stop().await;
+}

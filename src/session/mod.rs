@@ -92,6 +92,7 @@ pub async fn serve(
                         user: session.user.clone(),
                         backend: session.backend_name.clone(),
                         seq: session.seq,
+                        every: state.config.protocol_log.proxy_row_interval,
                     },
                 };
                 drop(state);

@@ -36,8 +36,6 @@ use crate::stream::Stream;
 
 /// Size of a relay buffer: large reads when data flows.
 const BUFFER: usize = 256 * 1024;
-/// How often a relayed session writes a `proxy` row to the protocol log.
-const PROXY_ROW_EVERY: Duration = Duration::from_secs(30);
 /// Buffers kept per thread for reuse.
 const POOL: usize = 16;
 
@@ -213,6 +211,8 @@ pub struct ProxyLog {
     pub backend: String,
     /// Sequence number of the next row.
     pub seq: u64,
+    /// `[protocol_log] proxy_row_interval`.
+    pub every: Duration,
 }
 
 impl ProxyLog {
@@ -254,7 +254,11 @@ pub async fn run(session: LoggedIn, mut params: RelayParams, metrics: &Metrics) 
     // What the backend sent right behind its OK is delivered (and tracked) by the relay.
     let mut s2c = Pump::new(Boundary::responses(), start).with_pending(backend.pending);
     let idle_timeout = params.idle_timeout;
-    let check_every = (idle_timeout / 8).clamp(Duration::from_millis(100), Duration::from_secs(30));
+    let mut check_every =
+        (idle_timeout / 8).clamp(Duration::from_millis(100), Duration::from_secs(30));
+    if params.proxy_log.log.enabled() {
+        check_every = check_every.min(params.proxy_log.every);
+    }
     let mut reported = Reported::default();
     let mut last_proxy_row = Instant::now();
     let ending = loop {
@@ -277,7 +281,7 @@ pub async fn run(session: LoggedIn, mut params: RelayParams, metrics: &Metrics) 
             },
             _ = tokio::time::sleep(check_every) => {
                 reported.report(&counters, metrics);
-                if last_proxy_row.elapsed() >= PROXY_ROW_EVERY {
+                if last_proxy_row.elapsed() >= params.proxy_log.every {
                     params.proxy_log.row(&counters, "relaying");
                     last_proxy_row = Instant::now();
                 }
