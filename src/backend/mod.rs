@@ -21,6 +21,7 @@ use tokio_rustls::TlsConnector;
 use crate::config::{BackendConfig, BackendTls};
 use crate::credentials::Credentials;
 use crate::metrics::{BackendLabels, Metrics};
+use crate::session::boundary::literal_announced;
 use crate::stream::Stream;
 use encode::{login_command, quotable, LoginCaps};
 
@@ -471,7 +472,8 @@ impl Conn {
                 if let Some(pos) = self.buf[scanned..].iter().position(|&b| b == b'\n') {
                     let end = scanned + pos + 1;
                     let line = &self.buf[..end];
-                    if let Some(len) = literal_length(line) {
+                    if let Some(len) = literal_announced(line).and_then(|n| usize::try_from(n).ok())
+                    {
                         if end + len > MAX_RESPONSE {
                             return Err(protocol(phase, "response too long"));
                         }
@@ -562,28 +564,14 @@ fn code_capabilities(text: &str) -> Option<Vec<String>> {
     )
 }
 
-/// The length of a literal announced at the end of `line` (`{N}\r\n` or `{N+}\r\n`).
-fn literal_length(line: &[u8]) -> Option<usize> {
-    let line = line.strip_suffix(b"\n")?;
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let line = line.strip_suffix(b"}")?;
-    let open = line.iter().rposition(|&b| b == b'{')?;
-    let digits = &line[open + 1..];
-    let digits = digits.strip_suffix(b"+").unwrap_or(digits);
-    if digits.is_empty() || digits.len() > 10 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(digits).ok()?.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn response_helpers() {
-        assert_eq!(literal_length(b"* 1 FETCH (BODY[] {12}\r\n"), Some(12));
-        assert_eq!(literal_length(b"* OK {x}\r\n"), None);
+        assert_eq!(literal_announced(b"* 1 FETCH (BODY[] {12}\r\n"), Some(12));
+        assert_eq!(literal_announced(b"* OK {x}\r\n"), None);
         assert_eq!(
             code_capabilities("[CAPABILITY IMAP4rev1 IDLE] Logged in"),
             Some(vec!["IMAP4rev1".to_string(), "IDLE".to_string()])

@@ -145,14 +145,16 @@ fn command_name_is(head: &[u8], name: &[u8]) -> bool {
         .is_some_and(|w| w.trim_ascii_end().eq_ignore_ascii_case(name))
 }
 
-/// The length announced by `{N}` or `{N+}` (optionally followed by CR) at the end of `tail`.
-fn literal_announced(tail: &[u8]) -> Option<u64> {
-    let t = tail.strip_suffix(b"\r").unwrap_or(tail);
+/// The length of a literal announced at the end of a line (`{N}` or `{N+}`, followed or not by
+/// CR, LF or CRLF). Shared by everything in the gate that must know where a literal starts.
+pub fn literal_announced(line: &[u8]) -> Option<u64> {
+    let t = line.strip_suffix(b"\n").unwrap_or(line);
+    let t = t.strip_suffix(b"\r").unwrap_or(t);
     let t = t.strip_suffix(b"}")?;
     let open = t.iter().rposition(|&b| b == b'{')?;
     let digits = &t[open + 1..];
     let digits = digits.strip_suffix(b"+").unwrap_or(digits);
-    if digits.is_empty() || digits.len() > 10 || !digits.iter().all(u8::is_ascii_digit) {
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
     std::str::from_utf8(digits).ok()?.parse().ok()

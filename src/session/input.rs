@@ -75,27 +75,15 @@ pub fn decode(buf: &[u8], max: usize) -> Decoded {
             // Answer a bad line only once it is complete, so it is dropped whole.
             None if buf.len() >= max => Decoded::TooLong,
             None => Decoded::NeedMore,
-            Some(lf) if announces_literal(&buf[..lf]) => Decoded::BadLiteral { tag: line_tag(buf) },
+            Some(lf) if super::boundary::literal_announced(&buf[..lf]).is_some() => {
+                Decoded::BadLiteral { tag: line_tag(buf) }
+            }
             Some(lf) => Decoded::Bad {
                 tag: line_tag(buf),
                 consumed: lf + 1,
             },
         },
     }
-}
-
-/// True when a line (without its LF) ends with a literal announcement `{N}` or `{N+}`.
-fn announces_literal(line: &[u8]) -> bool {
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let Some(inner) = line.strip_suffix(b"}") else {
-        return false;
-    };
-    let Some(open) = inner.iter().rposition(|&b| b == b'{') else {
-        return false;
-    };
-    let digits = &inner[open + 1..];
-    let digits = digits.strip_suffix(b"+").unwrap_or(digits);
-    !digits.is_empty() && digits.iter().all(u8::is_ascii_digit)
 }
 
 /// The client's answer to an empty `+` during AUTHENTICATE.
