@@ -47,13 +47,6 @@ pub struct ProtocolLog {
 }
 
 impl ProtocolLog {
-    pub fn disabled() -> ProtocolLog {
-        ProtocolLog {
-            tx: None,
-            dropped: Counter::default(),
-        }
-    }
-
     /// Starts the writer thread when the log is enabled.
     pub fn start(config: &ProtocolLogConfig, dropped: Counter) -> std::io::Result<ProtocolLog> {
         if !config.enabled {

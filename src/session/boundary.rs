@@ -49,11 +49,6 @@ impl Boundary {
         self.opaque
     }
 
-    /// Marks the stream as no longer followable.
-    pub fn set_opaque(&mut self) {
-        self.opaque = true;
-    }
-
     pub fn feed(&mut self, mut chunk: &[u8]) {
         if self.watch_compress {
             self.feed_commands(chunk);
