@@ -35,6 +35,9 @@ max_connections_per_user = 100000
 mailboxes = "$work/mailboxes.toml"
 [backends.main]
 address = "127.0.0.1:$4"
+# Like nginx here (worker_processes 1): one worker, the other core is the backend's and the load's.
+[runtime]
+worker_threads = 1
 CONF
 }
 : > "$work/mailboxes.toml"

@@ -262,6 +262,13 @@ impl Default for LogConfig {
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Threads serving sessions; 0 means one per CPU core. Read at start only.
+    pub worker_threads: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Unix socket for `imapgate reload|mailbox|sessions|kick`; created with mode 0600.
     pub control_socket: Option<PathBuf>,
@@ -285,6 +292,8 @@ pub struct Config {
     pub protocol_log: ProtocolLogConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
     /// Where the file was read from; relative paths were resolved against its directory.
     #[serde(skip)]
     pub path: PathBuf,

@@ -265,17 +265,22 @@ async fn test_login(
 }
 
 fn run_daemon(config_path: &std::path::Path) -> ExitCode {
-    // The [log] section decides the format, so the configuration is read first; the gate reads it
-    // again (with everything it names) when it starts.
-    let log = match Config::load(config_path) {
-        Ok(c) => c.log,
+    // The [log] and [runtime] sections come before the runtime, so the configuration is read
+    // first; the gate reads it again (with everything it names) when it starts.
+    let config = match Config::load(config_path) {
+        Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::FAILURE;
         }
     };
-    init_logging(&log);
-    let runtime = match tokio::runtime::Runtime::new() {
+    init_logging(&config.log);
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if config.runtime.worker_threads > 0 {
+        builder.worker_threads(config.runtime.worker_threads);
+    }
+    let runtime = match builder.build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");

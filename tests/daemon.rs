@@ -15,7 +15,10 @@ fn mailboxes(enabled: bool) -> String {
 }
 
 fn write_files(dir: &Path, backend: &str) -> std::path::PathBuf {
-    let config = GateConfig::new(backend).render();
+    let mut config = GateConfig::new(backend);
+    // The daemon's own runtime settings are read before it starts serving.
+    config.extra = "[runtime]\nworker_threads = 1\n".into();
+    let config = config.render();
     let path = dir.join("imapgate.toml");
     std::fs::write(&path, config).expect("config");
     std::fs::write(dir.join("mailboxes.toml"), mailboxes(true)).expect("mailboxes");
