@@ -6,14 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::fake::{FakeBackend, Greeting, Script};
-use common::{closed_port, last, GateConfig};
-
-async fn login(gate: &common::TestGate, user: &str, pass: &str) -> String {
-    let mut c = gate.plain().await;
-    c.greeting().await;
-    let r = c.cmd("a", &format!("LOGIN \"{user}\" \"{pass}\"")).await;
-    last(&r).to_string()
-}
+use common::{closed_port, last, login, GateConfig};
 
 #[tokio::test]
 async fn unreachable_or_broken_backends_get_unavailable_promptly() {

@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::fake::{FakeBackend, Script};
-use common::{last, GateConfig};
+use common::{last, login, GateConfig};
 
 const MAILBOXES: &str = r#"
 [[mailbox]]
@@ -21,13 +21,6 @@ email = "jane@example.com"
 login = "user2"
 imap_enabled = false
 "#;
-
-async fn login(gate: &common::TestGate, user: &str, pass: &str) -> String {
-    let mut c = gate.plain().await;
-    c.greeting().await;
-    let r = c.cmd("a", &format!("LOGIN \"{user}\" \"{pass}\"")).await;
-    last(&r).to_string()
-}
 
 #[tokio::test]
 async fn four_failed_logins_end_the_connection() {

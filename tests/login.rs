@@ -4,7 +4,7 @@
 mod common;
 
 use common::fake::{FakeBackend, Script};
-use common::{last, GateConfig};
+use common::{last, login, GateConfig};
 
 const MAILBOXES: &str = r#"
 [defaults]
@@ -23,13 +23,6 @@ email = "jane@example.com"
 login = "user2"
 imap_enabled = false
 "#;
-
-async fn login(gate: &common::TestGate, user: &str, pass: &str) -> String {
-    let mut c = gate.plain().await;
-    c.greeting().await;
-    let r = c.cmd("a", &format!("LOGIN \"{user}\" \"{pass}\"")).await;
-    last(&r).to_string()
-}
 
 #[tokio::test]
 async fn disabled_mailbox_with_the_right_password_is_told_and_logged_out_of_the_backend() {

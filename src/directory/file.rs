@@ -63,13 +63,13 @@ impl MailboxRecord {
 
     /// What logs and admin output call this mailbox.
     pub fn display_name(&self) -> &str {
-        self.name
-            .as_deref()
-            .or(self.email.as_deref())
-            .or(self.upn.as_deref())
-            .or(self.alias.as_deref())
-            .or(self.domain_account.as_deref())
-            .unwrap_or("")
+        super::label_of([
+            &self.name,
+            &self.email,
+            &self.upn,
+            &self.alias,
+            &self.domain_account,
+        ])
     }
 }
 

@@ -213,14 +213,24 @@ impl MailboxView {
 
     /// What tables and messages call this mailbox.
     pub fn label(&self) -> &str {
-        self.name
-            .as_deref()
-            .or(self.email.as_deref())
-            .or(self.upn.as_deref())
-            .or(self.alias.as_deref())
-            .or(self.domain_account.as_deref())
-            .unwrap_or("")
+        label_of([
+            &self.name,
+            &self.email,
+            &self.upn,
+            &self.alias,
+            &self.domain_account,
+        ])
     }
+}
+
+/// The first name a mailbox has, in the order display name, email, UPN, alias, DOMAIN\account.
+fn label_of(names: [&Option<String>; 5]) -> &str {
+    names
+        .into_iter()
+        .flatten()
+        .next()
+        .map(String::as_str)
+        .unwrap_or("")
 }
 
 /// Positions in `views` of the mailboxes `identity` names.

@@ -311,3 +311,11 @@ pub fn closed_port() -> u16 {
 pub fn last(lines: &[String]) -> &str {
     lines.last().map(String::as_str).unwrap_or("")
 }
+
+/// One login on a new plain connection; the tagged answer.
+pub async fn login(gate: &TestGate, user: &str, pass: &str) -> String {
+    let mut c = gate.plain().await;
+    c.greeting().await;
+    let r = c.cmd("a", &format!("LOGIN \"{user}\" \"{pass}\"")).await;
+    last(&r).to_string()
+}
