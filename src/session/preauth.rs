@@ -24,7 +24,6 @@ use super::input::{self, Decoded, SaslDecoded};
 use crate::backend::{BackendSession, ClientInfo, LoginResult};
 use crate::config::LoginType;
 use crate::credentials::{CredentialError, Credentials};
-use crate::directory::Policy;
 use crate::limits::UserGuard;
 use crate::listener::ListenerKind;
 use crate::protocol_log::Row;
@@ -49,7 +48,6 @@ pub struct LoggedIn {
     pub client_pending: Vec<u8>,
     pub backend: BackendSession,
     pub user: String,
-    pub policy: Arc<Policy>,
     pub counters: Arc<Counters>,
     /// Keeps the session in the registry until the relay ends.
     pub registration: Registration,
@@ -58,7 +56,7 @@ pub struct LoggedIn {
     pub backend_name: String,
     pub seq: u64,
     /// Counts the session against `max_connections_per_user` until the relay ends.
-    pub user_guard: Option<UserGuard>,
+    pub user_guard: UserGuard,
 }
 
 /// Why the dialogue stopped early.
@@ -474,38 +472,26 @@ impl PreAuth {
                 });
                 let current = self.state();
                 let policy = current.policies.resolve(user);
-                let limit = current.config.imap4.max_connections_per_user;
-                let user_guard = match self
-                    .shared
-                    .limits
-                    .login(mailbox_key(&backend.name, &backend_creds.user), limit)
-                {
-                    Ok(g) => Some(g),
-                    Err(_) if policy.imap_enabled => {
-                        drop(registration);
-                        session.logout().await;
-                        self.record_outcome("limit");
-                        tracing::info!(outcome = "limit", user, mailbox, backend = %backend.name, limit, "too many sessions for this mailbox");
-                        let reply =
-                            format!("{tag} NO [LIMIT] Too many connections for this mailbox.\r\n");
-                        self.send(reply.as_bytes()).await?;
-                        return Ok(None);
-                    }
-                    // Disabled wins over the limit: answered below.
-                    Err(_) => None,
-                };
                 if !policy.imap_enabled {
-                    drop(registration);
-                    session.logout().await;
-                    self.record_outcome("disabled");
                     tracing::info!(outcome = "disabled", user, mailbox, backend = %backend.name, elapsed_ms, "IMAP4 is disabled for this mailbox");
                     let reply = format!(
                         "{tag} NO [CONTACTADMIN] {}\r\n",
                         current.config.imap4.disabled_message
                     );
-                    self.send(reply.as_bytes()).await?;
-                    return Ok(None);
+                    return self
+                        .refuse_logged_in(session, registration, "disabled", reply)
+                        .await;
                 }
+                let limit = current.config.imap4.max_connections_per_user;
+                let key = mailbox_key(&backend.name, &backend_creds.user);
+                let Ok(user_guard) = self.shared.limits.login(key, limit) else {
+                    tracing::info!(outcome = "limit", user, mailbox, backend = %backend.name, limit, "too many sessions for this mailbox");
+                    let reply =
+                        format!("{tag} NO [LIMIT] Too many connections for this mailbox.\r\n");
+                    return self
+                        .refuse_logged_in(session, registration, "limit", reply)
+                        .await;
+                };
                 tracing::Span::current().record("user", user);
                 self.record_outcome("ok");
                 tracing::info!(outcome = "ok", mailbox, backend = %backend.name, elapsed_ms, "logged in");
@@ -517,7 +503,6 @@ impl PreAuth {
                     client_pending: std::mem::take(&mut self.buf),
                     backend: session,
                     user: creds.user.clone(),
-                    policy,
                     counters,
                     registration,
                     kick,
@@ -585,6 +570,22 @@ impl PreAuth {
             _ = tokio::time::sleep_until(self.deadline) => Err(End::Timeout),
             _ = self.phase.wait_for(|p| *p != Phase::Running) => Err(End::Shutdown),
         }
+    }
+
+    /// The backend accepted the password but the gate says no: log the backend session out,
+    /// forget the registration, answer.
+    async fn refuse_logged_in(
+        &mut self,
+        session: BackendSession,
+        registration: Registration,
+        outcome: &'static str,
+        reply: String,
+    ) -> Result<Option<LoggedIn>, End> {
+        drop(registration);
+        session.logout().await;
+        self.record_outcome(outcome);
+        self.send(reply.as_bytes()).await?;
+        Ok(None)
     }
 
     async fn unavailable(&mut self, tag: &str) -> Result<Option<LoggedIn>, End> {
