@@ -69,6 +69,10 @@ struct Args {
 
 struct Conn {
     io: BufReader<Stream>,
+    /// Reused line buffer and literal sink: the load generator must stay cheap next to what it
+    /// measures (it shares the cores with the proxy and the backend).
+    line: Vec<u8>,
+    sink: Vec<u8>,
 }
 
 impl Conn {
@@ -84,6 +88,8 @@ impl Conn {
         };
         let mut conn = Conn {
             io: BufReader::with_capacity(256 * 1024, stream),
+            line: Vec::new(),
+            sink: Vec::new(),
         };
         let greeting = conn.line().await?;
         anyhow::ensure!(greeting.starts_with("* OK"), "greeting: {greeting}");
@@ -95,20 +101,32 @@ impl Conn {
             let tls = c.connect(name, tcp).await?;
             conn = Conn {
                 io: BufReader::with_capacity(256 * 1024, Stream::ClientTls(Box::new(tls))),
+                line: Vec::new(),
+                sink: Vec::new(),
             };
         }
         Ok(conn)
     }
 
     async fn line(&mut self) -> anyhow::Result<String> {
-        let mut buf = Vec::new();
-        let n = self.io.read_until(b'\n', &mut buf).await?;
+        self.read_line().await?;
+        Ok(String::from_utf8_lossy(&self.line).trim_end().to_string())
+    }
+
+    /// Reads one line into `self.line`.
+    async fn read_line(&mut self) -> anyhow::Result<()> {
+        self.line.clear();
+        let n = self.io.read_until(b'\n', &mut self.line).await?;
         anyhow::ensure!(n > 0, "closed");
-        Ok(String::from_utf8_lossy(&buf).trim_end().to_string())
+        Ok(())
     }
 
     async fn send(&mut self, text: &str) -> anyhow::Result<()> {
-        self.io.get_mut().write_all(text.as_bytes()).await?;
+        self.send_bytes(text.as_bytes()).await
+    }
+
+    async fn send_bytes(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        self.io.get_mut().write_all(bytes).await?;
         self.io.get_mut().flush().await?;
         Ok(())
     }
@@ -119,21 +137,26 @@ impl Conn {
         self.until(tag).await
     }
 
+    /// Reads to the response tagged `tag`, skipping literals; returns the literal bytes read.
     async fn until(&mut self, tag: &str) -> anyhow::Result<u64> {
-        let prefix = format!("{tag} ");
         let mut literal_bytes = 0u64;
-        let mut sink = vec![0u8; 256 * 1024];
         loop {
-            let line = self.line().await?;
-            if let Some(rest) = line.strip_prefix(&prefix) {
-                anyhow::ensure!(rest.starts_with("OK"), "{line}");
+            self.read_line().await?;
+            let line = &self.line;
+            if line.len() > tag.len() && line.starts_with(tag.as_bytes()) && line[tag.len()] == b' '
+            {
+                let rest = &line[tag.len() + 1..];
+                anyhow::ensure!(rest.starts_with(b"OK"), "{}", String::from_utf8_lossy(line));
                 return Ok(literal_bytes);
             }
-            if let Some(n) = literal(&line) {
+            if let Some(n) = literal(line) {
+                if self.sink.is_empty() {
+                    self.sink = vec![0u8; 256 * 1024];
+                }
                 let mut left = n;
                 while left > 0 {
-                    let want = left.min(sink.len() as u64) as usize;
-                    self.io.read_exact(&mut sink[..want]).await?;
+                    let want = left.min(self.sink.len() as u64) as usize;
+                    self.io.read_exact(&mut self.sink[..want]).await?;
                     left -= want as u64;
                 }
                 literal_bytes += n;
@@ -152,10 +175,14 @@ impl Conn {
     }
 }
 
-fn literal(line: &str) -> Option<u64> {
-    let inner = line.strip_suffix('}')?;
-    let open = inner.rfind('{')?;
-    inner[open + 1..].trim_end_matches('+').parse().ok()
+/// The length announced by a `{n}` or `{n+}` at the end of a line (CRLF included).
+fn literal(line: &[u8]) -> Option<u64> {
+    let inner = line.strip_suffix(b"\r\n")?.strip_suffix(b"}")?;
+    let open = inner.iter().rposition(|&b| b == b'{')?;
+    let digits = inner[open + 1..]
+        .strip_suffix(b"+")
+        .unwrap_or(&inner[open + 1..]);
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 fn connector(args: &Args) -> anyhow::Result<Option<TlsConnector>> {
@@ -248,7 +275,8 @@ async fn main() -> anyhow::Result<()> {
                         c.login(&args, args.first_user + s % args.users).await?;
                         while Instant::now() < deadline {
                             let t = Instant::now();
-                            c.command("n", "NOOP").await?;
+                            c.send_bytes(b"n NOOP\r\n").await?;
+                            c.until("n").await?;
                             lat.push(t.elapsed().as_micros() as u64);
                         }
                         c.command("o", "LOGOUT").await.ok();

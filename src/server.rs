@@ -192,6 +192,8 @@ impl Gate {
     /// for `shutdown_grace`, closes the rest, and returns.
     pub async fn run(self) {
         let shared = self.shared;
+        let sweeper = tokio::spawn(crate::session::sweeper::run(shared.clone()));
+        let _stop_sweeper = AbortOnDrop(sweeper);
         let mut accept_loops = Vec::new();
         for (kind, l) in self.listeners {
             accept_loops.push(tokio::spawn(listener::accept_loop(l, kind, shared.clone())));
@@ -231,6 +233,7 @@ impl Gate {
             );
         }
         shared.phase.send_replace(Phase::Closing);
+        shared.registry.close_all();
         if tokio::time::timeout(Duration::from_secs(5), shared.tracker.wait())
             .await
             .is_err()
@@ -340,5 +343,14 @@ impl GateHandle {
     /// The registry of logged-in sessions.
     pub fn registry(&self) -> &Arc<Registry> {
         &self.shared.registry
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

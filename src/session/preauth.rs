@@ -27,7 +27,7 @@ use crate::credentials::{CredentialError, Credentials};
 use crate::limits::UserGuard;
 use crate::listener::ListenerKind;
 use crate::protocol_log::Row;
-use crate::registry::{Counters, Kick, Registration, SessionInfo};
+use crate::registry::{Registration, SessionInfo};
 use crate::server::{Phase, Shared};
 use crate::state::State;
 use crate::stream::Stream;
@@ -47,14 +47,9 @@ pub struct LoggedIn {
     /// Bytes the client pipelined after its login command; they go to the backend first.
     pub client_pending: Vec<u8>,
     pub backend: BackendSession,
-    pub user: String,
-    pub counters: Arc<Counters>,
-    /// Keeps the session in the registry until the relay ends.
+    /// Keeps the session in the registry until the relay ends; its entry carries the byte
+    /// counters, the kick and what the protocol log's rows need.
     pub registration: Registration,
-    pub kick: watch::Receiver<Option<Kick>>,
-    /// For the relay's protocol log rows.
-    pub backend_name: String,
-    pub seq: u64,
     /// Counts the session against `max_connections_per_user` until the relay ends.
     pub user_guard: UserGuard,
 }
@@ -459,17 +454,20 @@ impl PreAuth {
             Ok(LoginResult::LoggedIn(mut session)) => {
                 // Register first, then decide with the directory in force now: a reload during the
                 // backend login either came before this lookup or finds the session registered.
-                let counters = Arc::new(Counters::default());
-                let (registration, kick) = self.shared.registry.register(SessionInfo {
-                    id: self.id,
-                    user: creds.user.clone(),
-                    mailbox: policy.mailbox.as_deref().map(String::from),
-                    client: self.peer,
-                    listener: self.kind.name(),
-                    backend: backend.name.to_string(),
-                    since: std::time::SystemTime::now(),
-                    counters: counters.clone(),
-                });
+                let registration = self.shared.registry.register(
+                    SessionInfo {
+                        id: self.id,
+                        user: creds.user.clone(),
+                        mailbox: policy.mailbox.as_deref().map(String::from),
+                        client: self.peer,
+                        server: self.local,
+                        listener: self.kind.name(),
+                        backend: backend.name.to_string(),
+                        since: std::time::SystemTime::now(),
+                    },
+                    // This login's own row comes next.
+                    self.seq + 2,
+                );
                 let current = self.state();
                 let policy = current.policies.resolve(user);
                 if !policy.imap_enabled {
@@ -502,13 +500,8 @@ impl PreAuth {
                     client: self.client.detach(),
                     client_pending: std::mem::take(&mut self.buf),
                     backend: session,
-                    user: creds.user.clone(),
-                    counters,
                     registration,
-                    kick,
                     user_guard,
-                    backend_name: backend.name.to_string(),
-                    seq: self.seq + 1,
                 }))
             }
         }

@@ -8,10 +8,11 @@
 //! Each direction waits for its source to become readable *without* holding a buffer, borrows a
 //! 64 KiB buffer from a per-thread pool only while data moves, and gives it back as soon as the
 //! chunk is written: an idle session (an IMAP client in IDLE for half an hour) holds its sockets,
-//! its task and a few counters, not copy buffers. The session ends when either side has closed and
-//! the other has drained, when no byte moved for `authenticated_connection_timeout`, when the gate
-//! closes after its shutdown grace period, or when it is kicked (its mailbox was disabled by a
-//! reload, or `imapgate kick`): then the client gets `* BYE` if the response stream is between
+//! its task and its registry entry, not copy buffers nor timers. The session ends when either
+//! side has closed and the other has drained, or when its registry entry is kicked: by the
+//! [`sweeper`](super::sweeper) when no byte moved for `authenticated_connection_timeout`, by the
+//! gate when its shutdown grace period is over, by a reload that disabled the mailbox or by
+//! `imapgate kick`; for the last two the client gets `* BYE` if the response stream is between
 //! two lines, and the connection is closed otherwise.
 
 use std::cell::RefCell;
@@ -23,15 +24,13 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::sync::watch;
-use tokio::time::Instant;
 
 use super::boundary::Boundary;
 use super::preauth::LoggedIn;
-use crate::metrics::Metrics;
-use crate::protocol_log::{ProtocolLog, Row};
-use crate::registry::{Counters, Kick};
-use crate::server::Phase;
+use super::sweeper::proxy_row;
+use crate::limits::UserGuard;
+use crate::registry::{Kick, Registration};
+use crate::server::Shared;
 use crate::stream::Stream;
 
 /// Size of a relay buffer: large reads when data flows.
@@ -69,12 +68,11 @@ struct Pump {
     eof: bool,
     done: bool,
     unflushed: bool,
-    last_read: Instant,
     boundary: Boundary,
 }
 
 impl Pump {
-    fn new(boundary: Boundary, start: Instant) -> Pump {
+    fn new(boundary: Boundary) -> Pump {
         Pump {
             buf: None,
             pos: 0,
@@ -82,7 +80,6 @@ impl Pump {
             eof: false,
             done: false,
             unflushed: false,
-            last_read: start,
             boundary,
         }
     }
@@ -142,7 +139,6 @@ impl Pump {
                     } else {
                         self.boundary.feed(&buf[..n]);
                         counter.fetch_add(n as u64, Ordering::Relaxed);
-                        self.last_read = Instant::now();
                         self.pos = 0;
                         self.end = n;
                         self.buf = Some(buf);
@@ -187,145 +183,114 @@ impl Pump {
 enum Ending {
     Closed,
     Error(io::Error),
-    Idle,
-    Shutdown,
     Kicked(Kick),
 }
 
-pub struct RelayParams {
-    pub idle_timeout: Duration,
-    pub phase: watch::Receiver<Phase>,
-    pub kick: watch::Receiver<Option<Kick>>,
-    /// The line sent before closing a session whose mailbox was disabled.
-    pub disabled_bye: String,
-    pub proxy_log: ProxyLog,
+/// A logged-in session: its two connections, one pump each way, and its registry entry. This is
+/// what a relayed session costs while idle, so it stays small: no timers (the sweeper checks
+/// idleness), no copies of what the registry entry already knows.
+pub struct Relay {
+    client: Stream,
+    server: Stream,
+    c2s: Pump,
+    s2c: Pump,
+    registration: Registration,
+    _user_guard: UserGuard,
 }
 
-/// The relay's `proxy` rows in the protocol log: at least every 30 s, and at close.
-pub struct ProxyLog {
-    pub log: ProtocolLog,
-    pub session: String,
-    pub server: std::net::SocketAddr,
-    pub client: std::net::SocketAddr,
-    pub user: String,
-    pub backend: String,
-    /// Sequence number of the next row.
-    pub seq: u64,
-    /// `[protocol_log] proxy_row_interval`.
-    pub every: Duration,
-}
-
-impl ProxyLog {
-    fn row(&mut self, counters: &Counters, context: &str) {
-        if !self.log.enabled() {
-            return;
+impl Relay {
+    pub fn new(session: LoggedIn) -> Relay {
+        let LoggedIn {
+            client,
+            client_pending,
+            backend,
+            registration,
+            user_guard,
+            ..
+        } = session;
+        Relay {
+            client,
+            server: backend.stream,
+            c2s: Pump::new(Boundary::commands()).with_pending(client_pending),
+            // What the backend sent right behind its OK is delivered (and tracked) by the relay.
+            s2c: Pump::new(Boundary::responses()).with_pending(backend.pending),
+            registration,
+            _user_guard: user_guard,
         }
-        let c = counters.from_client.load(Ordering::Relaxed);
-        let b = counters.from_backend.load(Ordering::Relaxed);
-        self.log.log(Row {
-            time: std::time::SystemTime::now(),
-            session: self.session.clone(),
-            seq: self.seq,
-            server: self.server,
-            client: self.client,
-            user: self.user.clone(),
-            duration_ms: 0,
-            rq_size: c,
-            rp_size: b,
-            command: "proxy".into(),
-            parameters: format!("backend={}", self.backend),
-            context: format!("{context};bytes_from_client={c};bytes_from_backend={b}"),
-        });
-        self.seq += 1;
     }
-}
 
-pub async fn run(session: LoggedIn, mut params: RelayParams, metrics: &Metrics) {
-    let LoggedIn {
-        mut client,
-        client_pending,
-        backend,
-        counters,
-        ..
-    } = session;
-    let mut server = backend.stream;
-    let start = Instant::now();
-    let mut c2s = Pump::new(Boundary::commands(), start).with_pending(client_pending);
-    // What the backend sent right behind its OK is delivered (and tracked) by the relay.
-    let mut s2c = Pump::new(Boundary::responses(), start).with_pending(backend.pending);
-    let idle_timeout = params.idle_timeout;
-    let mut check_every =
-        (idle_timeout / 8).clamp(Duration::from_millis(100), Duration::from_secs(30));
-    if params.proxy_log.log.enabled() {
-        check_every = check_every.min(params.proxy_log.every);
-    }
-    let mut reported = Reported::default();
-    let mut last_proxy_row = Instant::now();
-    let ending = loop {
-        let both = poll_fn(|cx| {
-            let up = c2s.poll(cx, &mut client, &mut server, &counters.from_client);
-            let down = s2c.poll(cx, &mut server, &mut client, &counters.from_backend);
-            match (up, down) {
-                (Poll::Ready(Err(e)), _) | (_, Poll::Ready(Err(e))) => Poll::Ready(Err(e)),
-                // The backend ended the session (LOGOUT, BYE, crash) and everything it sent has
-                // been passed on: the session is over, whether or not the client closed its side.
-                (_, Poll::Ready(Ok(()))) => Poll::Ready(Ok(())),
-                // The client closed: its end was passed on; the backend's last words still flow.
-                _ => Poll::Pending,
-            }
-        });
-        tokio::select! {
-            r = both => break match r {
-                Ok(()) => Ending::Closed,
-                Err(e) => Ending::Error(e),
-            },
-            _ = tokio::time::sleep(check_every) => {
-                reported.report(&counters, metrics);
-                if last_proxy_row.elapsed() >= params.proxy_log.every {
-                    params.proxy_log.row(&counters, "relaying");
-                    last_proxy_row = Instant::now();
-                }
-                let last = c2s.last_read.max(s2c.last_read);
-                if last.elapsed() >= idle_timeout {
-                    break Ending::Idle;
-                }
-            }
-            Some(kick) = kicked(&mut params.kick) => break Ending::Kicked(kick),
-            _ = params.phase.wait_for(|p| *p == Phase::Closing) => break Ending::Shutdown,
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Ending> {
+        let entry = self.registration.entry();
+        if let Poll::Ready(kick) = entry.poll_kicked(cx) {
+            return Poll::Ready(Ending::Kicked(kick));
         }
-    };
-    let reason = match &ending {
-        Ending::Closed => "closed".to_string(),
-        Ending::Error(e) => format!("connection error: {e}"),
-        Ending::Idle => "idle timeout".to_string(),
-        Ending::Shutdown => "gate shutting down".to_string(),
-        Ending::Kicked(Kick::Disabled) => "mailbox disabled by reload".to_string(),
-        Ending::Kicked(Kick::Admin) => "closed by the administrator".to_string(),
-    };
-    if let Ending::Kicked(kick) = ending {
-        let bye = match kick {
-            Kick::Disabled => params.disabled_bye.as_str(),
-            Kick::Admin => "* BYE Session closed by the administrator.\r\n",
+        let up = self
+            .c2s
+            .poll(cx, &mut self.client, &mut self.server, &entry.from_client);
+        let down = self
+            .s2c
+            .poll(cx, &mut self.server, &mut self.client, &entry.from_backend);
+        match (up, down) {
+            (Poll::Ready(Err(e)), _) | (_, Poll::Ready(Err(e))) => Poll::Ready(Ending::Error(e)),
+            // The backend ended the session (LOGOUT, BYE, crash) and everything it sent has been
+            // passed on: the session is over, whether or not the client closed its side.
+            (_, Poll::Ready(Ok(()))) => Poll::Ready(Ending::Closed),
+            // The client closed: its end was passed on; the backend's last words still flow.
+            _ => Poll::Pending,
+        }
+    }
+
+    /// Relays until the session ends, then closes both sides and accounts for it.
+    ///
+    /// Not an `async fn`: its arguments would be stored twice in the future. The closing steps
+    /// are boxed, so that their state is only allocated when the session ends.
+    pub fn run(mut self, shared: &Shared) -> impl std::future::Future<Output = ()> + Send + '_ {
+        async move {
+            let ending = poll_fn(|cx| self.poll(cx)).await;
+            Box::pin(self.close(ending, shared)).await;
+        }
+    }
+
+    async fn close(mut self, ending: Ending, shared: &Shared) {
+        let reason = match &ending {
+            Ending::Closed => "closed".to_string(),
+            Ending::Error(e) => format!("connection error: {e}"),
+            Ending::Kicked(Kick::Idle) => "idle timeout".to_string(),
+            Ending::Kicked(Kick::Shutdown) => "gate shutting down".to_string(),
+            Ending::Kicked(Kick::Disabled) => "mailbox disabled by reload".to_string(),
+            Ending::Kicked(Kick::Admin) => "closed by the administrator".to_string(),
         };
-        let said_bye = say_bye(&mut s2c, &c2s, &mut client, bye).await;
-        tracing::info!(said_bye, "closing session: {reason}");
+        let bye = match ending {
+            Ending::Kicked(Kick::Disabled) => Some(format!(
+                "* BYE {}\r\n",
+                shared.state.load().config.imap4.disabled_message
+            )),
+            Ending::Kicked(Kick::Admin) => {
+                Some("* BYE Session closed by the administrator.\r\n".to_string())
+            }
+            _ => None,
+        };
+        if let Some(bye) = bye {
+            let said_bye = say_bye(&mut self.s2c, &self.c2s, &mut self.client, &bye).await;
+            tracing::info!(said_bye, "closing session: {reason}");
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            let _ = self.client.shutdown().await;
+            let _ = self.server.shutdown().await;
+        })
+        .await;
+        let entry = self.registration.entry();
+        let (c, b) = entry.unreported();
+        shared.metrics.relayed(c, b);
+        proxy_row(&shared.protocol_log, entry, &format!("closed: {reason}"));
+        tracing::info!(
+            ending = %reason,
+            bytes_from_client = entry.from_client.load(Ordering::Relaxed),
+            bytes_from_backend = entry.from_backend.load(Ordering::Relaxed),
+            seconds = entry.info.since.elapsed().map(|d| d.as_secs()).unwrap_or(0),
+            "session closed"
+        );
     }
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        let _ = client.shutdown().await;
-        let _ = server.shutdown().await;
-    })
-    .await;
-    reported.report(&counters, metrics);
-    params
-        .proxy_log
-        .row(&counters, &format!("closed: {reason}"));
-    tracing::info!(
-        ending = %reason,
-        bytes_from_client = counters.from_client.load(Ordering::Relaxed),
-        bytes_from_backend = counters.from_backend.load(Ordering::Relaxed),
-        seconds = start.elapsed().as_secs(),
-        "session closed"
-    );
 }
 
 /// Finishes the chunk being written to the client, then writes `bye` if the response stream is
@@ -347,36 +312,4 @@ async fn say_bye(s2c: &mut Pump, c2s: &Pump, client: &mut Stream, bye: &str) -> 
         tokio::time::timeout(Duration::from_secs(1), write).await,
         Ok(Ok(()))
     )
-}
-
-/// What of a session's byte counts the metrics already have.
-#[derive(Default)]
-struct Reported {
-    from_client: u64,
-    from_backend: u64,
-}
-
-impl Reported {
-    /// Adds what moved since the last report to the gate's counters.
-    fn report(&mut self, counters: &Counters, metrics: &Metrics) {
-        let c = counters.from_client.load(Ordering::Relaxed);
-        let b = counters.from_backend.load(Ordering::Relaxed);
-        metrics.relayed(
-            c.saturating_sub(self.from_client),
-            b.saturating_sub(self.from_backend),
-        );
-        (self.from_client, self.from_backend) = (c, b);
-    }
-}
-
-/// The kick for this session, when one comes; never if the registry side is gone.
-async fn kicked(rx: &mut watch::Receiver<Option<Kick>>) -> Option<Kick> {
-    let kick = match rx.wait_for(Option::is_some).await {
-        Ok(kick) => *kick,
-        Err(_) => None,
-    };
-    match kick {
-        Some(k) => Some(k),
-        None => std::future::pending().await,
-    }
 }

@@ -1,0 +1,90 @@
+//! One task watches every relayed session, so that a session holds no timer of its own: it
+//! closes sessions in which no byte moved for `authenticated_connection_timeout`, adds the bytes
+//! relayed since its last pass to the metrics, and writes the protocol log's periodic `proxy`
+//! rows. It reads the configuration in force at each pass, so a reload that changes the idle
+//! timeout applies to open sessions too.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::protocol_log::{ProtocolLog, Row};
+use crate::registry::{Kick, SessionEntry};
+use crate::server::Shared;
+
+/// Runs until the gate's runtime stops (the gate aborts it when it returns).
+pub async fn run(shared: Arc<Shared>) {
+    loop {
+        let (idle, rows) = {
+            let state = shared.state.load();
+            (
+                state.config.imap4.authenticated_connection_timeout,
+                state.config.protocol_log.proxy_row_interval,
+            )
+        };
+        let every = interval(idle, rows, shared.protocol_log.enabled());
+        tokio::time::sleep(every).await;
+        sweep(&shared, idle, rows, every);
+    }
+}
+
+/// How often to pass: an idle session is closed at most an eighth of its timeout late.
+fn interval(idle: Duration, rows: Duration, logging: bool) -> Duration {
+    let every = (idle / 8).clamp(Duration::from_millis(100), Duration::from_secs(30));
+    if logging {
+        every.min(rows.max(Duration::from_millis(100)))
+    } else {
+        every
+    }
+}
+
+/// One pass over the registry, `every` after the last one. Timeouts and rows fall due within
+/// half a pass of their time, rather than a whole pass late.
+pub fn sweep(shared: &Shared, idle: Duration, rows: Duration, every: Duration) {
+    let registry = &shared.registry;
+    let now = registry.now_ms() + every.as_millis() as u64 / 2;
+    let idle_ms = idle.as_millis() as u64;
+    let rows_ms = rows.as_millis() as u64;
+    let logging = shared.protocol_log.enabled();
+    let (mut from_client, mut from_backend) = (0, 0);
+    for entry in registry.snapshot() {
+        let (c, b) = entry.unreported();
+        from_client += c;
+        from_backend += b;
+        let total = entry.total();
+        if entry.seen.swap(total, Ordering::Relaxed) != total {
+            entry.quiet_since_ms.store(now, Ordering::Relaxed);
+        } else if now.saturating_sub(entry.quiet_since_ms.load(Ordering::Relaxed)) >= idle_ms {
+            entry.kick(Kick::Idle);
+        }
+        if logging && now.saturating_sub(entry.last_row_ms.load(Ordering::Relaxed)) >= rows_ms {
+            entry.last_row_ms.store(now, Ordering::Relaxed);
+            proxy_row(&shared.protocol_log, &entry, "relaying");
+        }
+    }
+    shared.metrics.relayed(from_client, from_backend);
+}
+
+/// A `proxy` row for a relayed session: while it relays, and when it closes.
+pub fn proxy_row(log: &ProtocolLog, entry: &SessionEntry, context: &str) {
+    if !log.enabled() {
+        return;
+    }
+    let info = &entry.info;
+    let c = entry.from_client.load(Ordering::Relaxed);
+    let b = entry.from_backend.load(Ordering::Relaxed);
+    log.log(Row {
+        time: std::time::SystemTime::now(),
+        session: format!("{:08x}", info.id),
+        seq: entry.log_seq.fetch_add(1, Ordering::Relaxed),
+        server: info.server,
+        client: info.client,
+        user: info.user.clone(),
+        duration_ms: 0,
+        rq_size: c,
+        rp_size: b,
+        command: "proxy".into(),
+        parameters: format!("backend={}", info.backend),
+        context: format!("{context};bytes_from_client={c};bytes_from_backend={b}"),
+    });
+}
