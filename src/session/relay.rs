@@ -244,6 +244,7 @@ impl Relay {
     ///
     /// Not an `async fn`: its arguments would be stored twice in the future. The closing steps
     /// are boxed, so that their state is only allocated when the session ends.
+    #[allow(clippy::manual_async_fn)] // on purpose: see above
     pub fn run(mut self, shared: &Shared) -> impl std::future::Future<Output = ()> + Send + '_ {
         async move {
             let ending = poll_fn(|cx| self.poll(cx)).await;
