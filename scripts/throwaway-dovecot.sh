@@ -77,7 +77,7 @@ if [ "$hold" = "--hold" ]; then
 else
   dovecot -c "$dir/dovecot.conf"
 fi
-for _ in $(seq 100); do
+for _ in $(seq 400); do  # up to 20 s: a loaded machine starts Dovecot slowly
   (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
   sleep 0.05
 done

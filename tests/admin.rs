@@ -632,3 +632,50 @@ async fn compress_after_a_refused_literal_is_still_seen() {
     );
     gate.stop().await;
 }
+
+#[tokio::test]
+async fn after_large_literals_a_kick_still_finds_the_line_boundary() {
+    // Literals this large go through a pipe (splice) between two plain sockets, unseen by the
+    // gate; its tracker must still know where the response lines end.
+    let fake = FakeBackend::start(Script::default()).await;
+    let gate = GateConfig::new(&fake.address())
+        .mailboxes(MAILBOXES)
+        .start()
+        .await;
+    let mut c = gate.plain().await;
+    c.greeting().await;
+    c.cmd("a", "LOGIN jsmith pass1").await;
+    let pattern = b"abcdefghijklmnopqrstuvwxyz\r\n";
+    for (i, n) in [3_000_000usize, 65_537, 1_048_576].into_iter().enumerate() {
+        c.send(format!("f{i} XBIG {n}\r\n").as_bytes()).await;
+        assert_eq!(c.line().await, format!("* 1 FETCH (BODY[] {{{n}}}"));
+        let body = c.read_exact(n).await;
+        assert!(body.iter().enumerate().all(|(j, b)| *b == pattern[j % 28]));
+        assert_eq!(c.line().await, ")");
+        assert_eq!(c.line().await, format!("f{i} OK FETCH done"));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let sessions = gate.handle.registry().list();
+    assert!(sessions[0].bytes_from_backend > 4_114_113, "{sessions:?}");
+    gate.handle
+        .registry()
+        .kick_where(imapgate::registry::Kick::Disabled, |_| true);
+    assert_eq!(
+        c.line().await,
+        "* BYE IMAP4 access is disabled for this mailbox."
+    );
+
+    // In the middle of such a literal: closed, no BYE inside it.
+    let mut c = gate.plain().await;
+    c.greeting().await;
+    c.cmd("a", "LOGIN jsmith pass1").await;
+    c.send(b"f XHALF 3000000\r\n").await;
+    assert_eq!(c.line().await, "* 1 FETCH (BODY[] {3000000}");
+    assert_eq!(c.read_exact(1_500_000).await.len(), 1_500_000);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    gate.handle
+        .registry()
+        .kick_where(imapgate::registry::Kick::Disabled, |_| true);
+    assert_eq!(c.try_line(Duration::from_secs(2)).await, Ok(None));
+    gate.stop().await;
+}

@@ -49,6 +49,26 @@ impl Boundary {
         self.opaque
     }
 
+    /// True when literal lengths are followed (responses), so literal bytes may be spliced.
+    pub fn tracks_literals(&self) -> bool {
+        !self.watch_compress
+    }
+
+    /// Bytes of the current literal not seen yet (responses only; 0 outside a literal).
+    pub fn literal_left(&self) -> u64 {
+        if self.opaque || self.watch_compress {
+            0
+        } else {
+            self.literal_left
+        }
+    }
+
+    /// Accounts for `n` bytes of the current literal that moved without being seen (spliced).
+    pub fn skip_literal(&mut self, n: u64) {
+        debug_assert!(n <= self.literal_left);
+        self.literal_left -= n.min(self.literal_left);
+    }
+
     pub fn feed(&mut self, mut chunk: &[u8]) {
         if self.watch_compress {
             self.feed_commands(chunk);
@@ -186,6 +206,17 @@ mod tests {
             let expect = i == fetch_end || i + 1 == stream.len();
             assert_eq!(b.at_line_start(), expect, "after byte {i}");
         }
+    }
+
+    #[test]
+    fn spliced_literal_bytes_are_skipped() {
+        let mut b = Boundary::responses();
+        b.feed(b"* 1 FETCH (BODY[] {100000}\r\n0123");
+        assert_eq!(b.literal_left(), 99_996);
+        b.skip_literal(99_990);
+        b.feed(b"456789)\r\n");
+        assert!(b.at_line_start());
+        assert_eq!(Boundary::commands().literal_left(), 0);
     }
 
     #[test]

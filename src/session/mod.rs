@@ -6,6 +6,7 @@ pub mod boundary;
 pub mod input;
 pub mod preauth;
 pub mod relay;
+pub mod splice;
 pub mod sweeper;
 
 use std::net::SocketAddr;

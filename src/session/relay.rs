@@ -27,6 +27,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::boundary::Boundary;
 use super::preauth::LoggedIn;
+use super::splice::{self, Pipe};
 use super::sweeper::proxy_row;
 use crate::limits::UserGuard;
 use crate::registry::{Kick, Registration};
@@ -68,8 +69,25 @@ struct Pump {
     eof: bool,
     done: bool,
     unflushed: bool,
+    /// Bytes of a large literal in flight through a borrowed pipe (plain TCP both sides).
+    pipe: Option<Pipe>,
+    piped: usize,
+    /// Splicing is tried (turned off for good when the kernel refuses it).
+    splice: bool,
+    /// The next read may start a large literal: read little, so that the literal's bytes go
+    /// through the pipe rather than the buffer.
+    probe: bool,
     boundary: Boundary,
 }
+
+/// Literals at least this long go through a pipe rather than a buffer, when both sides are
+/// plain TCP.
+const SPLICE_FROM: u64 = 64 * 1024;
+/// Size of a read that may reach into a large literal: the literal's header line and a little
+/// of its data come through the buffer, the rest through the pipe. (Measured against the fake
+/// backend, 1 MB messages: splicing removes the gate's user-space copies, about 30% of its CPU
+/// time.)
+const PROBE: usize = 16 * 1024;
 
 impl Pump {
     fn new(boundary: Boundary) -> Pump {
@@ -80,6 +98,10 @@ impl Pump {
             eof: false,
             done: false,
             unflushed: false,
+            pipe: None,
+            piped: 0,
+            splice: boundary.tracks_literals(),
+            probe: true,
             boundary,
         }
     }
@@ -116,8 +138,26 @@ impl Pump {
             if src.poll_read_ready(cx)?.is_pending() {
                 return self.poll_flush_idle(cx, dst);
             }
+            if self.splice && self.boundary.literal_left() >= SPLICE_FROM {
+                if let (Stream::Plain(from), Stream::Plain(_)) = (&*src, &*dst) {
+                    match self.splice_in(from, counter) {
+                        Ok(()) => continue,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        Err(e) if e.kind() == io::ErrorKind::InvalidInput => self.splice = false,
+                        Err(e) => return Poll::Ready(Err(e)),
+                    }
+                }
+            }
             let mut buf = take_buffer();
-            let mut rb = ReadBuf::new(&mut buf);
+            let size = if self.probe
+                && self.splice
+                && matches!((&*src, &*dst), (Stream::Plain(_), Stream::Plain(_)))
+            {
+                PROBE
+            } else {
+                BUFFER
+            };
+            let mut rb = ReadBuf::new(&mut buf[..size]);
             match Pin::new(&mut *src).poll_read(cx, &mut rb) {
                 Poll::Pending => {
                     give_buffer(buf);
@@ -137,6 +177,7 @@ impl Pump {
                         give_buffer(buf);
                         self.eof = true;
                     } else {
+                        self.probe = n < size;
                         self.boundary.feed(&buf[..n]);
                         counter.fetch_add(n as u64, Ordering::Relaxed);
                         self.pos = 0;
@@ -148,7 +189,57 @@ impl Pump {
         }
     }
 
+    /// Moves the next part of the current literal from `src` into a pipe.
+    fn splice_in(&mut self, src: &tokio::net::TcpStream, counter: &AtomicU64) -> io::Result<()> {
+        let pipe = match self.pipe.take() {
+            Some(p) => p,
+            None => splice::take_pipe()?,
+        };
+        let want = self.boundary.literal_left().min(pipe.capacity as u64) as usize;
+        let moved = splice::fill(src, &pipe, want);
+        match moved {
+            Ok(0) => {
+                splice::give_pipe(pipe);
+                self.eof = true;
+            }
+            Ok(n) => {
+                self.boundary.skip_literal(n as u64);
+                counter.fetch_add(n as u64, Ordering::Relaxed);
+                self.piped = n;
+                self.pipe = Some(pipe);
+                self.probe = true;
+            }
+            Err(_) => splice::give_pipe(pipe),
+        }
+        moved.map(|_| ())
+    }
+
+    /// Writes what is pending: bytes in the buffer, then bytes in the pipe.
     fn poll_write_pending(
+        &mut self,
+        cx: &mut Context<'_>,
+        dst: &mut Stream,
+    ) -> Poll<io::Result<()>> {
+        ready!(self.poll_write_buffered(cx, dst))?;
+        while self.piped > 0 {
+            let (Some(pipe), Stream::Plain(to)) = (&self.pipe, &*dst) else {
+                return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+            };
+            ready!(to.poll_write_ready(cx))?;
+            match splice::drain(pipe, to, self.piped) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(n) => self.piped -= n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        if let Some(pipe) = self.pipe.take() {
+            splice::give_pipe(pipe);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_write_buffered(
         &mut self,
         cx: &mut Context<'_>,
         dst: &mut Stream,
