@@ -3,7 +3,9 @@
 # run on this machine, and prints ratios to direct. A benchmark, not a test: nothing here runs in
 # `cargo test`. Needs root on a fresh machine (installs Dovecot and nginx through bench/peers.sh).
 #   bench/compare.sh [SECONDS_PER_RUN] [IDLE_SESSIONS...]     (defaults: 5, 3000 9000)
-# ONLY=throughput or ONLY=idle runs one half.
+# ONLY=throughput, ONLY=idle or ONLY=reload runs one part. The reload part holds the largest idle
+# count in IDLE, runs a login storm and sends SIGHUP five times meanwhile (flipping a mailbox that
+# no session uses); every held session and every login must survive.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-5}; shift || true
@@ -57,19 +59,20 @@ run() { # label args...
 }
 ca=(--ca certs/ca.pem)
 only=${ONLY:-all}
-[ "$only" = idle ] || for t in "direct 10143" "nginx 11143" "dovecot-proxy 12143" "imapgate 31143"; do
+run_part() { [ "$only" = all ] || [ "$only" = "$1" ]; }
+run_part throughput && for t in "direct 10143" "nginx 11143" "dovecot-proxy 12143" "imapgate 31143"; do
   set -- $t
   run "dovecot/$1" --addr "127.0.0.1:$2" --mode fetch --first-user 1
   run "dovecot/$1" --addr "127.0.0.1:$2" --mode noop --sessions 16 --users 16
   run "dovecot/$1" --addr "127.0.0.1:$2" --mode login --sessions 16 --users 2000 --first-user 2
 done
-[ "$only" = idle ] || for t in "direct 20143 plain" "nginx 11144 plain" "imapgate 32143 plain" "imapgate-tls 32993 tls"; do
+run_part throughput && for t in "direct 20143 plain" "nginx 11144 plain" "imapgate 32143 plain" "imapgate-tls 32993 tls"; do
   set -- $t
   run "fake/$1" --addr "127.0.0.1:$2" --mode fetch --security "$3" "${ca[@]}"
   run "fake/$1" --addr "127.0.0.1:$2" --mode noop --sessions 16 --security "$3" "${ca[@]}"
   run "fake/$1" --addr "127.0.0.1:$2" --mode login --sessions 16 --users 2000 --security "$3" "${ca[@]}"
 done
-[ "$only" = throughput ] || for n in "${idle_counts[@]}"; do
+run_part idle && for n in "${idle_counts[@]}"; do
   for sec in plain tls; do
     gate_config gate-idle 23143 23993 20143
     pid=$(start_gate gate-idle)
@@ -78,6 +81,32 @@ done
     kill "$pid"; wait "$pid" 2>/dev/null || true
   done
 done
+if run_part reload; then
+  hold=${idle_counts[-1]}
+  gate_config gate-reload 24143 24993 20143
+  printf '[[mailbox]]\nname = "Spare"\nalias = "spare"\nimap_enabled = true\n' > "$work/reload-mailboxes.toml"
+  sed -i "s#^mailboxes = .*#mailboxes = \"$work/reload-mailboxes.toml\"#" "$work/gate-reload.toml"
+  RUST_LOG=warn,imapgate::server=info $gate --config "$work/gate-reload.toml" >/dev/null 2>"$work/gate-reload.log" &
+  pid=$!; pids+=("$pid"); sleep 0.5
+  $load --label fake/imapgate-reload-hold --addr 127.0.0.1:24143 --mode idle --sessions "$hold" --seconds 15 \
+    --pids "$pid" >> "$out" 2>>"$work/loadgen.err" &
+  hold_pid=$!
+  for _ in $(seq 600); do # until every session is up (at most a minute)
+    [ "$(ss -Htn state established "( sport = :24143 )" | wc -l)" -ge "$hold" ] && break; sleep 0.1
+  done
+  $load --label fake/imapgate-reload-storm --addr 127.0.0.1:24143 --mode login --sessions 16 --users 2000 \
+    --seconds 6 >> "$out" 2>>"$work/loadgen.err" &
+  storm_pid=$!
+  for i in 1 2 3 4 5; do
+    sleep 1
+    flag=$([ $((i % 2)) = 1 ] && echo false || echo true)
+    sed -i "s/^imap_enabled = .*/imap_enabled = $flag/" "$work/reload-mailboxes.toml"
+    kill -HUP "$pid"
+  done
+  wait "$storm_pid" || true; wait "$hold_pid" || true
+  echo "fake/imapgate-reload mode=reload sighups=5 reloads=$(grep -c 'reload complete' "$work/gate-reload.log")" >> "$out"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+fi
 python3 - "$out" <<'PY'
 import re, sys
 rows = [dict(re.findall(r"(\w+)=(\S+)", l), label=l.split()[0]) for l in open(sys.argv[1]) if l.strip()]
@@ -85,12 +114,19 @@ def num(v): return float(re.sub(r"[^0-9.]", "", v))
 print(f"\n{'load':<7} {'target':<28} {'figure':>16} {'ratio to direct':>16} {'p50/p99':>16}")
 for mode in ("fetch", "noop", "login"):
     for backend in ("dovecot", "fake"):
-        group = [r for r in rows if r["mode"] == mode and r["label"].startswith(backend + "/")]
+        group = [r for r in rows if r["mode"] == mode and r["label"].startswith(backend + "/")
+                 and "reload" not in r["label"]]
         direct = next((r for r in group if r["label"].endswith("/direct")), None)
         for r in group:
             ratio = num(r["rate"]) / num(direct["rate"]) if direct and num(direct["rate"]) else float("nan")
             lat = f"{r.get('p50','')}/{r.get('p99','')}" if mode == "noop" else ""
             print(f"{mode:<7} {r['label']:<28} {r['rate']:>16} {ratio:>16.2f} {lat:>16}")
+for r in rows:
+    if r["mode"] == "reload":
+        print(f"reload  {r['label']:<28} SIGHUPs sent {r['sighups']}, reloads done {r['reloads']}")
+        for x in rows:
+            if "reload-storm" in x["label"]:
+                print(f"reload  {x['label']:<28} {x['cycles']} logins during the reloads, errors={x['errors']}")
 for r in rows:
     if r["mode"] == "idle":
         print(f"idle    {r['label']:<28} {r['sessions']:>7} sessions  {r['per_session']:>8}/session  alive={r['still_alive']} errors={r['errors']}")
