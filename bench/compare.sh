@@ -3,7 +3,7 @@
 # run on this machine, and prints ratios to direct. A benchmark, not a test: nothing here runs in
 # `cargo test`. Needs root on a fresh machine (installs Dovecot and nginx through bench/peers.sh).
 #   bench/compare.sh [SECONDS_PER_RUN] [IDLE_SESSIONS...]     (defaults: 5, 3000 9000)
-# ONLY=throughput, ONLY=idle or ONLY=reload runs one part. The reload part holds the largest idle
+# ONLY=throughput, ONLY=sizes, ONLY=idle or ONLY=reload runs one part. The reload part holds the largest idle
 # count in IDLE, runs a login storm and sends SIGHUP five times meanwhile (flipping a mailbox that
 # no session uses); every held session and every login must survive.
 set -euo pipefail
@@ -60,17 +60,36 @@ run() { # label args...
 ca=(--ca certs/ca.pem)
 only=${ONLY:-all}
 run_part() { [ "$only" = all ] || [ "$only" = "$1" ]; }
-run_part throughput && for t in "direct 10143" "nginx 11143" "dovecot-proxy 12143" "imapgate 31143"; do
-  set -- $t
-  run "dovecot/$1" --addr "127.0.0.1:$2" --mode fetch --first-user 1
-  run "dovecot/$1" --addr "127.0.0.1:$2" --mode noop --sessions 16 --users 16
-  run "dovecot/$1" --addr "127.0.0.1:$2" --mode login --sessions 16 --users 2000 --first-user 2
+# Each load runs against every target in turn, ROUNDS times over (default 3); the table shows the
+# median of the rounds, which keeps one unlucky second on this shared machine out of the ratios.
+rounds=${ROUNDS:-3}
+run_part throughput && for round in $(seq "$rounds"); do
+  for load in "fetch --first-user 1" "noop --sessions 16 --users 16" "noop --sessions 1" \
+      "login --sessions 16 --users 2000 --first-user 2"; do
+    for t in "direct 10143" "nginx 11143" "dovecot-proxy 12143" "imapgate 31143"; do
+      set -- $t
+      run "dovecot/$1" --addr "127.0.0.1:$2" --mode $load
+    done
+  done
+  for load in "fetch" "noop --sessions 16" "noop --sessions 1" "login --sessions 16 --users 2000"; do
+    for t in "direct 20143 plain" "nginx 11144 plain" "imapgate 32143 plain" "imapgate-tls 32993 tls"; do
+      set -- $t
+      run "fake/$1" --addr "127.0.0.1:$2" --mode $load --security "$3" "${ca[@]}"
+    done
+  done
 done
-run_part throughput && for t in "direct 20143 plain" "nginx 11144 plain" "imapgate 32143 plain" "imapgate-tls 32993 tls"; do
-  set -- $t
-  run "fake/$1" --addr "127.0.0.1:$2" --mode fetch --security "$3" "${ca[@]}"
-  run "fake/$1" --addr "127.0.0.1:$2" --mode noop --sessions 16 --security "$3" "${ca[@]}"
-  run "fake/$1" --addr "127.0.0.1:$2" --mode login --sessions 16 --users 2000 --security "$3" "${ca[@]}"
+# Message size: the same 1 MB per FETCH as 256 x 4 KB, 16 x 64 KB and 1 x 1 MB messages, direct and
+# through a gate (plain and TLS to the client).
+run_part sizes && for size in 4096 65536 1048576; do
+  port=$((25000 + size % 1000)); count=$((1048576 / size)); label="size-$((size / 1024))KB"
+  $fake --listen "127.0.0.1:$port" --messages "$count" --size "$size" >/dev/null 2>&1 &
+  fpid=$!; pids+=("$fpid")
+  gate_config gate-size 25143 25993 "$port"
+  pid=$(start_gate gate-size)
+  run "$label/direct" --addr "127.0.0.1:$port" --mode fetch
+  run "$label/imapgate" --addr 127.0.0.1:25143 --mode fetch
+  run "$label/imapgate-tls" --addr 127.0.0.1:25993 --mode fetch --security tls "${ca[@]}"
+  kill "$pid" "$fpid"; wait "$pid" "$fpid" 2>/dev/null || true
 done
 run_part idle && for n in "${idle_counts[@]}"; do
   for sec in plain tls; do
@@ -111,16 +130,28 @@ python3 - "$out" <<'PY'
 import re, sys
 rows = [dict(re.findall(r"(\w+)=(\S+)", l), label=l.split()[0]) for l in open(sys.argv[1]) if l.strip()]
 def num(v): return float(re.sub(r"[^0-9.]", "", v))
-print(f"\n{'load':<7} {'target':<28} {'figure':>16} {'ratio to direct':>16} {'p50/p99':>16}")
-for mode in ("fetch", "noop", "login"):
-    for backend in ("dovecot", "fake"):
-        group = [r for r in rows if r["mode"] == mode and r["label"].startswith(backend + "/")
-                 and "reload" not in r["label"]]
-        direct = next((r for r in group if r["label"].endswith("/direct")), None)
-        for r in group:
+for r in rows:  # one NOOP session measures added latency, sixteen measure throughput
+    if r["mode"] == "noop" and r.get("sessions") == "1":
+        r["mode"] = "noop1"
+def median(group):  # the round with the median rate
+    group = sorted(group, key=lambda r: num(r["rate"]))
+    return group[(len(group) - 1) // 2]
+print(f"\n{'load':<7} {'target':<28} {'figure':>16} {'ratio to direct':>16} {'p50/p99 (added) us':>28} {'rounds':>7}")
+backends = list(dict.fromkeys(r["label"].split("/")[0] for r in rows))
+for mode in ("fetch", "noop", "noop1", "login"):
+    for backend in backends:
+        labels = list(dict.fromkeys(r["label"] for r in rows if r["mode"] == mode
+                      and r["label"].startswith(backend + "/") and "reload" not in r["label"]))
+        runs = {l: [r for r in rows if r["mode"] == mode and r["label"] == l] for l in labels}
+        med = {l: median(g) for l, g in runs.items()}
+        direct = next((med[l] for l in labels if l.endswith("/direct")), None)
+        for l in labels:
+            r = med[l]
             ratio = num(r["rate"]) / num(direct["rate"]) if direct and num(direct["rate"]) else float("nan")
-            lat = f"{r.get('p50','')}/{r.get('p99','')}" if mode == "noop" else ""
-            print(f"{mode:<7} {r['label']:<28} {r['rate']:>16} {ratio:>16.2f} {lat:>16}")
+            lat = f"{r.get('p50','')}/{r.get('p99','')}" if mode.startswith("noop") else ""
+            if mode == "noop1" and direct and r is not direct:
+                lat += f" (+{num(r['p50']) - num(direct['p50']):.0f}/+{num(r['p99']) - num(direct['p99']):.0f})"
+            print(f"{mode:<7} {l:<28} {r['rate']:>16} {ratio:>16.2f} {lat:>28} {len(runs[l]):>7}")
 for r in rows:
     if r["mode"] == "reload":
         print(f"reload  {r['label']:<28} SIGHUPs sent {r['sighups']}, reloads done {r['reloads']}")

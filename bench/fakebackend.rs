@@ -75,7 +75,11 @@ async fn serve(tcp: TcpStream, fetch: Arc<Vec<u8>>, messages: usize) -> std::io:
         }
         let mut words = line.split_whitespace();
         let tag = words.next().unwrap_or("*").to_string();
-        let cmd = words.next().unwrap_or("").to_ascii_uppercase();
+        let mut cmd = words.next().unwrap_or("").to_ascii_uppercase();
+        if cmd == "UID" {
+            // `UID FETCH` (curl's way to fetch a message) is served like FETCH.
+            cmd = words.next().unwrap_or("").to_ascii_uppercase();
+        }
         let w = io.get_mut();
         match cmd.as_str() {
             "LOGIN" | "AUTHENTICATE" => {
