@@ -64,17 +64,17 @@ run_part() { [ "$only" = all ] || [ "$only" = "$1" ]; }
 # median of the rounds, which keeps one unlucky second on this shared machine out of the ratios.
 rounds=${ROUNDS:-3}
 run_part throughput && for round in $(seq "$rounds"); do
-  for load in "fetch --first-user 1" "noop --sessions 16 --users 16" "noop --sessions 1" \
+  for kind in "fetch --first-user 1" "noop --sessions 16 --users 16" "noop --sessions 1" \
       "login --sessions 16 --users 2000 --first-user 2"; do
     for t in "direct 10143" "nginx 11143" "dovecot-proxy 12143" "imapgate 31143"; do
       set -- $t
-      run "dovecot/$1" --addr "127.0.0.1:$2" --mode $load
+      run "dovecot/$1" --addr "127.0.0.1:$2" --mode $kind
     done
   done
-  for load in "fetch" "noop --sessions 16" "noop --sessions 1" "login --sessions 16 --users 2000"; do
+  for kind in "fetch" "noop --sessions 16" "noop --sessions 1" "login --sessions 16 --users 2000"; do
     for t in "direct 20143 plain" "nginx 11144 plain" "imapgate 32143 plain" "imapgate-tls 32993 tls"; do
       set -- $t
-      run "fake/$1" --addr "127.0.0.1:$2" --mode $load --security "$3" "${ca[@]}"
+      run "fake/$1" --addr "127.0.0.1:$2" --mode $kind --security "$3" "${ca[@]}"
     done
   done
 done
