@@ -72,6 +72,8 @@ struct Pump {
     /// Bytes of a large literal in flight through a borrowed pipe (plain TCP both sides).
     pipe: Option<Pipe>,
     piped: usize,
+    /// Client to backend (commands), or backend to client (responses).
+    to_backend: bool,
     /// Splicing is tried (turned off for good when the kernel refuses it).
     splice: bool,
     /// The next read may start a large literal: read little, so that the literal's bytes go
@@ -90,7 +92,17 @@ const SPLICE_FROM: u64 = 64 * 1024;
 const PROBE: usize = 16 * 1024;
 
 impl Pump {
-    fn new(boundary: Boundary) -> Pump {
+    /// The client-to-backend direction.
+    fn commands() -> Pump {
+        Pump::new(Boundary::commands(), true)
+    }
+
+    /// The backend-to-client direction.
+    fn responses() -> Pump {
+        Pump::new(Boundary::responses(), false)
+    }
+
+    fn new(boundary: Boundary, to_backend: bool) -> Pump {
         Pump {
             buf: None,
             pos: 0,
@@ -100,6 +112,7 @@ impl Pump {
             unflushed: false,
             pipe: None,
             piped: 0,
+            to_backend,
             splice: boundary.tracks_literals(),
             probe: true,
             boundary,
@@ -131,7 +144,11 @@ impl Pump {
                 return Poll::Ready(Ok(()));
             }
             if self.eof {
-                ready!(Pin::new(&mut *dst).poll_shutdown(cx))?;
+                // The client's half-close is passed on (the backend's last responses still
+                // flow); the backend's end ends the session, and closing the sockets says it.
+                if self.to_backend {
+                    ready!(Pin::new(&mut *dst).poll_shutdown(cx))?;
+                }
                 self.done = true;
                 return Poll::Ready(Ok(()));
             }
@@ -302,9 +319,9 @@ impl Relay {
         Relay {
             client,
             server: backend.stream,
-            c2s: Pump::new(Boundary::commands()).with_pending(client_pending),
+            c2s: Pump::commands().with_pending(client_pending),
             // What the backend sent right behind its OK is delivered (and tracked) by the relay.
-            s2c: Pump::new(Boundary::responses()).with_pending(backend.pending),
+            s2c: Pump::responses().with_pending(backend.pending),
             registration,
             _user_guard: user_guard,
         }
@@ -366,11 +383,20 @@ impl Relay {
             let said_bye = say_bye(&mut self.s2c, &self.c2s, &mut self.client, &bye).await;
             tracing::info!(said_bye, "closing session: {reason}");
         }
-        let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            let _ = self.client.shutdown().await;
-            let _ = self.server.shutdown().await;
-        })
-        .await;
+        // TLS ends with a close_notify; a plain socket's FIN comes with the close itself (an
+        // explicit shutdown would only cost system calls on every session's end).
+        if self.client.is_tls() || self.server.is_tls() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                if self.client.is_tls() {
+                    let _ = self.client.shutdown().await;
+                }
+                if self.server.is_tls() {
+                    let _ = self.server.shutdown().await;
+                }
+            })
+            .await;
+        }
+        drop((self.client, self.server));
         let entry = self.registration.entry();
         let (c, b) = entry.unreported();
         shared.metrics.relayed(c, b);
