@@ -60,9 +60,9 @@ run() { # label args...
 ca=(--ca certs/ca.pem)
 only=${ONLY:-all}
 run_part() { [ "$only" = all ] || [ "$only" = "$1" ]; }
-# Each load runs against every target in turn, ROUNDS times over (default 3); the table shows the
+# Each load runs against every target in turn, ROUNDS times over (default 5); the table shows the
 # median of the rounds, which keeps one unlucky second on this shared machine out of the ratios.
-rounds=${ROUNDS:-3}
+rounds=${ROUNDS:-5}
 run_part throughput && for round in $(seq "$rounds"); do
   for kind in "fetch --first-user 1" "noop --sessions 16 --users 16" "noop --sessions 1" \
       "login --sessions 16 --users 2000 --first-user 2"; do
