@@ -206,11 +206,19 @@ impl Pump {
         }
     }
 
-    /// Moves the next part of the current literal from `src` into a pipe.
+    /// Moves the next part of the current literal from `src` into a pipe. Without a pipe (out of
+    /// file descriptors), this direction goes on through the buffer.
     fn splice_in(&mut self, src: &tokio::net::TcpStream, counter: &AtomicU64) -> io::Result<()> {
         let pipe = match self.pipe.take() {
             Some(p) => p,
-            None => splice::take_pipe()?,
+            None => match splice::take_pipe() {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::debug!(error = %e, "no pipe; relaying through the buffer");
+                    self.splice = false;
+                    return Ok(());
+                }
+            },
         };
         let want = self.boundary.literal_left().min(pipe.capacity as u64) as usize;
         let moved = splice::fill(src, &pipe, want);
