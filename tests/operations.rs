@@ -483,3 +483,35 @@ async fn relayed_sessions_write_proxy_rows_while_they_last() {
     );
     gate.stop().await;
 }
+
+#[tokio::test]
+async fn bytes_of_open_sessions_reach_the_metrics_while_they_relay() {
+    // The sweeper reports what open sessions moved; it passes every eighth of the idle timeout.
+    let fake = FakeBackend::start(Script::default()).await;
+    let mut config =
+        GateConfig::new(&fake.address()).imap4("authenticated_connection_timeout = \"2s\"");
+    config.extra = "[metrics]\nlisten = \"127.0.0.1:0\"\n".into();
+    let gate = config.start().await;
+    let addr = gate.metrics.expect("metrics endpoint");
+    let mut c = gate.plain().await;
+    c.greeting().await;
+    assert!(last(&c.cmd("a", "LOGIN user1 pass1").await).starts_with("a OK"));
+    assert_eq!(c.cmd("n", "NOOP").await, vec!["n OK NOOP done"]);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let m = scrape(addr).await;
+    let up = "imapgate_relayed_bytes_total{direction=\"client_to_backend\"}";
+    let down = "imapgate_relayed_bytes_total{direction=\"backend_to_client\"}";
+    assert_eq!(value(&m, up), 8.0, "\"n NOOP\\r\\n\"");
+    assert_eq!(value(&m, down), 16.0, "\"n OK NOOP done\\r\\n\"");
+    assert_eq!(
+        value(&m, "imapgate_sessions{phase=\"relay\",listener=\"imap\"}"),
+        1.0
+    );
+    // Closing adds nothing twice.
+    assert_eq!(c.cmd("z", "LOGOUT").await.len(), 2);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let m = scrape(addr).await;
+    assert_eq!(value(&m, up), 8.0 + 10.0, "and \"z LOGOUT\\r\\n\"");
+    assert_eq!(value(&m, down), 16.0 + 11.0 + 18.0, "and the BYE and OK lines");
+    gate.stop().await;
+}
