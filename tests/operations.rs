@@ -512,6 +512,10 @@ async fn bytes_of_open_sessions_reach_the_metrics_while_they_relay() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let m = scrape(addr).await;
     assert_eq!(value(&m, up), 8.0 + 10.0, "and \"z LOGOUT\\r\\n\"");
-    assert_eq!(value(&m, down), 16.0 + 11.0 + 18.0, "and the BYE and OK lines");
+    assert_eq!(
+        value(&m, down),
+        16.0 + 11.0 + 18.0,
+        "and the BYE and OK lines"
+    );
     gate.stop().await;
 }
