@@ -11,10 +11,13 @@
 //! - [`listener`]: accept loops.
 //! - [`limits`]: connection limits and the failed-login penalty, as RAII guards.
 //! - [`session`]: one connection: [`session::preauth`] (the front end before login) and
-//!   [`session::relay`] (bytes both ways after login).
+//!   [`session::relay`] (bytes both ways after login, large literals spliced by
+//!   [`session::splice`]); [`session::sweeper`] watches all relayed sessions (idle timeout,
+//!   byte metrics, protocol log rows).
 //! - [`backend`]: the backend side: connect, TLS, log in on the user's behalf.
 //! - [`directory`]: the mailbox directory, identity resolution and the policy cache.
-//! - [`registry`]: open sessions, for reload, `imapgate sessions` and `imapgate kick`.
+//! - [`registry`]: open sessions and their shared entries (byte counts, kicks), for reload,
+//!   the sweeper, `imapgate sessions` and `imapgate kick`.
 //! - [`metrics`]: Prometheus endpoint; [`protocol_log`]: Exchange-style CSV protocol log.
 //! - [`admin`]: control socket, safe edits of the mailboxes file, the operator's commands.
 //! - [`state`]: the reloadable snapshot (config, directory, certificate, backends).
