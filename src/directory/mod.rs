@@ -1,6 +1,6 @@
 //! The mailbox directory: who may use IMAP4 and which backend holds each mailbox.
 //!
-//! A [`Directory`] is an immutable snapshot read from the mailboxes file ([`file`]); a reload builds a
+//! A [`Directory`] is an immutable snapshot read from the mailboxes file ([`file`](mod@file)); a reload builds a
 //! new one aside and swaps it in whole. [`PolicyCache`] puts a moka cache in front of identity
 //! resolution, as Exchange caches per-mailbox settings; a cache belongs to one snapshot, so a reload
 //! that installs a new snapshot starts from an empty cache and no lookup in flight can put an old
