@@ -465,9 +465,7 @@ async fn a_kick_mid_literal_or_after_compress_closes_without_a_bye_line() {
         .start()
         .await;
     // Mid-literal: the response stream is inside a FETCH literal.
-    let mut c = gate.plain().await;
-    c.greeting().await;
-    c.cmd("a", "LOGIN jsmith pass1").await;
+    let mut c = gate.logged_in("jsmith", "pass1").await;
     c.send(b"f XHALF 1000\r\n").await;
     assert_eq!(c.line().await, "* 1 FETCH (BODY[] {1000}");
     let half = c.read_exact(500).await;
@@ -484,9 +482,7 @@ async fn a_kick_mid_literal_or_after_compress_closes_without_a_bye_line() {
         "closed, with no BYE inside the literal"
     );
     // After COMPRESS the stream is deflate: no plaintext line may be injected.
-    let mut c = gate.plain().await;
-    c.greeting().await;
-    c.cmd("a", "LOGIN jsmith pass1").await;
+    let mut c = gate.logged_in("jsmith", "pass1").await;
     assert_eq!(
         c.cmd("z", "COMPRESS DEFLATE").await,
         vec!["z OK COMPRESS done"]
@@ -537,10 +533,7 @@ async fn reload_moves_mailboxes_between_backends_and_removed_ones_get_defaults()
         .mailboxes(&base)
         .start()
         .await;
-    let ok = |r: Vec<String>| last(&r).starts_with("a OK");
-    let mut c = gate.plain().await;
-    c.greeting().await;
-    assert!(ok(c.cmd("a", "LOGIN jsmith pass1").await));
+    let _first = gate.logged_in("jsmith", "pass1").await;
     assert_eq!(one.named("AUTHENTICATE").len(), 1);
     // Move John Smith to backend "two".
     gate.write_mailboxes(&base.replace(
@@ -548,9 +541,7 @@ async fn reload_moves_mailboxes_between_backends_and_removed_ones_get_defaults()
         "login = \"user1\"\nbackend = \"two\"\n",
     ));
     gate.handle.reload().expect("reload");
-    let mut c = gate.plain().await;
-    c.greeting().await;
-    assert!(ok(c.cmd("a", "LOGIN jsmith pass1").await));
+    let _second = gate.logged_in("jsmith", "pass1").await;
     assert_eq!(
         two.named("AUTHENTICATE").len(),
         1,
@@ -611,9 +602,7 @@ async fn compress_after_a_refused_literal_is_still_seen() {
         .mailboxes(MAILBOXES)
         .start()
         .await;
-    let mut c = gate.plain().await;
-    c.greeting().await;
-    c.cmd("a", "LOGIN jsmith pass1").await;
+    let mut c = gate.logged_in("jsmith", "pass1").await;
     // The backend refuses the literal: no data follows the announcement.
     let r = c.cmd("b", "APPEND INBOX {100000}").await;
     assert_eq!(r, vec!["b NO [TOOBIG] literal too big"]);
@@ -642,9 +631,7 @@ async fn after_large_literals_a_kick_still_finds_the_line_boundary() {
         .mailboxes(MAILBOXES)
         .start()
         .await;
-    let mut c = gate.plain().await;
-    c.greeting().await;
-    c.cmd("a", "LOGIN jsmith pass1").await;
+    let mut c = gate.logged_in("jsmith", "pass1").await;
     let pattern = b"abcdefghijklmnopqrstuvwxyz\r\n";
     for (i, n) in [3_000_000usize, 65_537, 1_048_576].into_iter().enumerate() {
         c.send(format!("f{i} XBIG {n}\r\n").as_bytes()).await;
@@ -666,9 +653,7 @@ async fn after_large_literals_a_kick_still_finds_the_line_boundary() {
     );
 
     // In the middle of such a literal: closed, no BYE inside it.
-    let mut c = gate.plain().await;
-    c.greeting().await;
-    c.cmd("a", "LOGIN jsmith pass1").await;
+    let mut c = gate.logged_in("jsmith", "pass1").await;
     c.send(b"f XHALF 3000000\r\n").await;
     assert_eq!(c.line().await, "* 1 FETCH (BODY[] {3000000}");
     assert_eq!(c.read_exact(1_500_000).await.len(), 1_500_000);

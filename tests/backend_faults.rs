@@ -78,9 +78,7 @@ async fn unreachable_or_broken_backends_get_unavailable_promptly() {
 async fn backend_dying_mid_fetch_gives_the_client_what_arrived_then_closes() {
     let fake = FakeBackend::start(Script::default()).await;
     let gate = GateConfig::new(&fake.address()).start().await;
-    let mut c = gate.plain().await;
-    c.greeting().await;
-    c.cmd("a", "LOGIN user1 pass1").await;
+    let mut c = gate.logged_in("user1", "pass1").await;
     c.send(b"f XDIE 100000\r\n").await;
     assert_eq!(c.line().await, "* 1 FETCH (BODY[] {100000}");
     // Exactly the half that was sent, byte for byte, then end of stream (not a timeout).

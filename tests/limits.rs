@@ -118,9 +118,7 @@ async fn one_mailbox_is_limited_across_names_and_addresses() {
     first.cmd("z", "LOGOUT").await;
     assert!(first.closed_within(Duration::from_secs(2)).await);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut c = gate.plain().await;
-    c.greeting().await;
-    assert!(last(&c.cmd("a", "LOGIN jsmith pass1").await).starts_with("a OK"));
+    let c = gate.logged_in("jsmith", "pass1").await;
     drop((sessions, third, c));
     wait_for_zero(&gate).await;
     gate.stop().await;
@@ -178,9 +176,7 @@ async fn thousands_of_connections_ending_every_way_leave_every_counter_at_zero()
     }
     wait_for_zero(&gate).await;
     // And the gate still serves.
-    let mut c = gate.plain().await;
-    c.greeting().await;
-    assert!(last(&c.cmd("a", "LOGIN user1 pass1").await).starts_with("a OK"));
+    let c = gate.logged_in("user1", "pass1").await;
     drop(c);
     wait_for_zero(&gate).await;
     gate.stop().await;

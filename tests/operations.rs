@@ -171,6 +171,7 @@ async fn metrics_are_scraped() {
     other.greeting().await;
     other.cmd("a", "LOGIN user1 wrong").await;
     other.cmd("b", "LOGIN jane@example.com pass2").await;
+    // Plain text on the plain port is refused (secure-login).
     let mut plain = gate.plain().await;
     plain.greeting().await;
     plain.cmd("a", "LOGIN user1 pass1").await;
@@ -457,9 +458,7 @@ async fn relayed_sessions_write_proxy_rows_while_they_last() {
         "[protocol_log]\nenabled = true\ndirectory = \"plog\"\nproxy_row_interval = \"1s\"\n"
             .into();
     let gate = config.start().await;
-    let mut c = gate.plain().await;
-    c.greeting().await;
-    assert!(last(&c.cmd("a", "LOGIN user1 pass1").await).starts_with("a OK"));
+    let mut c = gate.logged_in("user1", "pass1").await;
     c.cmd("n", "NOOP").await;
     tokio::time::sleep(Duration::from_millis(3500)).await;
     let dir = gate.dir.path().join("plog");
@@ -493,9 +492,7 @@ async fn bytes_of_open_sessions_reach_the_metrics_while_they_relay() {
     config.extra = "[metrics]\nlisten = \"127.0.0.1:0\"\n".into();
     let gate = config.start().await;
     let addr = gate.metrics.expect("metrics endpoint");
-    let mut c = gate.plain().await;
-    c.greeting().await;
-    assert!(last(&c.cmd("a", "LOGIN user1 pass1").await).starts_with("a OK"));
+    let mut c = gate.logged_in("user1", "pass1").await;
     assert_eq!(c.cmd("n", "NOOP").await, vec!["n OK NOOP done"]);
     tokio::time::sleep(Duration::from_millis(700)).await;
     let m = scrape(addr).await;

@@ -12,9 +12,7 @@ use common::{last, GateConfig};
 async fn a_panicking_session_ends_alone() {
     let fake = FakeBackend::start(Script::default()).await;
     let gate = GateConfig::new(&fake.address()).start().await;
-    let mut other = gate.plain().await;
-    other.greeting().await;
-    assert!(last(&other.cmd("a", "LOGIN user1 pass1").await).starts_with("a OK"));
+    let mut other = gate.logged_in("user1", "pass1").await;
 
     for _ in 0..3 {
         let mut doomed = gate.plain().await;

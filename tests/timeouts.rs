@@ -81,12 +81,8 @@ async fn idle_relayed_sessions_are_closed_and_active_ones_are_not() {
         .imap4("authenticated_connection_timeout = \"1s\"")
         .start()
         .await;
-    let mut idle = gate.plain().await;
-    idle.greeting().await;
-    assert!(last(&idle.cmd("a", "LOGIN user1 pass1").await).starts_with("a OK"));
-    let mut active = gate.plain().await;
-    active.greeting().await;
-    assert!(last(&active.cmd("a", "LOGIN user2 pass2").await).starts_with("a OK"));
+    let mut idle = gate.logged_in("user1", "pass1").await;
+    let mut active = gate.logged_in("user2", "pass2").await;
     let started = Instant::now();
     for i in 0..8 {
         tokio::time::sleep(Duration::from_millis(250)).await;

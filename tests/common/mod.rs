@@ -138,6 +138,15 @@ impl TestGate {
         Client::plain(self.plain).await
     }
 
+    /// A new plain connection, logged in as `user` (the login must succeed).
+    pub async fn logged_in(&self, user: &str, pass: &str) -> Client {
+        let mut c = self.plain().await;
+        c.greeting().await;
+        let r = c.cmd("a", &format!("LOGIN {user} {pass}")).await;
+        assert!(last(&r).starts_with("a OK"), "login as {user}: {r:?}");
+        c
+    }
+
     pub async fn implicit_tls(&self) -> Client {
         Client::tls(self.tls.expect("tls listener")).await
     }
