@@ -11,7 +11,9 @@ use std::cell::RefCell;
 use std::io;
 use std::os::fd::OwnedFd;
 
-use rustix::pipe::{fcntl_setpipe_size, pipe_with, splice, PipeFlags, SpliceFlags};
+use rustix::pipe::{
+    fcntl_getpipe_size, fcntl_setpipe_size, pipe_with, splice, PipeFlags, SpliceFlags,
+};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
@@ -38,8 +40,11 @@ pub fn take_pipe() -> io::Result<Pipe> {
         return Ok(p);
     }
     let (read, write) = pipe_with(PipeFlags::NONBLOCK | PipeFlags::CLOEXEC)?;
-    // A larger pipe moves more per system call; the default size still works.
-    let capacity = fcntl_setpipe_size(&write, PIPE_SIZE).unwrap_or(64 * 1024);
+    // A larger pipe moves more per system call; whatever size the kernel allows still works (a
+    // user past `/proc/sys/fs/pipe-user-pages-soft` gets small pipes).
+    let capacity = fcntl_setpipe_size(&write, PIPE_SIZE)
+        .or_else(|_| fcntl_getpipe_size(&write))
+        .unwrap_or(4096);
     Ok(Pipe {
         read,
         write,
