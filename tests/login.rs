@@ -5,6 +5,7 @@ mod common;
 
 use common::fake::{FakeBackend, Script};
 use common::{last, login, GateConfig};
+use std::time::Duration;
 
 const MAILBOXES: &str = r#"
 [defaults]
@@ -240,5 +241,33 @@ async fn id_towards_the_backend_stays_within_30_pairs() {
     // 27 of the client's pairs, then the gate's three.
     assert_eq!(id.matches("\"k").count(), 27, "{id}");
     assert_eq!(id.matches("\"x-").count(), 3, "{id}");
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn a_large_literal_waits_for_a_slow_client_and_arrives_whole() {
+    // 16 MB cannot fit in the sockets' buffers: the gate must wait for the client to read, with
+    // part of the literal held in its pipe (plain to plain) and go on where it stopped.
+    let fake = FakeBackend::start(Script::default()).await;
+    let gate = GateConfig::new(&fake.address()).start().await;
+    let mut c = gate.logged_in("user1", "pass1").await;
+    let n = 16 * 1024 * 1024;
+    c.send(format!("f XBIG {n}\r\n").as_bytes()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(c.line().await, format!("* 1 FETCH (BODY[] {{{n}}}"));
+    let pattern = b"abcdefghijklmnopqrstuvwxyz\r\n";
+    let mut at = 0;
+    while at < n {
+        let part = c.read_exact((n - at).min(1 << 20)).await;
+        assert!(part
+            .iter()
+            .enumerate()
+            .all(|(j, b)| *b == pattern[(at + j) % 28]));
+        at += part.len();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(c.line().await, ")");
+    assert_eq!(c.line().await, "f OK FETCH done");
+    assert_eq!(c.cmd("n", "NOOP").await, vec!["n OK NOOP done"]);
     gate.stop().await;
 }
