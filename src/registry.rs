@@ -118,12 +118,13 @@ impl SessionEntry {
         self.from_client.load(Ordering::Relaxed) + self.from_backend.load(Ordering::Relaxed)
     }
 
-    /// The bytes moved since the last call (client, backend), for the metrics.
+    /// The bytes moved since the last call (client, backend), for the metrics. The sweeper and
+    /// the closing relay may call it at once: `fetch_max` keeps either from counting twice.
     pub fn unreported(&self) -> (u64, u64) {
         let c = self.from_client.load(Ordering::Relaxed);
         let b = self.from_backend.load(Ordering::Relaxed);
-        let pc = self.reported_client.swap(c, Ordering::Relaxed);
-        let pb = self.reported_backend.swap(b, Ordering::Relaxed);
+        let pc = self.reported_client.fetch_max(c, Ordering::Relaxed);
+        let pb = self.reported_backend.fetch_max(b, Ordering::Relaxed);
         (c.saturating_sub(pc), b.saturating_sub(pb))
     }
 }
