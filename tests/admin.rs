@@ -471,10 +471,7 @@ async fn a_kick_mid_literal_or_after_compress_closes_without_a_bye_line() {
     let half = c.read_exact(500).await;
     assert!(half.starts_with(b"abc"));
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let n = gate
-        .handle
-        .registry()
-        .kick_where(imapgate::registry::Kick::Disabled, |_| true);
+    let n = disable_all(&gate);
     assert_eq!(n, 1);
     assert_eq!(
         c.try_line(Duration::from_secs(2)).await,
@@ -488,9 +485,7 @@ async fn a_kick_mid_literal_or_after_compress_closes_without_a_bye_line() {
         vec!["z OK COMPRESS done"]
     );
     tokio::time::sleep(Duration::from_millis(100)).await;
-    gate.handle
-        .registry()
-        .kick_where(imapgate::registry::Kick::Disabled, |_| true);
+    disable_all(&gate);
     assert_eq!(c.try_line(Duration::from_secs(2)).await, Ok(None));
     gate.stop().await;
 }
@@ -584,9 +579,7 @@ async fn bytes_right_behind_the_login_ok_count_for_the_bye_decision() {
     assert_eq!(c.line().await, "* 1 FETCH (BODY[] {10}");
     assert_eq!(c.read_exact(3).await, b"abc");
     tokio::time::sleep(Duration::from_millis(100)).await;
-    gate.handle
-        .registry()
-        .kick_where(imapgate::registry::Kick::Disabled, |_| true);
+    disable_all(&gate);
     assert_eq!(
         c.try_line(Duration::from_secs(2)).await,
         Ok(None),
@@ -611,9 +604,7 @@ async fn compress_after_a_refused_literal_is_still_seen() {
         vec!["z OK COMPRESS done"]
     );
     tokio::time::sleep(Duration::from_millis(100)).await;
-    gate.handle
-        .registry()
-        .kick_where(imapgate::registry::Kick::Disabled, |_| true);
+    disable_all(&gate);
     assert_eq!(
         c.try_line(Duration::from_secs(2)).await,
         Ok(None),
@@ -644,9 +635,7 @@ async fn after_large_literals_a_kick_still_finds_the_line_boundary() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let sessions = gate.handle.registry().list();
     assert!(sessions[0].bytes_from_backend > 4_114_113, "{sessions:?}");
-    gate.handle
-        .registry()
-        .kick_where(imapgate::registry::Kick::Disabled, |_| true);
+    disable_all(&gate);
     assert_eq!(
         c.line().await,
         "* BYE IMAP4 access is disabled for this mailbox."
@@ -658,9 +647,14 @@ async fn after_large_literals_a_kick_still_finds_the_line_boundary() {
     assert_eq!(c.line().await, "* 1 FETCH (BODY[] {3000000}");
     assert_eq!(c.read_exact(1_500_000).await.len(), 1_500_000);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    gate.handle
-        .registry()
-        .kick_where(imapgate::registry::Kick::Disabled, |_| true);
+    disable_all(&gate);
     assert_eq!(c.try_line(Duration::from_secs(2)).await, Ok(None));
     gate.stop().await;
+}
+
+/// Closes every relayed session as a reload that disabled their mailboxes would; how many.
+fn disable_all(gate: &common::TestGate) -> usize {
+    gate.handle
+        .registry()
+        .kick_where(imapgate::registry::Kick::Disabled, |_| true)
 }
