@@ -468,7 +468,7 @@ async fn relayed_sessions_write_proxy_rows_while_they_last() {
         .expect("a file")
         .expect("entry")
         .path();
-    let text = std::fs::read_to_string(file).expect("read");
+    let text = std::fs::read_to_string(&file).expect("read");
     let relaying: Vec<&str> = text
         .lines()
         .filter(|l| l.contains(",proxy,") && l.contains("relaying;"))
@@ -478,6 +478,15 @@ async fn relayed_sessions_write_proxy_rows_while_they_last() {
         relaying
             .iter()
             .all(|l| l.contains("backend=main") && l.contains("bytes_from_client=")),
+        "{text}"
+    );
+    // The closing row is the session's last, and nothing comes after it.
+    c.cmd("z", "LOGOUT").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let text = std::fs::read_to_string(&file).expect("read");
+    let last_proxy = text.lines().rev().find(|l| l.contains(",proxy,"));
+    assert!(
+        last_proxy.is_some_and(|l| l.contains("closed: closed;")),
         "{text}"
     );
     gate.stop().await;

@@ -6,7 +6,7 @@
 //! ends at once (the client's side is closed too).
 //!
 //! Each direction waits for its source to become readable *without* holding a buffer, borrows a
-//! 64 KiB buffer from a per-thread pool only while data moves, and gives it back as soon as the
+//! 256 KiB buffer from a per-thread pool only while data moves, and gives it back as soon as the
 //! chunk is written: an idle session (an IMAP client in IDLE for half an hour) holds its sockets,
 //! its task and its registry entry, not copy buffers nor timers. The session ends when either
 //! side has closed and the other has drained, or when its registry entry is kicked: by the
@@ -224,8 +224,10 @@ impl Pump {
         let moved = splice::fill(src, &pipe, want);
         match moved {
             Ok(0) => {
+                // The end of the stream, or urgent data the pipe cannot take: a read through the
+                // buffer tells which.
                 splice::give_pipe(pipe);
-                self.eof = true;
+                self.splice = false;
             }
             Ok(n) => {
                 self.boundary.skip_literal(n as u64);
@@ -408,6 +410,8 @@ impl Relay {
         let entry = self.registration.entry();
         let (c, b) = entry.unreported();
         shared.metrics.relayed(c, b);
+        // No `relaying` row may follow the closing one.
+        entry.last_row_ms.store(u64::MAX, Ordering::Relaxed);
         proxy_row(&shared.protocol_log, entry, &format!("closed: {reason}"));
         tracing::info!(
             ending = %reason,

@@ -20,8 +20,12 @@ use tokio::net::TcpStream;
 /// Bytes a pipe is asked to hold (the kernel's default is 64 KiB; `/proc/sys/fs/pipe-max-size`
 /// bounds what an unprivileged process may ask, 1 MiB by default).
 pub const PIPE_SIZE: usize = 1024 * 1024;
-/// Pipes kept per thread for reuse.
-const POOL: usize = 16;
+/// Pipes kept per thread for reuse. Few: the kernel counts a pipe's whole size against the
+/// user's `pipe-user-pages-soft` even while it is empty.
+const POOL: usize = 4;
+/// A pipe smaller than this (the kernel gives small ones to a user past its pipe quota) is not
+/// worth the system calls: the relay uses its buffer instead.
+const SMALLEST: usize = 64 * 1024;
 
 /// A pipe: read end, write end and what it can hold.
 pub struct Pipe {
@@ -44,7 +48,10 @@ pub fn take_pipe() -> io::Result<Pipe> {
     // user past `/proc/sys/fs/pipe-user-pages-soft` gets small pipes).
     let capacity = fcntl_setpipe_size(&write, PIPE_SIZE)
         .or_else(|_| fcntl_getpipe_size(&write))
-        .unwrap_or(4096);
+        .unwrap_or(0);
+    if capacity < SMALLEST {
+        return Err(io::Error::other(format!("pipe of {capacity} bytes only")));
+    }
     Ok(Pipe {
         read,
         write,

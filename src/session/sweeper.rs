@@ -42,7 +42,9 @@ fn interval(idle: Duration, rows: Duration, logging: bool) -> Duration {
 /// half a pass of their time, rather than a whole pass late.
 pub fn sweep(shared: &Shared, idle: Duration, rows: Duration, every: Duration) {
     let registry = &shared.registry;
-    let now = registry.now_ms() + every.as_millis() as u64 / 2;
+    let now = registry.now_ms();
+    // Due within half a pass counts as due now.
+    let slack = every.as_millis() as u64 / 2;
     let idle_ms = idle.as_millis() as u64;
     let rows_ms = rows.as_millis() as u64;
     let logging = shared.protocol_log.enabled();
@@ -54,11 +56,21 @@ pub fn sweep(shared: &Shared, idle: Duration, rows: Duration, every: Duration) {
         let total = entry.total();
         if entry.seen.swap(total, Ordering::Relaxed) != total {
             entry.quiet_since_ms.store(now, Ordering::Relaxed);
-        } else if now.saturating_sub(entry.quiet_since_ms.load(Ordering::Relaxed)) >= idle_ms {
+        } else if (now + slack).saturating_sub(entry.quiet_since_ms.load(Ordering::Relaxed))
+            >= idle_ms
+        {
             entry.kick(Kick::Idle);
         }
-        if logging && now.saturating_sub(entry.last_row_ms.load(Ordering::Relaxed)) >= rows_ms {
-            entry.last_row_ms.store(now, Ordering::Relaxed);
+        // A closing relay sets `last_row_ms` to u64::MAX before its own last row.
+        let last_row = entry.last_row_ms.load(Ordering::Relaxed);
+        if logging
+            && last_row != u64::MAX
+            && (now + slack).saturating_sub(last_row) >= rows_ms
+            && entry
+                .last_row_ms
+                .compare_exchange(last_row, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
             proxy_row(&shared.protocol_log, &entry, "relaying");
         }
     }
