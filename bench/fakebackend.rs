@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use clap::Parser;
+use imapgate::session::boundary::literal_announced;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -62,11 +63,11 @@ async fn serve(tcp: TcpStream, fetch: Arc<Vec<u8>>, messages: usize) -> std::io:
             return Ok(());
         }
         // Literals (a proxy may send LOGIN's arguments as `{n}`): accept them and read on.
-        while let Some(n) = literal(&line) {
+        while let Some(n) = literal_announced(line.as_bytes()) {
             if !line.trim_end().ends_with("+}") {
                 io.get_mut().write_all(b"+ go ahead\r\n").await?;
             }
-            let mut data = vec![0u8; n];
+            let mut data = vec![0u8; n as usize];
             io.read_exact(&mut data).await?;
             line.push_str(&String::from_utf8_lossy(&data));
             if io.read_line(&mut line).await? == 0 {
@@ -128,11 +129,4 @@ async fn serve(tcp: TcpStream, fetch: Arc<Vec<u8>>, messages: usize) -> std::io:
             }
         }
     }
-}
-
-/// The length announced by a `{n}` or `{n+}` at the end of a line.
-fn literal(line: &str) -> Option<usize> {
-    let inner = line.trim_end().strip_suffix('}')?;
-    let open = inner.rfind('{')?;
-    inner[open + 1..].trim_end_matches('+').parse().ok()
 }

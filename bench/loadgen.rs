@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
+use imapgate::session::boundary::literal_announced;
 use imapgate::stream::Stream;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -149,7 +150,7 @@ impl Conn {
                 anyhow::ensure!(rest.starts_with(b"OK"), "{}", String::from_utf8_lossy(line));
                 return Ok(literal_bytes);
             }
-            if let Some(n) = literal(line) {
+            if let Some(n) = literal_announced(line) {
                 if self.sink.is_empty() {
                     self.sink = vec![0u8; 256 * 1024];
                 }
@@ -173,16 +174,6 @@ impl Conn {
             .await
             .map(|_| ())
     }
-}
-
-/// The length announced by a `{n}` or `{n+}` at the end of a line (CRLF included).
-fn literal(line: &[u8]) -> Option<u64> {
-    let inner = line.strip_suffix(b"\r\n")?.strip_suffix(b"}")?;
-    let open = inner.iter().rposition(|&b| b == b'{')?;
-    let digits = inner[open + 1..]
-        .strip_suffix(b"+")
-        .unwrap_or(&inner[open + 1..]);
-    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 fn connector(args: &Args) -> anyhow::Result<Option<TlsConnector>> {

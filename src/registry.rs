@@ -50,6 +50,11 @@ impl Kick {
     }
 }
 
+/// A session's id as logs, the protocol log and `imapgate sessions` show it.
+pub fn session_id(id: u64) -> String {
+    format!("{id:08x}")
+}
+
 /// What is known of a session once its user has logged in.
 #[derive(Debug, Clone)]
 pub struct SessionInfo {
@@ -258,7 +263,7 @@ impl Registry {
                     e.from_backend.load(Ordering::Relaxed),
                 );
                 SessionView {
-                    id: format!("{:08x}", i.id),
+                    id: session_id(i.id),
                     user: i.user.clone(),
                     mailbox: i.mailbox.clone(),
                     client: i.client.to_string(),

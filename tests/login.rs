@@ -271,3 +271,20 @@ async fn a_large_literal_waits_for_a_slow_client_and_arrives_whole() {
     assert_eq!(c.cmd("n", "NOOP").await, vec!["n OK NOOP done"]);
     gate.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_half_close_reaches_the_backend_and_its_last_replies_the_client() {
+    // The client sends a command and closes its sending side: the gate passes the end on, the
+    // backend still answers, then ends the session itself, which the client sees as end of stream.
+    let fake = FakeBackend::start(Script::default()).await;
+    let gate = GateConfig::new(&fake.address()).start().await;
+    let mut c = gate.logged_in("user1", "pass1").await;
+    c.send(b"n NOOP\r\n").await;
+    c.close_write().await;
+    assert_eq!(c.line().await, "n OK NOOP done");
+    assert!(
+        c.closed_within(Duration::from_secs(2)).await,
+        "the backend saw the end and closed"
+    );
+    gate.stop().await;
+}

@@ -482,12 +482,24 @@ async fn relayed_sessions_write_proxy_rows_while_they_last() {
     );
     // The closing row is the session's last, and nothing comes after it.
     c.cmd("z", "LOGOUT").await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let text = std::fs::read_to_string(&file).expect("read");
-    let last_proxy = text.lines().rev().find(|l| l.contains(",proxy,"));
+    // The log writer flushes after a second without rows: wait for the row, up to 5 s.
+    let closed = |text: &str| text.contains("closed: closed;");
+    let mut text = String::new();
+    for _ in 0..50 {
+        text = std::fs::read_to_string(&file).expect("read");
+        if closed(&text) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A row written after it would be on disk within 2.5 s (1 s interval, 1 s flush).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let text_after = std::fs::read_to_string(&file).expect("read");
+    let last_proxy = text_after.lines().rev().find(|l| l.contains(",proxy,"));
+    assert!(closed(&text), "{text}");
     assert!(
         last_proxy.is_some_and(|l| l.contains("closed: closed;")),
-        "{text}"
+        "{text_after}"
     );
     gate.stop().await;
 }
@@ -515,8 +527,15 @@ async fn bytes_of_open_sessions_reach_the_metrics_while_they_relay() {
     );
     // Closing adds nothing twice.
     assert_eq!(c.cmd("z", "LOGOUT").await.len(), 2);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let m = scrape(addr).await;
+    assert!(c.closed_within(Duration::from_secs(3)).await);
+    let mut m = scrape(addr).await;
+    for _ in 0..30 {
+        if value(&m, "imapgate_sessions{phase=\"relay\",listener=\"imap\"}") == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        m = scrape(addr).await;
+    }
     assert_eq!(value(&m, up), 8.0 + 10.0, "and \"z LOGOUT\\r\\n\"");
     assert_eq!(
         value(&m, down),

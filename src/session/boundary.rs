@@ -49,11 +49,6 @@ impl Boundary {
         self.opaque
     }
 
-    /// True when literal lengths are followed (responses), so literal bytes may be spliced.
-    pub fn tracks_literals(&self) -> bool {
-        !self.watch_compress
-    }
-
     /// Bytes of the current literal not seen yet (responses only; 0 outside a literal).
     pub fn literal_left(&self) -> u64 {
         if self.opaque || self.watch_compress {

@@ -17,6 +17,7 @@ use tracing::Instrument;
 
 use crate::limits::ConnectionGuard;
 use crate::listener::ListenerKind;
+use crate::registry::session_id;
 use crate::server::Shared;
 use crate::stream::Stream;
 use preauth::{PreAuth, PreAuthEnd};
@@ -34,7 +35,7 @@ pub fn serve(
 ) -> impl std::future::Future<Output = ()> + Send {
     let span = tracing::info_span!(
         "session",
-        id = %format_args!("{id:08x}"),
+        id = %session_id(id),
         peer = %peer,
         listener = kind.name(),
         user = tracing::field::Empty,
@@ -88,8 +89,7 @@ async fn prelogin(
     drop(state);
     tracing::debug!("connected");
     let _preauth_gauge = shared.metrics.session("preauth", kind.name());
-    let session_id = format!("{id:08x}");
-    let preauth = PreAuth::new(id, stream, local, kind, peer, session_id, shared);
+    let preauth = PreAuth::new(id, stream, local, kind, peer, session_id(id), shared);
     match preauth.run().await {
         PreAuthEnd::Closed => {
             tracing::debug!("closed before login");

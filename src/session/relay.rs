@@ -97,7 +97,8 @@ impl Pump {
         Pump::new(Boundary::commands(), true)
     }
 
-    /// The backend-to-client direction.
+    /// The backend-to-client direction: the only one whose literals are followed, so the only
+    /// one that splices.
     fn responses() -> Pump {
         Pump::new(Boundary::responses(), false)
     }
@@ -113,7 +114,7 @@ impl Pump {
             pipe: None,
             piped: 0,
             to_backend,
-            splice: boundary.tracks_literals(),
+            splice: !to_backend,
             probe: true,
             boundary,
         }

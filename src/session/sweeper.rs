@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::protocol_log::{ProtocolLog, Row};
-use crate::registry::{Kick, SessionEntry};
+use crate::registry::{session_id, Kick, SessionEntry};
 use crate::server::Shared;
 
 /// Runs until the gate's runtime stops (the gate aborts it when it returns).
@@ -87,7 +87,7 @@ pub fn proxy_row(log: &ProtocolLog, entry: &SessionEntry, context: &str) {
     let b = entry.from_backend.load(Ordering::Relaxed);
     log.log(Row {
         time: std::time::SystemTime::now(),
-        session: format!("{:08x}", info.id),
+        session: session_id(info.id),
         seq: entry.log_seq.fetch_add(1, Ordering::Relaxed),
         server: info.server,
         client: info.client,

@@ -297,6 +297,11 @@ impl Client {
         }
     }
 
+    /// Closes the sending side only (TCP half-close); replies can still be read.
+    pub async fn close_write(&mut self) {
+        self.io.get_mut().shutdown().await.expect("shutdown");
+    }
+
     /// True when the gate closed the connection (end of stream within `wait`).
     pub async fn closed_within(&mut self, wait: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + wait;
