@@ -128,8 +128,14 @@ fn cases() -> Vec<Case> {
             false,
         ),
         case(
-            "line without end over the limit",
-            &[b'x'; 11000],
+            "line over the limit",
+            &[&[b'x'; 11000][..], b"\r\n"].concat(),
+            "* BAD [TOOBIG] Command exceeds the size limit.",
+            true,
+        ),
+        case(
+            "line over the limit carrying a LITERAL+ literal over the limit",
+            &[&b"a ID ("[..], &[b'x'; 11000], b" {20000+}\r\n"].concat(),
             "* BYE [TOOBIG] Command exceeds the size limit.",
             false,
         ),

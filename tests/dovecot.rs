@@ -33,6 +33,8 @@ imap_enabled = false
 
 [[mailbox]]
 alias = "user3"
+domain_account = "EXAMPLE\\user3"
+login = "user3"
 backend = "imaps"
 
 [[mailbox]]
@@ -179,6 +181,11 @@ async fn imaplib_over_each_backend_mode_and_the_policy_replies() {
     );
     // user3 lives behind the implicit-TLS backend; an empty INBOX has no message 1.
     assert_eq!(imaplib(tls, "ssl", "user3", "pass3").await, "OK:empty");
+    // imaplib sends the user name unquoted: `LOGIN EXAMPLE\user3 "pass3"` (as Dovecot accepts).
+    assert_eq!(
+        imaplib(plain, "starttls", "EXAMPLE\\user3", "pass3").await,
+        "OK:empty"
+    );
     // Non-ASCII password through AUTHENTICATE PLAIN, to the plain backend (base64 on both sides;
     // LOGIN with literals towards a backend is covered against the fake in tests/login.rs).
     assert_eq!(imaplib(tls, "ssl", "utf8", "pässwörd✓").await, "OK:empty");

@@ -241,6 +241,53 @@ async fn a_literal_over_the_limit_is_refused_before_it_is_sent() {
 }
 
 #[tokio::test]
+async fn a_command_line_over_the_limit_is_answered_and_the_session_goes_on() {
+    let fake = FakeBackend::start(Script::default()).await;
+    let gate = GateConfig::new(&fake.address()).start().await;
+    let mut c = gate.plain().await;
+    c.greeting().await;
+    // ImapTest's `id` script: an ID of 31,807 bytes, over the 10,240-byte default, with a
+    // LITERAL+ literal inside (skipped by count, whatever it holds) and a command behind it.
+    let mut id = b"a ID (".to_vec();
+    while id.len() < 29_000 {
+        id.extend_from_slice(format!("\"k{}\" \"{}\" ", id.len(), "v".repeat(1000)).as_bytes());
+    }
+    id.extend_from_slice(b"\"lit\" {12+}\r\nb LOGOUT\r\n\r\n");
+    id.resize(31_807 - 6, b' ');
+    id.extend_from_slice(b"\"z\")\r\n");
+    assert_eq!(id.len(), 31_807);
+    id.extend_from_slice(b"c NOOP\r\n");
+    c.send(&id).await;
+    assert_eq!(
+        c.line().await,
+        "a BAD [TOOBIG] Command exceeds the size limit."
+    );
+    assert_eq!(c.line().await, "c OK NOOP completed.");
+    // Sent slowly, a byte at a time around the end, it is the same.
+    c.send(&[b'y'; 12_000]).await;
+    for b in b" x\r\n" {
+        c.send(&[*b]).await;
+    }
+    assert_eq!(
+        c.line().await,
+        "* BAD [TOOBIG] Command exceeds the size limit."
+    );
+    // A synchronizing literal announced past the limit is never answered `+`: the client
+    // abandons the command, and the next one is read.
+    let mut long = b"d ID (\"x\" ".to_vec();
+    long.extend_from_slice(&[b'y'; 11_000]);
+    long.extend_from_slice(b" {5}\r\n");
+    c.send(&long).await;
+    assert_eq!(
+        c.line().await,
+        "d BAD [TOOBIG] Command exceeds the size limit."
+    );
+    assert_eq!(c.cmd("e", "NOOP").await, vec!["e OK NOOP completed."]);
+    assert!(fake.commands().is_empty());
+    gate.stop().await;
+}
+
+#[tokio::test]
 async fn authenticate_plain_with_and_without_initial_response() {
     let fake = FakeBackend::start(Script::default()).await;
     let gate = GateConfig::new(&fake.address()).start().await;

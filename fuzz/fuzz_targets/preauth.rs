@@ -10,7 +10,9 @@ use imap_codec::CommandCodec;
 use imapgate::backend::encode::{login_command, LoginCaps};
 use imapgate::credentials::Credentials;
 use imapgate::session::boundary::Boundary;
-use imapgate::session::input::{decode, decode_sasl, id_parameters, Decoded, SaslDecoded};
+use imapgate::session::input::{
+    decode, decode_sasl, id_parameters, Decoded, Discard, Discarded, SaslDecoded,
+};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -83,6 +85,26 @@ fn drive(input: &[u8], max: usize, chunk: usize) {
             Decoded::Bad { consumed, .. } => {
                 assert!(consumed > 0 && consumed <= buf.len());
                 buf.drain(..consumed);
+            }
+            Decoded::Overlong { .. } => {
+                // The driver discards the rest of the command, holding nothing.
+                let mut discard = Discard::command(max);
+                let mut answered = true;
+                loop {
+                    match discard.feed(&buf, answered) {
+                        Discarded::NeedMore => buf.clear(),
+                        Discarded::Ended { consumed } => {
+                            assert!(consumed <= buf.len());
+                            buf.drain(..consumed);
+                            break;
+                        }
+                        Discarded::Unsyncable => return,
+                    }
+                    answered = false;
+                    if !feed(&mut buf, &mut rest, chunk, max) {
+                        return;
+                    }
+                }
             }
             Decoded::TooLong | Decoded::BadLiteral { .. } => return,
         }

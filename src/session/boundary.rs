@@ -7,8 +7,8 @@
 //! large FETCH, is skipped by arithmetic. On the client side it also notices `COMPRESS`, after
 //! which the stream is deflate and no plaintext line may ever be injected.
 
-/// Longest tail of a line kept to recognise a literal announcement (`{4294967295+}\r`).
-const TAIL: usize = 16;
+/// Longest tail of a line kept to recognise a literal announcement (`{` + 20 digits + `+}\r`).
+const TAIL: usize = 32;
 /// Longest line head kept to recognise the command name on the client side.
 const HEAD: usize = 48;
 
@@ -158,16 +158,29 @@ fn command_name_is(head: &[u8], name: &[u8]) -> bool {
 /// The length of a literal announced at the end of a line (`{N}` or `{N+}`, followed or not by
 /// CR, LF or CRLF). Shared by everything in the gate that must know where a literal starts.
 pub fn literal_announced(line: &[u8]) -> Option<u64> {
+    literal_announcement(line).map(|(length, _)| length)
+}
+
+/// The literal announced at the end of a line: its length and whether it is non-synchronizing
+/// (`{N+}`). Any number of digits is an announcement (leading zeros included); a length past
+/// what 64 bits hold reads as `u64::MAX`, which every limit refuses.
+pub fn literal_announcement(line: &[u8]) -> Option<(u64, bool)> {
     let t = line.strip_suffix(b"\n").unwrap_or(line);
     let t = t.strip_suffix(b"\r").unwrap_or(t);
     let t = t.strip_suffix(b"}")?;
     let open = t.iter().rposition(|&b| b == b'{')?;
     let digits = &t[open + 1..];
-    let digits = digits.strip_suffix(b"+").unwrap_or(digits);
-    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+    let (digits, non_sync) = match digits.strip_suffix(b"+") {
+        Some(d) => (d, true),
+        None => (digits, false),
+    };
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    std::str::from_utf8(digits).ok()?.parse().ok()
+    let length = digits.iter().try_fold(0u64, |n, &d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    });
+    Some((length.unwrap_or(u64::MAX), non_sync))
 }
 
 #[cfg(test)]

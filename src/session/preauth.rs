@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::input::{self, Decoded, SaslDecoded};
+use super::input::{self, Decoded, Discard, Discarded, SaslDecoded};
 use crate::backend::{BackendSession, ClientInfo, LoginResult};
 use crate::config::LoginType;
 use crate::credentials::{CredentialError, Credentials};
@@ -71,8 +71,9 @@ enum Input {
     Command(Box<Command<'static>>, usize),
     /// An unparseable line; the tag when one could be read.
     Bad(Option<String>),
-    /// A synchronizing literal over the limit was announced; the command was dropped.
-    LiteralTooBig(String),
+    /// A command over the size limit (a synchronizing literal refused before its `+`, or a line
+    /// discarded to its end) was dropped.
+    TooBig(String),
 }
 
 /// Which command carried the credentials, for the failure text.
@@ -192,7 +193,7 @@ impl PreAuth {
                         .await?;
                     continue;
                 }
-                Input::LiteralTooBig(tag) => {
+                Input::TooBig(tag) => {
                     self.bad(&format!(
                         "{tag} BAD [TOOBIG] Command exceeds the size limit.\r\n"
                     ))
@@ -377,8 +378,12 @@ impl PreAuth {
                 }
                 SaslDecoded::NeedMore => self.fill().await?,
                 SaslDecoded::TooLong => {
-                    self.send(b"* BYE [TOOBIG] Line too long.\r\n").await?;
-                    return Err(End::Bye);
+                    self.discard(Discard::line()).await?;
+                    self.bad(&format!(
+                        "{tag} BAD [TOOBIG] Command exceeds the size limit.\r\n"
+                    ))
+                    .await?;
+                    return Ok(None);
                 }
                 SaslDecoded::Bad { consumed } => {
                     self.buf.drain(..consumed);
@@ -643,12 +648,12 @@ impl PreAuth {
                 }
                 Decoded::LiteralTooBig { tag } => {
                     self.buf.clear();
-                    return Ok(Input::LiteralTooBig(tag));
+                    return Ok(Input::TooBig(tag));
                 }
-                Decoded::TooLong => {
-                    self.send(b"* BYE [TOOBIG] Command exceeds the size limit.\r\n")
-                        .await?;
-                    return Err(End::Bye);
+                Decoded::TooLong => return self.too_long().await,
+                Decoded::Overlong { tag } => {
+                    self.discard(Discard::command(max)).await?;
+                    return Ok(Input::TooBig(tag.unwrap_or_else(|| "*".into())));
                 }
                 Decoded::Bad { tag, consumed } => {
                     self.buf.drain(..consumed);
@@ -664,6 +669,33 @@ impl PreAuth {
                 }
             }
         }
+    }
+
+    /// Throws away the rest of a command too long to keep (what is buffered first, then what
+    /// arrives), leaving in the buffer what follows it. A LITERAL+ literal over the limit inside
+    /// it ends the session: where the command ends can no longer be known.
+    async fn discard(&mut self, mut discard: Discard) -> Result<(), End> {
+        let mut sync_answered = true;
+        loop {
+            match discard.feed(&self.buf, sync_answered) {
+                Discarded::NeedMore => self.buf.clear(),
+                Discarded::Ended { consumed } => {
+                    self.buf.drain(..consumed);
+                    self.literal_until = None;
+                    tracing::debug!("discarded a command over the size limit");
+                    return Ok(());
+                }
+                Discarded::Unsyncable => return self.too_long().await,
+            }
+            sync_answered = false;
+            self.fill().await?;
+        }
+    }
+
+    async fn too_long<T>(&mut self) -> Result<T, End> {
+        self.send(b"* BYE [TOOBIG] Command exceeds the size limit.\r\n")
+            .await?;
+        Err(End::Bye)
     }
 
     /// Reads more from the client, never past `max_command_size`, within the deadline.
