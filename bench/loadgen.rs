@@ -340,7 +340,17 @@ async fn main() -> anyhow::Result<()> {
                     ended += 1;
                 }
             }
-            println!("{label}mode=idle security={:?} sessions={n} still_alive={ended} rss_before={before}KB rss_during={during}KB per_session={per:.1}KB errors={}", args.security, errors.load(Ordering::Relaxed));
+            // Memory only when there is a process to measure: no figure rather than a zero.
+            let memory = if args.pids.is_empty() {
+                String::new()
+            } else {
+                format!(" rss_before={before}KB rss_during={during}KB per_session={per:.1}KB")
+            };
+            println!(
+                "{label}mode=idle security={:?} sessions={n} still_alive={ended}{memory} errors={}",
+                args.security,
+                errors.load(Ordering::Relaxed)
+            );
         }
     }
     Ok(())

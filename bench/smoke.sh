@@ -23,14 +23,19 @@ address = "127.0.0.1:29144"
 CONF
 : > "$work/mailboxes.toml"
 RUST_LOG=warn target/debug/imapgate --config "$work/gate.toml" 2>"$work/gate.log" &
-pids+=($!)
+gate=$!
+pids+=($gate)
 for port in 29144 29143; do
   for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
 done
 fail=0
-for args in "--mode login --sessions 4" "--mode noop --sessions 4" "--mode fetch" "--mode idle --sessions 20 --users 20 --security tls --ca certs/ca.pem"; do
+for args in "--mode login --sessions 4" "--mode noop --sessions 4" "--mode fetch" "--mode idle --sessions 20 --users 20 --security tls --ca certs/ca.pem --pids $gate"; do
   line=$(target/debug/examples/loadgen --addr "127.0.0.1:$([[ $args == *tls* ]] && echo 29993 || echo 29143)" --seconds 1 $args)
   echo "bench smoke: $line"
   [[ $line == *"errors=0"* ]] || fail=1
+  # A memory figure is a measurement of the gate's process, never a placeholder zero.
+  if [[ $args == *--pids* ]]; then
+    [[ $line =~ rss_before=([0-9]+)KB ]] && ((BASH_REMATCH[1] > 0)) || { echo "bench smoke: no memory figure for the gate" >&2; fail=1; }
+  fi
 done
 exit $fail

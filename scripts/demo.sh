@@ -4,15 +4,17 @@
 # Runs in the foreground; Ctrl-C stops the gate and the backend.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v dovecot >/dev/null; then
-  [ "$(id -u)" = 0 ] || { echo "install Dovecot first: sudo apt-get install dovecot-imapd" >&2; exit 1; }
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dovecot-imapd curl >/dev/null
+source scripts/lib/apt.sh
+if ! command -v dovecot >/dev/null || ! command -v curl >/dev/null; then
+  apt_install "the demo's throwaway backend is a Dovecot, and curl is the demo client" dovecot-imapd curl
 fi
 backend=/tmp/imapgate-demo
 [ -f "$backend/dovecot.conf" ] && doveadm -c "$backend/dovecot.conf" stop 2>/dev/null || true
+echo "starting the throwaway Dovecot backend in $backend (127.0.0.1:21143; as root, its mail belongs to the system user imapgate-mail)"
 scripts/throwaway-dovecot.sh "$backend" 21143 21993 >/dev/null
 trap 'doveadm -c "$backend/dovecot.conf" stop 2>/dev/null || true' EXIT
-cargo build --quiet
+echo "building imapgate (cargo build; the first build takes a few minutes)"
+cargo build
 cat <<MSG
 
 imapgate demo: 127.0.0.1:2143 (STARTTLS) and 127.0.0.1:2993 (TLS), backend Dovecot on 21143.

@@ -3,18 +3,17 @@
 # dovecot-imapd, curl; as root), then formatting, lints and every test, Dovecot interop included.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib/apt.sh
 need=()
 command -v dovecot >/dev/null || need+=(dovecot-imapd)
 command -v curl >/dev/null || need+=(curl)
 command -v python3 >/dev/null || need+=(python3)
+command -v openssl >/dev/null || need+=(openssl)
 if ((${#need[@]})); then
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-  else
-    echo "missing: ${need[*]} (run as root, or: sudo apt-get install ${need[*]})" >&2
-    exit 1
-  fi
+  apt_install "the interop tests run a real Dovecot backend and real clients (curl, Python's imaplib)" "${need[@]}"
 fi
+# The scripts' own checks (each exits non-zero on failure).
+scripts/check-apt-lock.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 # The benchmark harness runs (a smoke, not a benchmark); then every test (unit and integration;

@@ -526,7 +526,14 @@ fn strip_brackets(host: &str) -> String {
 
 /// A toml error with its line and column, which `toml` reports as a byte span.
 pub(crate) fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
-    let message = e.message().trim_end().to_string();
+    // One line: a log event is one line, and the toml crate's messages have several.
+    let message = e
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
     match e.span() {
         Some(span) => {
             let (line, col) = line_col(text, span.start);

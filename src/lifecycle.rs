@@ -1,4 +1,4 @@
-//! The daemon's life under systemd (`Type=notify-reload`) or a shell: signals, readiness,
+//! The daemon's life under systemd (`Type=notify`, `ExecReload=imapgate reload`) or a shell: signals, readiness,
 //! reload, watchdog, graceful shutdown.
 //!
 //! Signals come through tokio's own `signal` support (built on signal-hook-registry) rather than
@@ -12,7 +12,8 @@
 //!   whether the reload was refused (the running state then stays, and the error is logged with
 //!   file and line).
 //! - SIGTERM / SIGINT: `STOPPING=1`, stop accepting, `* BYE` to sessions before login, let relayed
-//!   sessions finish for `shutdown_grace`, then close them and exit 0.
+//!   sessions finish for `shutdown_grace`, then close them and exit 0. A second SIGTERM or SIGINT
+//!   during the grace period closes them at once.
 //! - `WATCHDOG=1` at half of `WatchdogSec` when systemd asks for it, and `STATUS=` with live
 //!   session counts every 10 seconds.
 //!
@@ -74,9 +75,15 @@ pub async fn run_daemon(config_path: &Path) -> anyhow::Result<()> {
                 _ = int.recv() => break,
             }
         }
-        tracing::info!("shutting down");
+        tracing::info!("shutting down (a second SIGTERM or SIGINT closes relayed sessions now)");
         notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
         handle.shutdown();
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("second signal: closing relayed sessions now");
+        handle.shutdown_now();
     });
     gate.run().await;
     signals.abort();
@@ -97,7 +104,7 @@ pub async fn reload(handle: GateHandle) -> Result<ReloadReport, String> {
     notify(&states);
     let result = match tokio::task::spawn_blocking(move || handle.reload()).await {
         Ok(Ok(r)) => Ok(r),
-        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Err(e)) => Err(e.to_string().replace(['\r', '\n'], " ")),
         Err(e) => Err(format!("reload task failed: {e}")),
     };
     let status = match &result {

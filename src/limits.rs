@@ -157,6 +157,11 @@ impl Penalty {
         initial.saturating_mul(factor).min(max)
     }
 
+    /// Failed logins counted for `ip` (forgotten after 15 minutes without one).
+    pub fn failures(&self, ip: IpAddr) -> u32 {
+        self.failures.get(&ip).unwrap_or(0)
+    }
+
     pub fn failed(&self, ip: IpAddr) {
         self.failures
             .entry(ip)

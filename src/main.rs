@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use imapgate::admin::cli::{self, Format};
+use imapgate::admin::{self, cli, cli::Format};
 use imapgate::config::{Config, LogFormat};
 
 #[derive(Parser)]
@@ -22,7 +22,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Check the configuration, mailbox directory and certificates; exit 1 when anything is wrong.
-    CheckConfig,
+    /// Safe while the gate runs: listener ports are not bound unless --bind.
+    CheckConfig {
+        /// Also bind every listener's port (fails while a gate holds them).
+        #[arg(long)]
+        bind: bool,
+    },
     /// Ask the running gate to reload (like SIGHUP) and wait for the answer.
     Reload,
     /// Show or change a mailbox's IMAP4 access (like Get-CASMailbox / Set-CASMailbox).
@@ -30,35 +35,43 @@ enum Command {
     Mailbox(MailboxCommand),
     /// List the open sessions of the running gate.
     Sessions {
+        /// Output: a table for people, or JSON for scripts.
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
-    /// Close the open sessions of a mailbox (or login name).
+    /// Close the open sessions of a mailbox.
     Kick {
+        /// Display name, alias, email, UPN, DOMAIN\account, GUID or backend login of the mailbox.
         #[arg(long)]
         identity: String,
     },
     /// Log in through the gate like a client, step by step with latencies (Test-ImapConnectivity).
-    TestLogin {
-        /// The login name to use.
-        #[arg(long)]
-        identity: String,
-        /// Read the password from this file (first line); without it, prompt on the terminal.
-        #[arg(long)]
-        password_file: Option<PathBuf>,
-        /// Use the implicit-TLS listener instead of STARTTLS.
-        #[arg(long)]
-        tls: bool,
-        /// Connect here instead of the first configured listener.
-        #[arg(long)]
-        address: Option<std::net::SocketAddr>,
-        /// Name the gate's certificate must carry.
-        #[arg(long, default_value = "localhost")]
-        server_name: String,
-        /// CA certificates to trust instead of the system roots.
-        #[arg(long)]
-        ca: Option<PathBuf>,
-    },
+    TestLogin(TestLoginArgs),
+}
+
+#[derive(clap::Args)]
+struct TestLoginArgs {
+    /// The login name to use.
+    #[arg(long)]
+    identity: String,
+    /// Read the password from this file (first line); without it, prompt on the terminal.
+    #[arg(long)]
+    password_file: Option<PathBuf>,
+    /// Use the implicit-TLS listener instead of STARTTLS.
+    #[arg(long)]
+    tls: bool,
+    /// Connect here instead of the first configured listener.
+    #[arg(long)]
+    address: Option<std::net::SocketAddr>,
+    /// Name the gate's certificate must carry.
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
+    /// CA certificates to trust instead of the system roots.
+    #[arg(long, conflicts_with = "trust_any_certificate")]
+    ca: Option<PathBuf>,
+    /// Do not verify the gate's certificate (Test-ImapConnectivity -TrustAnySSLCertificate).
+    #[arg(long)]
+    trust_any_certificate: bool,
 }
 
 #[derive(Subcommand)]
@@ -68,6 +81,7 @@ enum MailboxCommand {
         /// Display name, alias, email, UPN, DOMAIN\account or GUID.
         #[arg(long)]
         identity: String,
+        /// true to enable IMAP4 for the mailbox, false to disable it (Set-CASMailbox -ImapEnabled).
         #[arg(long, action = clap::ArgAction::Set)]
         imap_enabled: bool,
         /// Create the mailbox when no entry matches (identity must be an email or an alias).
@@ -79,11 +93,13 @@ enum MailboxCommand {
     },
     /// Show one mailbox (ending with `IMAP4: Enabled|Disabled`) or a table of all.
     Get {
+        /// Show this mailbox only (any identity form); without it, all mailboxes.
         #[arg(long)]
         identity: Option<String>,
         /// Only mailboxes with this setting, e.g. `imap-enabled=false`.
         #[arg(long, value_parser = parse_filter)]
         filter: Option<bool>,
+        /// Output: a table (or a block for one mailbox) for people, or JSON for scripts.
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
@@ -102,8 +118,8 @@ fn main() -> ExitCode {
     let Some(command) = cli.command else {
         return run_daemon(&cli.config);
     };
-    if let Command::CheckConfig = command {
-        return check_config(&cli.config);
+    if let Command::CheckConfig { bind } = command {
+        return exit(admin::check::run(&cli.config, bind));
     }
     let config = match Config::load(&cli.config) {
         Ok(c) => c,
@@ -124,25 +140,18 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match command {
-            Command::CheckConfig => Ok(0),
-            Command::TestLogin {
-                identity,
-                password_file,
-                tls,
-                address,
-                server_name,
-                ca,
-            } => {
-                test_login(
-                    &config,
-                    identity,
-                    password_file,
-                    tls,
-                    address,
-                    server_name,
-                    ca,
-                )
-                .await
+            Command::CheckConfig { .. } => Ok(0),
+            Command::TestLogin(a) => {
+                let options = admin::probe::Options {
+                    identity: a.identity,
+                    password_file: a.password_file,
+                    implicit_tls: a.tls,
+                    address: a.address,
+                    server_name: a.server_name,
+                    ca: a.ca,
+                    trust_any_certificate: a.trust_any_certificate,
+                };
+                admin::probe::test_login(&config, options).await
             }
             Command::Reload => cli::reload(&config).await,
             Command::Sessions { format } => cli::sessions(&config, format).await,
@@ -161,8 +170,7 @@ fn main() -> ExitCode {
         }
     });
     match result {
-        Ok(0) => ExitCode::SUCCESS,
-        Ok(_) => ExitCode::FAILURE,
+        Ok(code) => exit(code),
         Err(e) => {
             eprintln!("{e}");
             ExitCode::FAILURE
@@ -170,98 +178,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// Everything a start would check: files readable, certificate and key parse and match, the
-/// directory valid, backends resolvable, listener addresses free.
-fn check_config(path: &std::path::Path) -> ExitCode {
-    let state = match imapgate::state::State::load(path) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let config = &state.config;
-    let mut problems = Vec::new();
-    for (name, b) in &config.backends {
-        use std::net::ToSocketAddrs;
-        if let Err(e) = b.address.to_socket_addrs() {
-            problems.push(format!(
-                "backends.{name}.address {:?} does not resolve: {e}",
-                b.address
-            ));
-        }
-    }
-    let listeners = config
-        .imap4
-        .unencrypted_or_tls_bindings
-        .iter()
-        .chain(&config.imap4.ssl_bindings)
-        .chain(config.metrics.listen.as_ref());
-    for address in listeners {
-        if address.port() != 0 {
-            if let Err(e) = imapgate::listener::bind_std(*address) {
-                problems.push(format!("cannot listen on {address}: {e}"));
-            }
-        }
-    }
-    if problems.is_empty() {
-        println!(
-            "{}: OK ({} mailboxes, {} backends)",
-            path.display(),
-            state.policies.directory().mailboxes.len(),
-            state.backends.len()
-        );
+fn exit(code: i32) -> ExitCode {
+    if code == 0 {
         ExitCode::SUCCESS
     } else {
-        for p in problems {
-            eprintln!("{}: {p}", path.display());
-        }
         ExitCode::FAILURE
     }
-}
-
-async fn test_login(
-    config: &Config,
-    identity: String,
-    password_file: Option<PathBuf>,
-    tls: bool,
-    address: Option<std::net::SocketAddr>,
-    server_name: String,
-    ca: Option<PathBuf>,
-) -> anyhow::Result<i32> {
-    use anyhow::Context;
-    let bindings = if tls {
-        &config.imap4.ssl_bindings
-    } else {
-        &config.imap4.unencrypted_or_tls_bindings
-    };
-    let address = match address.or_else(|| bindings.first().copied()) {
-        Some(mut a) => {
-            if a.ip().is_unspecified() {
-                a.set_ip(match a {
-                    std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-                    std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-                });
-            }
-            a
-        }
-        None => anyhow::bail!("no listener of that kind is configured; give --address"),
-    };
-    let password = match password_file {
-        Some(path) => {
-            let text = std::fs::read(&path).with_context(|| format!("{}", path.display()))?;
-            let first = text.split(|&b| b == b'\n').next().unwrap_or_default();
-            first.strip_suffix(b"\r").unwrap_or(first).to_vec()
-        }
-        None => rpassword::prompt_password(format!("Password for {identity}: "))?.into_bytes(),
-    };
-    let probe = imapgate::admin::probe::Probe {
-        address,
-        implicit_tls: tls,
-        server_name,
-        connector: imapgate::admin::probe::connector(ca.as_deref())?,
-    };
-    imapgate::admin::probe::run(probe, &identity, &password).await
 }
 
 fn run_daemon(config_path: &std::path::Path) -> ExitCode {

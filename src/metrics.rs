@@ -70,6 +70,8 @@ pub struct Metrics {
     pub last_reload: Gauge<f64, AtomicU64>,
     pub sessions_closed_on_reload: Counter,
     pub protocol_log_dropped: Counter,
+    pub penalty_waits: Counter,
+    pub penalty_seconds: Counter<f64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -87,6 +89,18 @@ impl Default for Metrics {
         let last_reload = Gauge::<f64, AtomicU64>::default();
         let sessions_closed_on_reload = Counter::default();
         let protocol_log_dropped = Counter::default();
+        let penalty_waits = Counter::default();
+        let penalty_seconds = Counter::<f64, AtomicU64>::default();
+        registry.register(
+            "auth_penalty_waits",
+            "Logins held back by the failed-login penalty of their client address",
+            penalty_waits.clone(),
+        );
+        registry.register(
+            "auth_penalty_seconds",
+            "Time logins waited for the failed-login penalty",
+            penalty_seconds.clone(),
+        );
         registry.register(
             "sessions",
             "Open sessions by phase and listener",
@@ -157,6 +171,8 @@ impl Default for Metrics {
             last_reload,
             sessions_closed_on_reload,
             protocol_log_dropped,
+            penalty_waits,
+            penalty_seconds,
         };
         m.mark_reload();
         m

@@ -83,6 +83,18 @@ pub struct ReloadReport {
     pub sessions_closed: usize,
 }
 
+/// The failed-login penalty of one client address, as `imapgate test-login` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PenaltyView {
+    pub address: String,
+    /// Failed logins counted (forgotten after 15 minutes without one).
+    pub failures: u32,
+    /// What the next login from there waits.
+    pub delay_ms: u64,
+    /// In `trusted_networks`: never penalized.
+    pub trusted: bool,
+}
+
 /// A cheap handle to a running gate: reload it or shut it down.
 #[derive(Clone)]
 pub struct GateHandle {
@@ -223,14 +235,17 @@ impl Gate {
         }
         shared.tracker.close();
         let grace = shared.state.load().config.imap4.shutdown_grace;
-        if tokio::time::timeout(grace, shared.tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::info!(
-                sessions = shared.tracker.len(),
-                "grace period over, closing relayed sessions"
-            );
+        tokio::select! {
+            r = tokio::time::timeout(grace, shared.tracker.wait()) => {
+                if r.is_err() {
+                    tracing::info!(
+                        sessions = shared.tracker.len(),
+                        "grace period over, closing relayed sessions"
+                    );
+                }
+            }
+            // GateHandle::shutdown_now (a second SIGTERM): no more grace.
+            _ = phase.wait_for(|p| *p == Phase::Closing) => {}
         }
         shared.phase.send_replace(Phase::Closing);
         shared.registry.close_all();
@@ -303,6 +318,12 @@ impl GateHandle {
         })
     }
 
+    /// Ends the shutdown grace period at once: relayed sessions are closed now.
+    pub fn shutdown_now(&self) {
+        self.shutdown();
+        self.shared.phase.send_replace(Phase::Closing);
+    }
+
     /// Asks the gate to shut down; [`Gate::run`] returns when it is done.
     pub fn shutdown(&self) {
         self.shared.phase.send_if_modified(|p| {
@@ -338,6 +359,25 @@ impl GateHandle {
     /// Connection counters (all back to zero when no session is open).
     pub fn usage(&self) -> Usage {
         self.shared.limits.usage()
+    }
+
+    /// The failed-login penalty the gate applies to `ip` now.
+    pub fn penalty_of(&self, ip: std::net::IpAddr) -> PenaltyView {
+        let state = self.shared.state.load();
+        let imap4 = &state.config.imap4;
+        let trusted = imap4.trusted_networks.iter().any(|n| n.contains(&ip));
+        let penalty = &self.shared.penalty;
+        let delay = if trusted {
+            Duration::ZERO
+        } else {
+            penalty.delay(ip, imap4.auth_penalty_initial, imap4.auth_penalty_max)
+        };
+        PenaltyView {
+            address: ip.to_string(),
+            failures: penalty.failures(ip),
+            delay_ms: delay.as_millis() as u64,
+            trusted,
+        }
     }
 
     /// The registry of logged-in sessions.

@@ -658,3 +658,38 @@ fn disable_all(gate: &common::TestGate) -> usize {
         .registry()
         .kick_where(imapgate::registry::Kick::Disabled, |_| true)
 }
+
+#[tokio::test]
+async fn mailbox_get_shows_what_is_enforced_when_the_file_is_broken() {
+    let fake = FakeBackend::start(Script::default()).await;
+    let (dir, config) = setup(&fake.address());
+    let (_daemon, _port) = Daemon::start(&config).await;
+    let broken = MAILBOXES.replace("name = \"Jane Doe\"", "name = \"Jane Doe");
+    std::fs::write(dir.path().join("mailboxes.toml"), broken).expect("write");
+    let (ok, out, err) = cli(&config, &["mailbox", "get", "--identity", "jsmith"]).await;
+    assert!(ok, "{out}{err}");
+    assert_eq!(out.lines().last(), Some("IMAP4: Enabled"), "{out}");
+    assert!(out.contains("Name              : John Smith"), "{out}");
+    assert!(
+        err.contains("mailboxes.toml") && err.contains("broken") && err.contains("line 18"),
+        "{err}"
+    );
+    let (ok, out, err) = cli(&config, &["mailbox", "get"]).await;
+    assert!(
+        ok && out.contains("Jane Doe") && out.contains("broken"),
+        "{out}{err}"
+    );
+}
+
+#[tokio::test]
+async fn kick_of_an_identity_nobody_has_is_an_error() {
+    let fake = FakeBackend::start(Script::default()).await;
+    let (_dir, config) = setup(&fake.address());
+    let (_daemon, _port) = Daemon::start(&config).await;
+    let (ok, out, err) = cli(&config, &["kick", "--identity", "nosuch"]).await;
+    assert!(!ok, "{out}{err}");
+    assert!(err.contains("no mailbox matches \"nosuch\""), "{err}");
+    // A mailbox without open sessions is fine: nothing to close.
+    let (ok, out, err) = cli(&config, &["kick", "--identity", "jane@example.com"]).await;
+    assert!(ok && out.contains("0 session(s) closed"), "{out}{err}");
+}

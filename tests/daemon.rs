@@ -145,3 +145,96 @@ async fn sigterm_says_bye_before_login_lets_relays_finish_and_exits_zero() {
         .expect("status");
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test]
+async fn a_second_sigterm_closes_relayed_sessions_at_once() {
+    let fake = FakeBackend::start(Script::default()).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = write_files(dir.path(), &fake.address());
+    let text = std::fs::read_to_string(&config)
+        .expect("r")
+        .replace("shutdown_grace = \"500ms\"", "shutdown_grace = \"1h\"");
+    std::fs::write(&config, text).expect("w");
+    let (mut d, port) = Daemon::start(&config).await;
+    let mut relayed = Client::plain(([127, 0, 0, 1], port).into()).await;
+    relayed.greeting().await;
+    assert!(last(&relayed.cmd("a", "LOGIN user1 pass1").await).starts_with("a OK"));
+    d.signal("-TERM");
+    d.wait_for("shutting down").await;
+    // The grace period runs: the session still works.
+    assert_eq!(relayed.cmd("b", "NOOP").await, vec!["b OK NOOP done"]);
+    d.signal("-TERM");
+    assert!(relayed.closed_within(Duration::from_secs(3)).await);
+    let status = tokio::time::timeout(Duration::from_secs(5), d.child.wait())
+        .await
+        .expect("exits at once, not after the hour of grace")
+        .expect("status");
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn reload_without_a_control_socket_signals_the_unit_main_pid() {
+    let fake = FakeBackend::start(Script::default()).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = write_files(dir.path(), &fake.address());
+    let (mut d, port) = Daemon::start(&config).await;
+    std::fs::write(dir.path().join("mailboxes.toml"), mailboxes(false)).expect("w");
+    // Outside systemd there is nobody to signal.
+    let out = Command::new(BIN)
+        .args(["reload", "--config"])
+        .arg(&config)
+        .env_remove("MAINPID")
+        .output()
+        .await
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no [admin] control_socket"));
+    // As systemd runs ExecReload: MAINPID names the daemon.
+    let pid = d.child.id().expect("pid").to_string();
+    let out = Command::new(BIN)
+        .args(["reload", "--config"])
+        .arg(&config)
+        .env("MAINPID", &pid)
+        .output()
+        .await
+        .expect("run");
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("sent SIGHUP"));
+    d.wait_for("reload complete").await;
+    assert!(login(port, "john@example.com")
+        .await
+        .starts_with("a NO [CONTACTADMIN]"));
+}
+
+#[tokio::test]
+async fn a_syntax_error_is_logged_as_one_line_and_the_penalty_wait_too() {
+    let fake = FakeBackend::start(Script::default()).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = write_files(dir.path(), &fake.address());
+    let text = std::fs::read_to_string(&config).expect("r").replace(
+        "trusted_networks = [\"127.0.0.0/8\", \"::1/128\"]",
+        "auth_penalty_initial = \"200ms\"",
+    );
+    std::fs::write(&config, &text).expect("w");
+    let (mut d, port) = Daemon::start(&config).await;
+    std::fs::write(dir.path().join("mailboxes.toml"), "[[mailbox]\nname = 1\n").expect("w");
+    d.signal("-HUP");
+    let line = d.wait_for("reload refused").await;
+    // The whole message is on the event's line: where, what, and what was expected.
+    assert!(
+        line.contains("mailboxes.toml") && line.contains("line 1") && line.contains("expected"),
+        "{line}"
+    );
+    // A failed login, then a login that waits for the penalty: logged at info, with the numbers.
+    let mut c = Client::plain(([127, 0, 0, 1], port).into()).await;
+    c.greeting().await;
+    assert!(last(&c.cmd("a", "LOGIN user1 wrong").await).contains("AUTHENTICATIONFAILED"));
+    assert!(last(&c.cmd("b", "LOGIN user1 pass1").await).starts_with("b OK"));
+    let line = d.wait_for("failed-login penalty").await;
+    assert!(
+        line.contains("address=127.0.0.1")
+            && line.contains("failures=")
+            && line.contains("seconds=0.2"),
+        "{line}"
+    );
+}

@@ -43,7 +43,10 @@ fn enabled_word(enabled: bool) -> &'static str {
 /// Asks the running gate to reload; prints the outcome. Exit 1 when the gate refused the new
 /// configuration or could not be reached.
 pub async fn reload(config: &Config) -> anyhow::Result<i32> {
-    match control::request::<ReloadReport>(socket(config)?, "RELOAD").await {
+    let Some(socket) = config.admin.control_socket.as_deref() else {
+        return reload_by_signal(config);
+    };
+    match control::request::<ReloadReport>(socket, "RELOAD").await {
         Ok(r) => {
             println!(
                 "reloaded: {} mailboxes in force, {} session(s) of disabled mailboxes closed",
@@ -60,6 +63,29 @@ pub async fn reload(config: &Config) -> anyhow::Result<i32> {
             Ok(1)
         }
     }
+}
+
+/// Without a control socket, the unit's `ExecReload` still works: systemd gives the daemon's
+/// pid in `MAINPID`, and SIGHUP reloads (the outcome is then only in the log).
+fn reload_by_signal(config: &Config) -> anyhow::Result<i32> {
+    let pid = std::env::var("MAINPID")
+        .ok()
+        .and_then(|p| p.parse::<i32>().ok())
+        .and_then(rustix::process::Pid::from_raw);
+    let Some(pid) = pid else {
+        eprintln!(
+            "{}: no [admin] control_socket configured; reload with `systemctl reload imapgate` or SIGHUP",
+            config.path.display()
+        );
+        return Ok(1);
+    };
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP)
+        .with_context(|| format!("cannot signal the gate (pid {})", pid.as_raw_nonzero()))?;
+    println!(
+        "no control socket configured: sent SIGHUP to the gate (pid {}); its log has the outcome",
+        pid.as_raw_nonzero()
+    );
+    Ok(0)
 }
 
 pub async fn mailbox_set(
@@ -151,6 +177,8 @@ struct InForce {
     imap_enabled: Option<bool>,
     backend: Option<String>,
     differs_from_disk: bool,
+    /// The file on disk does not parse: what is shown is the running gate's directory.
+    disk_broken: bool,
 }
 
 impl Report {
@@ -170,7 +198,6 @@ pub async fn mailbox_get(
     format: Format,
 ) -> anyhow::Result<i32> {
     let names = backend_names(config);
-    let disk = directory::file::load(&config.directory.mailboxes, &names)?.views();
     let running: Option<Vec<MailboxView>> = match config.admin.control_socket.as_deref() {
         Some(socket) => match control::request(socket, "MAILBOXES").await {
             Ok(v) => Some(v),
@@ -179,14 +206,32 @@ pub async fn mailbox_get(
         },
         None => None,
     };
+    // A broken file does not hide what the running gate enforces (it keeps the directory it
+    // had): that is shown, with where the file is broken.
+    let (disk, broken) = match directory::file::load(&config.directory.mailboxes, &names) {
+        Ok(d) => (d.views(), false),
+        Err(e) => match &running {
+            Some(r) => {
+                eprintln!(
+                    "warning: the mailboxes file on disk is broken ({}); shown: what the running gate enforces. \
+                     Fix the file: a reload would be refused.",
+                    one_line(&e.to_string())
+                );
+                (r.clone(), true)
+            }
+            None => return Err(e.into()),
+        },
+    };
     let selected: Vec<usize> = match identity {
         Some(id) => {
             let m = find_identity(&disk, id);
             if m.is_empty() {
-                eprintln!(
-                    "no mailbox matches {id:?} in {}",
-                    config.directory.mailboxes.display()
-                );
+                let source = if broken {
+                    "the running gate's directory".to_string()
+                } else {
+                    config.directory.mailboxes.display().to_string()
+                };
+                eprintln!("no mailbox matches {id:?} in {source}");
                 return Ok(1);
             }
             m
@@ -203,6 +248,7 @@ pub async fn mailbox_get(
                     imap_enabled: found.map(|v| v.imap_enabled),
                     backend: found.map(|v| v.backend.clone()),
                     differs_from_disk: found != Some(&mailbox),
+                    disk_broken: broken,
                 }
             });
             Report { mailbox, in_force }
@@ -260,6 +306,9 @@ fn print_block(r: &Report, gate_running: bool) {
                 "Note              : on disk differs from in force: the file says IMAP4 {disk}, the gate enforces {force}; run `imapgate reload`"
             );
         }
+        Some(f) if f.disk_broken => {
+            println!("Source            : the running gate (the file on disk is broken; see above)")
+        }
         Some(_) => println!("Source            : the running gate (same as on disk)"),
         None if gate_running => {}
         None => println!("Source            : the file (no running gate reachable)"),
@@ -313,6 +362,12 @@ fn print_table(reports: &[Report], gate_running: bool) {
     {
         println!("* on disk differs from in force (shown: what the running gate enforces); run `imapgate reload`");
     }
+    if reports
+        .iter()
+        .any(|r| r.in_force.as_ref().is_some_and(|f| f.disk_broken))
+    {
+        println!("(from the running gate: the file on disk is broken; see above)");
+    }
     if !gate_running {
         println!("(from the file: no running gate reachable)");
     }
@@ -362,4 +417,8 @@ pub async fn kick(config: &Config, identity: &str) -> anyhow::Result<i32> {
     let r: Closed = control::request(socket(config)?, &line).await?;
     println!("{} session(s) closed", r.closed);
     Ok(0)
+}
+
+fn one_line(s: &str) -> String {
+    s.replace(['\r', '\n'], " ")
 }

@@ -3,7 +3,8 @@
 //!
 //! Protocol: one request line per connection, `VERB [ARGUMENT]` (UTF-8, at most 4 KiB), answered
 //! by one line, `OK <json>` or `ERR <message>`. Verbs: `PING`, `RELOAD`, `MAILBOXES` (the
-//! directory in force), `SESSIONS`, `KICK <identity>`. A malformed request gets `ERR` and changes
+//! directory in force), `SESSIONS`, `KICK <identity>`, `PENALTY <address>` (the failed-login
+//! penalty the gate applies to an address). A malformed request gets `ERR` and changes
 //! nothing. Besides the file mode, the peer's uid must be root's or the socket owner's.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -137,6 +138,10 @@ async fn handle_request(line: &str, handle: &GateHandle) -> String {
         },
         ("MAILBOXES", true) => ok(&handle.state().policies.directory().views()),
         ("SESSIONS", true) => ok(&handle.registry().list()),
+        ("PENALTY", false) => match arg.parse::<std::net::IpAddr>() {
+            Ok(ip) => ok(&handle.penalty_of(ip)),
+            Err(_) => format!("ERR {arg:?} is not an IP address"),
+        },
         ("KICK", false) => {
             let state = handle.state();
             let directory = state.policies.directory();
@@ -148,11 +153,14 @@ async fn handle_request(line: &str, handle: &GateHandle) -> String {
                 );
             }
             let closed = if matches.is_empty() {
-                // Not in the directory: the identity is a login name.
+                // Not in the directory: only a login name of open sessions (which [defaults]
+                // let in) is accepted; anything else is an operator's typo, not "0 closed".
                 let key = login_key(arg);
-                handle
-                    .registry()
-                    .kick_where(Kick::Admin, |s| login_key(&s.user) == key)
+                let registry = handle.registry();
+                if !registry.list().iter().any(|s| login_key(&s.user) == key) {
+                    return format!("ERR no mailbox matches {arg:?}");
+                }
+                registry.kick_where(Kick::Admin, |s| login_key(&s.user) == key)
             } else {
                 let targets: Vec<_> = matches
                     .iter()
@@ -175,7 +183,8 @@ async fn handle_request(line: &str, handle: &GateHandle) -> String {
             format!("ERR {verb} takes no argument")
         }
         ("KICK", true) => "ERR KICK needs an identity".to_string(),
-        _ => "ERR unknown request; expected PING, RELOAD, MAILBOXES, SESSIONS or KICK <identity>"
+        ("PENALTY", true) => "ERR PENALTY needs an address".to_string(),
+        _ => "ERR unknown request; expected PING, RELOAD, MAILBOXES, SESSIONS, KICK <identity> or PENALTY <address>"
             .to_string(),
     }
 }

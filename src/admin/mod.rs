@@ -6,6 +6,7 @@
 //! running gate, which also closes that mailbox's open sessions) and
 //! `imapgate mailbox get --identity "John Smith"` (ends with `IMAP4: Disabled`).
 
+pub mod check;
 pub mod cli;
 pub mod control;
 pub mod edit;

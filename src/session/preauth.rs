@@ -562,7 +562,17 @@ impl PreAuth {
         if delay.is_zero() {
             return Ok(());
         }
-        tracing::debug!(delay_ms = delay.as_millis() as u64, "failed-login penalty");
+        tracing::info!(
+            address = %ip,
+            seconds = delay.as_secs_f64(),
+            failures = self.shared.penalty.failures(ip),
+            "failed-login penalty: this login waits"
+        );
+        self.shared.metrics.penalty_waits.inc();
+        self.shared
+            .metrics
+            .penalty_seconds
+            .inc_by(delay.as_secs_f64());
         tokio::select! {
             _ = tokio::time::sleep(delay) => Ok(()),
             _ = tokio::time::sleep_until(self.deadline) => Err(End::Timeout),
