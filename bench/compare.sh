@@ -8,6 +8,8 @@
 # no session uses); every held session and every login must survive.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# git keeps no file modes: the development key must be private, or strict modes refuse it.
+chmod 600 certs/localhost.key
 secs=${1:-5}; shift || true
 idle_counts=("${@:-3000 9000}"); read -r -a idle_counts <<< "${idle_counts[*]}"
 work=/tmp/imapgate-bench; mkdir -p "$work"
@@ -42,7 +44,9 @@ address = "127.0.0.1:$4"
 worker_threads = 1
 CONF
 }
-: > "$work/mailboxes.toml"
+# The load's users as mailboxes (names outside the directory are refused by default).
+users_file() { for i in $(seq 1 10000); do printf '[[mailbox]]\nalias = "user%d"\n\n' "$i"; done; }
+users_file > "$work/mailboxes.toml"
 start_gate() { # name -> pid
   RUST_LOG=warn $gate --config "$work/$1.toml" >/dev/null 2>>"$work/$1.log" &
   local pid=$!; pids+=("$pid"); sleep 0.5; echo "$pid"
@@ -103,7 +107,7 @@ done
 if run_part reload; then
   hold=${idle_counts[-1]}
   gate_config gate-reload 24143 24993 20143
-  printf '[[mailbox]]\nname = "Spare"\nalias = "spare"\nimap_enabled = true\n' > "$work/reload-mailboxes.toml"
+  { users_file; printf '[[mailbox]]\nname = "Spare"\nalias = "spare"\nimap_enabled = true\n'; } > "$work/reload-mailboxes.toml"
   sed -i "s#^mailboxes = .*#mailboxes = \"$work/reload-mailboxes.toml\"#" "$work/gate-reload.toml"
   RUST_LOG=warn,imapgate::server=info $gate --config "$work/gate-reload.toml" >/dev/null 2>"$work/gate-reload.log" &
   pid=$!; pids+=("$pid"); sleep 0.5

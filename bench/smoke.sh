@@ -3,6 +3,8 @@
 # the fake backend, a gate in front of it, and one second of each load through the gate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# git keeps no file modes: the development key must be private, or strict modes refuse it.
+chmod 600 certs/localhost.key
 cargo build --quiet --bin imapgate --examples
 work=$(mktemp -d); pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
@@ -21,7 +23,8 @@ mailboxes = "mailboxes.toml"
 [backends.main]
 address = "127.0.0.1:29144"
 CONF
-: > "$work/mailboxes.toml"
+# The load's users (names outside the directory are refused by default).
+for i in $(seq 1 20); do printf '[[mailbox]]\nalias = "user%d"\n\n' "$i"; done > "$work/mailboxes.toml"
 RUST_LOG=warn target/debug/imapgate --config "$work/gate.toml" 2>"$work/gate.log" &
 gate=$!
 pids+=($gate)

@@ -4,6 +4,8 @@
 # Runs in the foreground; Ctrl-C stops the gate and the backend.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# git keeps no file modes: the development key must be private, or strict modes refuse it.
+chmod 600 certs/localhost.key
 source scripts/lib/apt.sh
 if ! command -v dovecot >/dev/null || ! command -v curl >/dev/null; then
   apt_install "the demo's throwaway backend is a Dovecot, and curl is the demo client" dovecot-imapd curl

@@ -4,7 +4,10 @@
 # DIR gets the config, users, mail and log. IMAP_PORT is plain IMAP with STARTTLS, IMAPS_PORT
 # implicit TLS; both use certs/localhost.pem (development CA: certs/ca.pem).
 # Users (password file DIR/users): user1/pass1 (3 messages), user2/pass2, user3/pass3,
-# utf8/"pässwörd✓", tricky/'p"a\ss {3}'.
+# utf8/"pässwörd✓", tricky/'p"a\ss {3}'. Like many installations, it lower-cases user names
+# and strips their domain (auth_username_format = %Ln: user2@anything.example is user2), and
+# has a master user (helpdesk/masterpw: "user2*helpdesk" logs in as user2): the spellings a
+# gate must not let through for a disabled mailbox. COMPRESS=DEFLATE is on (imap_zlib).
 # With --hold the script stays in the foreground until its standard input closes, then stops
 # Dovecot: a test harness keeps the pipe open and the backend dies with the harness.
 set -euo pipefail
@@ -28,6 +31,7 @@ fi
   echo "utf8:{PLAIN}pässwörd✓:$uid:$gid::$dir/mail/utf8::"
   echo "tricky:{PLAIN}p\"a\\ss {3}:$uid:$gid::$dir/mail/tricky::"
 } > "$dir/users"
+echo "helpdesk:{PLAIN}masterpw" > "$dir/masters"
 md="$dir/mail/user1/Maildir"
 mkdir -p "$md/cur" "$md/new" "$md/tmp"
 for i in 1 2 3; do
@@ -58,9 +62,21 @@ service imap-login {
     port = $tls_port
   }
 }
+auth_username_format = %Ln
+auth_master_user_separator = *
+passdb {
+  driver = passwd-file
+  args = $dir/masters
+  master = yes
+  result_success = continue
+}
 passdb {
   driver = passwd-file
   args = $dir/users
+}
+mail_plugins = \$mail_plugins zlib
+protocol imap {
+  mail_plugins = \$mail_plugins imap_zlib
 }
 userdb {
   driver = passwd-file

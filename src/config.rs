@@ -90,12 +90,24 @@ pub struct Imap4 {
     pub max_bad_commands: u32,
     /// Failed logins on one connection before the answer is followed by `* BYE` (Exchange: 4).
     pub max_failed_login_attempts: u32,
-    /// Connections to the whole gate (Exchange's `MaxConnections`).
-    pub max_connections: usize,
+    /// Connections to the whole gate (Exchange's `MaxConnections`). Default, and ceiling: what
+    /// the open-file limit allows (two descriptors per relayed session, after a reserve).
+    pub max_connections: Option<usize>,
     /// Connections from one client address (`MaxConnectionFromSingleIP`).
     pub max_connections_from_single_ip: usize,
     /// Logged-in sessions of one mailbox, from all addresses (`MaxConnectionsPerUser`).
     pub max_connections_per_user: usize,
+    /// Connections from one address that have not logged in yet (a NATed office logs in, and
+    /// then counts per mailbox).
+    pub max_preauth_connections_from_single_ip: usize,
+    /// Logins (directory, penalty, backend) in progress at once from one address; more wait.
+    pub max_logins_in_progress_from_single_ip: usize,
+    /// Share of `max_connections` above which the gate is under pressure.
+    pub pressure_threshold: f64,
+    /// Under pressure, a connection that has not logged in this long after connecting is
+    /// closed (instead of `preauthenticated_connection_timeout`).
+    #[serde(with = "humantime_serde_compat")]
+    pub preauthenticated_connection_timeout_under_pressure: Duration,
     /// Delay before a login from an address with recent failed logins, doubling per failure.
     #[serde(with = "humantime_serde_compat")]
     pub auth_penalty_initial: Duration,
@@ -125,9 +137,13 @@ impl Default for Imap4 {
             shutdown_grace: Duration::from_secs(10),
             max_bad_commands: 10,
             max_failed_login_attempts: 4,
-            max_connections: UNLIMITED,
+            max_connections: None,
             max_connections_from_single_ip: UNLIMITED,
             max_connections_per_user: 16,
+            max_preauth_connections_from_single_ip: 100,
+            max_logins_in_progress_from_single_ip: 4,
+            pressure_threshold: 0.8,
+            preauthenticated_connection_timeout_under_pressure: Duration::from_secs(5),
             auth_penalty_initial: Duration::from_secs(2),
             auth_penalty_max: Duration::from_secs(15),
             trusted_networks: Vec::new(),
@@ -146,6 +162,12 @@ pub struct DirectoryConfig {
     pub cache_capacity: u64,
     /// On reload, close the open sessions of mailboxes that became disabled.
     pub disconnect_disabled_on_reload: bool,
+    /// What a login name that matches no mailbox gets: `"refuse"` (the same answer as a wrong
+    /// password) or `"defaults"`.
+    pub unknown_names: crate::directory::UnknownNames,
+    /// Characters that refuse a login name before any backend sees it (Dovecot's master-user
+    /// separator `*` by default).
+    pub refused_login_characters: String,
 }
 
 impl Default for DirectoryConfig {
@@ -155,6 +177,8 @@ impl Default for DirectoryConfig {
             cache_ttl: Duration::from_secs(300),
             cache_capacity: 100_000,
             disconnect_disabled_on_reload: true,
+            unknown_names: crate::directory::UnknownNames::Refuse,
+            refused_login_characters: "*".into(),
         }
     }
 }
@@ -180,8 +204,11 @@ pub struct BackendConfig {
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(5)
 }
+/// Covers Dovecot's own failed-login penalty (up to 15 s, applied to the client's address it
+/// learns through ID) and its 2 s failure delay: a right password after wrong ones must not
+/// time out at the gate.
 fn default_login_timeout() -> Duration {
-    Duration::from_secs(15)
+    Duration::from_secs(20)
 }
 
 /// Further certificates chosen by the name the client asks for (SNI).
@@ -274,6 +301,19 @@ pub struct AdminConfig {
     pub control_socket: Option<PathBuf>,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// Refuse files others could change (see [`crate::permissions`]), as sshd's `StrictModes`.
+    pub strict_modes: bool,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        SecurityConfig { strict_modes: true }
+    }
+}
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -294,6 +334,8 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    #[serde(default)]
+    pub security: SecurityConfig,
     /// Where the file was read from; relative paths were resolved against its directory.
     #[serde(skip)]
     pub path: PathBuf,
@@ -432,16 +474,39 @@ impl Config {
                 ));
             }
         }
+        if !(i.pressure_threshold > 0.0 && i.pressure_threshold <= 1.0) {
+            return Err(self.invalid(
+                "imap4.pressure_threshold",
+                "must be a share of max_connections, above 0 and at most 1",
+            ));
+        }
+        // (Longer than preauthenticated_connection_timeout is allowed: it only ever shortens.)
+        if i.preauthenticated_connection_timeout_under_pressure < Duration::from_secs(1)
+            || i.preauthenticated_connection_timeout_under_pressure > Duration::from_secs(3600)
+        {
+            return Err(self.invalid(
+                "imap4.preauthenticated_connection_timeout_under_pressure",
+                "must be between 1s and 1h",
+            ));
+        }
         if i.banner.contains(['\r', '\n']) || i.disabled_message.contains(['\r', '\n']) {
             return Err(self.invalid("imap4.banner", "texts sent to clients must be one line"));
         }
         for (key, value) in [
-            ("imap4.max_connections", i.max_connections),
+            ("imap4.max_connections", i.max_connections.unwrap_or(1)),
             (
                 "imap4.max_connections_from_single_ip",
                 i.max_connections_from_single_ip,
             ),
             ("imap4.max_connections_per_user", i.max_connections_per_user),
+            (
+                "imap4.max_preauth_connections_from_single_ip",
+                i.max_preauth_connections_from_single_ip,
+            ),
+            (
+                "imap4.max_logins_in_progress_from_single_ip",
+                i.max_logins_in_progress_from_single_ip,
+            ),
         ] {
             if value == 0 {
                 return Err(self.invalid(key, "must be at least 1 (2147483647 means unlimited)"));

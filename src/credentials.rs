@@ -14,6 +14,27 @@ impl Password {
         Password(bytes)
     }
 
+    /// A password nobody knows (32 hex digits from the system's random source), for a login
+    /// that must fail at the backend.
+    pub fn random() -> Password {
+        let mut bytes = [0u8; 16];
+        // Without randomness the time of day still makes a password nobody has.
+        if getrandom::getrandom(&mut bytes).is_err() {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            bytes = now.to_le_bytes();
+        }
+        Password(
+            bytes
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+                .into_bytes(),
+        )
+    }
+
     /// The bytes, for encoding towards the backend only.
     pub fn expose(&self) -> &[u8] {
         &self.0

@@ -21,6 +21,7 @@
 //! - [`metrics`]: Prometheus endpoint; [`protocol_log`]: Exchange-style CSV protocol log.
 //! - [`admin`]: control socket, safe edits of the mailboxes file, the operator's commands.
 //! - [`state`]: the reloadable snapshot (config, directory, certificate, backends).
+//! - [`permissions`]: strict modes for the files that decide who may use IMAP4.
 //! - [`config`], [`tls`], [`credentials`], [`stream`]: supporting pieces.
 
 pub mod admin;
@@ -32,6 +33,7 @@ pub mod lifecycle;
 pub mod limits;
 pub mod listener;
 pub mod metrics;
+pub mod permissions;
 pub mod protocol_log;
 pub mod registry;
 pub mod server;

@@ -34,6 +34,12 @@ fn notify(states: &[NotifyState]) {
 }
 
 pub async fn run_daemon(config_path: &Path) -> anyhow::Result<()> {
+    // The connection budget follows the open-file limit: use all the hard limit allows.
+    crate::limits::raise_nofile_limit();
+    // Handlers first: a SIGHUP that arrives while the gate starts must not kill it.
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     let gate = Gate::bind(config_path).await?;
     for a in gate.plain_addrs() {
         tracing::info!(address = %a, "listening (plain, STARTTLS)");
@@ -42,9 +48,6 @@ pub async fn run_daemon(config_path: &Path) -> anyhow::Result<()> {
         tracing::info!(address = %a, "listening (implicit TLS)");
     }
     let handle = gate.handle();
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
     if let Some(interval) = sd_notify::watchdog_enabled() {
         tokio::spawn(async move {

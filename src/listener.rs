@@ -71,10 +71,11 @@ pub async fn accept_loop(listener: TcpListener, kind: ListenerKind, shared: Arc<
         };
         match accepted {
             Ok((tcp, peer)) => {
-                let imap4 = &shared.state.load().config.imap4;
-                let (max_total, max_ip) =
-                    (imap4.max_connections, imap4.max_connections_from_single_ip);
-                match shared.limits.connect(peer.ip(), max_total, max_ip) {
+                let caps = crate::limits::connection_caps(
+                    &shared.state.load().config.imap4,
+                    shared.max_connections(),
+                );
+                match shared.limits.connect(peer.ip(), caps) {
                     Ok(guard) => {
                         let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
                         let shared2 = shared.clone();
@@ -84,7 +85,7 @@ pub async fn accept_loop(listener: TcpListener, kind: ListenerKind, shared: Arc<
                     }
                     Err(over) => {
                         tracing::info!(peer = %peer, listener = kind.name(), ?over, "connection refused: limit reached");
-                        shared.tracker.spawn(refuse(tcp, kind));
+                        refuse(tcp, kind);
                     }
                 }
             }
@@ -97,18 +98,13 @@ pub async fn accept_loop(listener: TcpListener, kind: ListenerKind, shared: Arc<
     }
 }
 
-/// Over a connection limit: `* BYE [LIMIT]` on a plain port; on an implicit-TLS port a plaintext
-/// line would be garbage to the client and a handshake is what the limit is there to save, so the
+/// Over a connection limit: `* BYE [LIMIT]` on a plain port, written without waiting (a socket
+/// that cannot take one line at once gets nothing), and the connection closed at once: a refused
+/// connection must not hold a descriptor, or a flood of them would exhaust what the limits
+/// protect. On an implicit-TLS port a plaintext line would be garbage to the client, so the
 /// connection is just closed.
-async fn refuse(mut tcp: tokio::net::TcpStream, kind: ListenerKind) {
-    use tokio::io::AsyncWriteExt;
+fn refuse(tcp: tokio::net::TcpStream, kind: ListenerKind) {
     if kind == ListenerKind::Plain {
-        let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            let _ = tcp
-                .write_all(b"* BYE [LIMIT] Too many connections.\r\n")
-                .await;
-            let _ = tcp.shutdown().await;
-        })
-        .await;
+        let _ = tcp.try_write(b"* BYE [LIMIT] Too many connections.\r\n");
     }
 }

@@ -6,7 +6,8 @@
 //! 30 seconds and at close, with the backend and the bytes each way. Files roll over hourly
 //! (`IMAP4_yyyyMMddHH.LOG`, UTC). Sessions hand rows to a writer thread through a bounded queue
 //! and never wait: when the queue is full the row is dropped and counted
-//! (`imapgate_protocol_log_dropped_rows`).
+//! (`imapgate_protocol_log_dropped_rows`). Control characters in any field are written as
+//! `\xNN`, so a row is always one line: a client cannot forge rows.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
@@ -63,10 +64,21 @@ impl ProtocolLog {
                     hour: String::new(),
                     file: None,
                 };
+                // Rows reach the file within a second, even while they keep coming.
+                let mut flushed = std::time::Instant::now();
                 loop {
                     match rx.recv_timeout(Duration::from_secs(1)) {
-                        Ok(row) => writer.write(&row),
-                        Err(RecvTimeoutError::Timeout) => writer.flush(),
+                        Ok(row) => {
+                            writer.write(&row);
+                            if flushed.elapsed() >= Duration::from_secs(1) {
+                                writer.flush();
+                                flushed = std::time::Instant::now();
+                            }
+                        }
+                        Err(RecvTimeoutError::Timeout) => {
+                            writer.flush();
+                            flushed = std::time::Instant::now();
+                        }
                         Err(RecvTimeoutError::Disconnected) => {
                             writer.flush();
                             return;
@@ -97,6 +109,22 @@ impl ProtocolLog {
     }
 }
 
+/// Control characters as `\xNN`: one row is one line, whatever a client typed.
+fn escape(field: &str) -> String {
+    if !field.chars().any(char::is_control) {
+        return field.to_string();
+    }
+    let mut out = String::with_capacity(field.len() + 8);
+    for c in field.chars() {
+        if c.is_control() {
+            out.push_str(&format!("\\x{:02x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 struct Writer {
     directory: PathBuf,
     /// `yyyyMMddHH` of the open file.
@@ -123,19 +151,20 @@ impl Writer {
         let mut csv = csv::WriterBuilder::new()
             .has_headers(false)
             .from_writer(Vec::new());
+        // Text a client chose (a user name in a literal may hold CR LF) never starts a line.
         let record = [
             stamp,
-            row.session.clone(),
+            escape(&row.session),
             row.seq.to_string(),
             row.server.to_string(),
             row.client.to_string(),
-            row.user.clone(),
+            escape(&row.user),
             row.duration_ms.to_string(),
             row.rq_size.to_string(),
             row.rp_size.to_string(),
-            row.command.clone(),
-            row.parameters.clone(),
-            row.context.clone(),
+            escape(&row.command),
+            escape(&row.parameters),
+            escape(&row.context),
         ];
         if csv.write_record(&record).is_ok() {
             if let Ok(bytes) = csv.into_inner() {

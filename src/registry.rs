@@ -63,6 +63,11 @@ pub struct SessionInfo {
     pub user: String,
     /// The directory's name for the mailbox, when it is in the directory.
     pub mailbox: Option<String>,
+    /// One mailbox, whatever name the client typed ([`crate::directory::mailbox_key`]): what
+    /// limits and kicks count.
+    pub mailbox_key: String,
+    /// The user name the backend was sent.
+    pub backend_login: String,
     pub client: SocketAddr,
     /// The gate's address the client connected to (for the protocol log).
     pub server: SocketAddr,
@@ -140,6 +145,8 @@ pub struct SessionView {
     pub id: String,
     pub user: String,
     pub mailbox: Option<String>,
+    /// The user name the backend was sent (the mailbox's canonical login).
+    pub backend_login: String,
     pub client: String,
     pub listener: String,
     pub backend: String,
@@ -244,6 +251,11 @@ impl Registry {
         s.values().filter(|e| pred(&e.info) && e.kick(kick)).count()
     }
 
+    /// True when some session matches `pred`.
+    pub fn any(&self, pred: impl Fn(&SessionInfo) -> bool) -> bool {
+        self.lock().values().any(|e| pred(&e.info))
+    }
+
     pub fn len(&self) -> usize {
         self.lock().len()
     }
@@ -266,6 +278,7 @@ impl Registry {
                     id: session_id(i.id),
                     user: i.user.clone(),
                     mailbox: i.mailbox.clone(),
+                    backend_login: i.backend_login.clone(),
                     client: i.client.to_string(),
                     listener: i.listener.to_string(),
                     backend: i.backend.clone(),

@@ -45,6 +45,18 @@ pub struct Shared {
     pub protocol_log: ProtocolLog,
     /// One reload at a time: two racing could put the older file in force.
     pub reload_lock: std::sync::Mutex<()>,
+    /// The most connections the open-file limit allows, measured at start.
+    pub descriptor_budget: Option<usize>,
+}
+
+impl Shared {
+    /// `max_connections` in force under the current configuration.
+    pub fn max_connections(&self) -> usize {
+        crate::limits::effective_max_connections(
+            self.state.load().config.imap4.max_connections,
+            self.descriptor_budget,
+        )
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +161,8 @@ impl Gate {
             source,
         })?;
         let (phase, _) = watch::channel(Phase::Running);
+        let descriptor_budget = descriptor_budget();
+        log_connection_limit(state.config.imap4.max_connections, descriptor_budget);
         Ok(Gate {
             shared: Arc::new(Shared {
                 state: ArcSwap::from_pointee(state),
@@ -162,6 +176,7 @@ impl Gate {
                 metrics,
                 reload_lock: std::sync::Mutex::new(()),
                 protocol_log,
+                descriptor_budget,
             }),
             listeners,
             control,
@@ -292,10 +307,14 @@ impl GateHandle {
         let new = Arc::new(new);
         self.shared.state.store(new.clone());
         let sessions_closed = if new.config.directory.disconnect_disabled_on_reload {
-            let directory = new.policies.directory();
-            self.shared
-                .registry
-                .kick_where(Kick::Disabled, |s| !directory.policy(&s.user).imap_enabled)
+            // By the mailbox each session belongs to (its canonical login): a mailbox that is
+            // now disabled, or gone when names outside the directory are refused.
+            let policies = &new.policies;
+            self.shared.registry.kick_where(Kick::Disabled, |s| {
+                policies
+                    .resolve(&s.backend_login)
+                    .is_none_or(|p| !p.imap_enabled)
+            })
         } else {
             0
         };
@@ -383,6 +402,32 @@ impl GateHandle {
     /// The registry of logged-in sessions.
     pub fn registry(&self) -> &Arc<Registry> {
         &self.shared.registry
+    }
+}
+
+/// What the open-file limit allows this process, with one descriptor reserve per worker thread.
+fn descriptor_budget() -> Option<usize> {
+    let threads = tokio::runtime::Handle::try_current()
+        .map(|h| h.metrics().num_workers())
+        .unwrap_or(1);
+    crate::limits::descriptor_budget(crate::limits::nofile_limit(), threads)
+}
+
+fn log_connection_limit(configured: Option<usize>, budget: Option<usize>) {
+    let nofile = crate::limits::nofile_limit();
+    let limit = crate::limits::effective_max_connections(configured, budget);
+    match (configured, budget) {
+        (Some(c), Some(b)) if c > b => tracing::warn!(
+            configured = c,
+            max_connections = limit,
+            open_file_limit = nofile,
+            "imap4.max_connections is more than the open-file limit allows (two descriptors per relayed session); capped"
+        ),
+        _ => tracing::info!(
+            max_connections = limit,
+            open_file_limit = nofile,
+            "connection limit (two descriptors per relayed session, a reserve for listeners, logs and pipes)"
+        ),
     }
 }
 

@@ -25,6 +25,8 @@ pub enum LoadError {
     Tls(#[from] TlsError),
     #[error("backends.{name}: {source}")]
     Backend { name: String, source: TlsError },
+    #[error(transparent)]
+    Permission(#[from] crate::permissions::PermissionError),
 }
 
 pub struct State {
@@ -48,6 +50,7 @@ impl State {
     }
 
     pub fn from_config(config: Config, stats: CacheStats) -> Result<State, LoadError> {
+        crate::permissions::check(&config)?;
         let names: Vec<&str> = config.backends.keys().map(String::as_str).collect();
         let directory = directory::file::load(&config.directory.mailboxes, &names)?;
         let acceptor = match (&config.imap4.certificate, &config.imap4.private_key) {
@@ -64,12 +67,7 @@ impl State {
             })?;
             backends.insert(name.clone(), Arc::new(backend));
         }
-        let policies = PolicyCache::new(
-            Arc::new(directory),
-            config.directory.cache_capacity,
-            config.directory.cache_ttl,
-            stats,
-        );
+        let policies = PolicyCache::new(Arc::new(directory), &config.directory, stats);
         Ok(State {
             config: Arc::new(config),
             policies,

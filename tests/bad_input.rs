@@ -118,6 +118,18 @@ fn cases() -> Vec<Case> {
         case(
             "literal length beyond 32 bits",
             b"a LOGIN user1 {99999999999}\r\n",
+            "a BAD [TOOBIG] Command exceeds the size limit.",
+            true,
+        ),
+        case(
+            "LITERAL+ length beyond 64 bits",
+            b"a1 LOGIN {18446744073709551616+}\r\nb1 LOGOUT\r\n",
+            "* BYE [TOOBIG] Command exceeds the size limit.",
+            false,
+        ),
+        case(
+            "bad command with a LITERAL+ literal of 22 digits (leading zeros)",
+            b"a FROB {0000000000000000000005+}\r\nb1 LOGOUT\r\n",
             "a BAD Command not understood.",
             false,
         ),

@@ -278,3 +278,129 @@ async fn backend_certificates_are_verified() {
     assert!(last(&r).starts_with("a OK"), "{r:?}");
     gate.stop().await;
 }
+
+/// A greeted plain connection from a chosen loopback source address.
+async fn client_from(source: [u8; 4], to: std::net::SocketAddr) -> common::Client {
+    let mut c = common::Client::plain_from(source, to).await;
+    c.greeting().await;
+    c
+}
+
+/// Dovecot here lower-cases names and strips their domain (`%Ln`) and has a master user: it
+/// logs in `user2@anything.example`, `USER2@x` and `user2*helpdesk` as user2, who is Jane Doe,
+/// disabled. The gate refuses them all, as it refuses any name outside its directory.
+#[tokio::test]
+async fn spellings_the_backend_accepts_do_not_bypass_a_disabled_mailbox() {
+    let Some(d) = dovecot() else { return };
+    let spellings = [
+        ("user2@anything.example", "pass2"),
+        ("USER2@x", "pass2"),
+        ("user2*helpdesk", "masterpw"),
+    ];
+    // The backend itself lets every one of them in.
+    for (user, pass) in spellings {
+        let mut c = common::Client::plain(([127, 0, 0, 1], d.port).into()).await;
+        c.line().await;
+        let r = c.cmd("a", &format!("LOGIN {user} {pass}")).await;
+        assert!(
+            last(&r).starts_with("a OK"),
+            "Dovecot refused {user}: {r:?}"
+        );
+    }
+    let gate = gate(d.port, d.tls_port).await;
+    let tls = gate.tls.expect("tls");
+    let failed = "a NO [AUTHENTICATIONFAILED] LOGIN failed.";
+    // Each from an address of its own: the refusal costs the address a failure at Dovecot too
+    // (as a wrong password does), and Dovecot's penalty would slow the other tests.
+    let attempts = spellings.iter().copied().chain([
+        ("user1@x.example", "pass1"),
+        ("USER1@alias7.example", "pass1"),
+    ]);
+    for (i, (user, pass)) in attempts.enumerate() {
+        let mut c = common::Client::tls_from([127, 0, 1, i as u8 + 1], tls).await;
+        c.greeting().await;
+        let r = c.cmd("a", &format!("LOGIN {user} {pass}")).await;
+        // The last two are John Smith under spellings only the backend knows: before, such a
+        // session survived his mailbox being disabled, and escaped his session limit.
+        assert_eq!(last(&r), failed, "{user}");
+    }
+    // The names in the directory work, and reach the backend as the mailbox's own login.
+    let mut c = gate.implicit_tls().await;
+    c.greeting().await;
+    assert!(last(&c.cmd("a", "LOGIN JSMITH pass1").await).starts_with("a OK"));
+    gate.stop().await;
+}
+
+/// The gate's penalty and Dovecot's (which sees the client's address through ID) do not add up
+/// to a false "unavailable": after three wrong passwords Dovecot holds the right one back 15 s,
+/// within the gate's default backend login budget (20 s), and the gate's own wait comes before
+/// that budget starts.
+#[tokio::test]
+async fn a_right_password_after_wrong_ones_is_not_reported_unavailable() {
+    let Some(d) = dovecot() else { return };
+    let gate = GateConfig::new("unused:1")
+        .backend("main", &format!("address = \"127.0.0.1:{}\"", d.port))
+        .imap4("trusted_networks = []")
+        .imap4("auth_penalty_initial = \"100ms\"")
+        .start()
+        .await;
+    // From an address of its own: Dovecot's penalty is per address.
+    let source = [127, 0, 0, 23];
+    let wrong = (0..3).map(|i| {
+        let addr = gate.plain;
+        async move {
+            let mut c = client_from(source, addr).await;
+            last(&c.cmd("a", &format!("LOGIN user3 wrong{i}")).await).to_string()
+        }
+    });
+    for r in futures_join(wrong).await {
+        assert_eq!(r, "a NO [AUTHENTICATIONFAILED] LOGIN failed.");
+    }
+    let started = std::time::Instant::now();
+    let mut c = client_from(source, gate.plain).await;
+    let r = c.cmd("b", "LOGIN user3 pass3").await;
+    assert!(
+        last(&r).starts_with("b OK"),
+        "after {:?}: {r:?}",
+        started.elapsed()
+    );
+    gate.stop().await;
+}
+
+/// Runs futures at once and collects their outputs in order.
+async fn futures_join<F: std::future::Future<Output = String> + Send + 'static>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<String> {
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.expect("task"));
+    }
+    out
+}
+
+/// After COMPRESS the stream is deflate: a kick must not write a plaintext BYE into it, however
+/// long the tag in front of COMPRESS was.
+#[tokio::test]
+async fn compress_behind_a_long_tag_is_seen() {
+    let Some(d) = dovecot() else { return };
+    let gate = gate(d.port, d.tls_port).await;
+    let mut c = gate.implicit_tls().await;
+    c.greeting().await;
+    assert!(last(&c.cmd("a", "LOGIN jsmith pass1").await).starts_with("a OK"));
+    let tag = "t".repeat(45);
+    let r = c.cmd(&tag, "COMPRESS DEFLATE").await;
+    assert!(last(&r).starts_with(&format!("{tag} OK")), "{r:?}");
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let kicked = gate
+        .handle
+        .registry()
+        .kick_where(imapgate::registry::Kick::Disabled, |_| true);
+    assert_eq!(kicked, 1);
+    assert_eq!(
+        c.try_line(std::time::Duration::from_secs(2)).await,
+        Ok(None),
+        "closed, without a plaintext line in the compressed stream"
+    );
+    gate.stop().await;
+}

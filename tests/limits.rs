@@ -4,14 +4,14 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::fake::{FakeBackend, Script};
 use common::{last, Client, GateConfig, TestGate};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 
-const MAILBOXES: &str = "[[mailbox]]\nname = \"John Smith\"\nalias = \"jsmith\"\nemail = \"john.smith@example.com\"\nlogin = \"user1\"\n";
+const MAILBOXES: &str = "[[mailbox]]\nname = \"John Smith\"\nalias = \"jsmith\"\nemail = \"john.smith@example.com\"\nlogin = \"user1\"\n\n[[mailbox]]\nalias = \"user2\"\n";
 
 /// Connects from a chosen loopback source address (127.0.0.0/8 is all loopback on Linux).
 async fn connect_from(source: [u8; 4], to: SocketAddr) -> TcpStream {
@@ -179,5 +179,210 @@ async fn thousands_of_connections_ending_every_way_leave_every_counter_at_zero()
     let c = gate.logged_in("user1", "pass1").await;
     drop(c);
     wait_for_zero(&gate).await;
+    gate.stop().await;
+}
+
+/// One address opening connections and sending nothing: it gets its share of connections
+/// before login, and other addresses still log in.
+#[tokio::test]
+async fn one_address_cannot_hold_the_gate_before_login() {
+    let fake = FakeBackend::start(Script::default()).await;
+    let gate = GateConfig::new(&fake.address())
+        .imap4("max_preauth_connections_from_single_ip = 20")
+        .start()
+        .await;
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        let mut c = Client::from_tcp(connect_from([127, 0, 0, 9], gate.plain).await);
+        c.greeting().await;
+        idle.push(c);
+    }
+    let mut over = Client::from_tcp(connect_from([127, 0, 0, 9], gate.plain).await);
+    assert_eq!(over.line().await, "* BYE [LIMIT] Too many connections.");
+    assert!(over.closed_within(Duration::from_secs(1)).await);
+    // Another address logs in; a logged-in session no longer counts before login.
+    let mut other = Client::from_tcp(connect_from([127, 0, 0, 10], gate.plain).await);
+    other.greeting().await;
+    assert!(last(&other.cmd("a", "LOGIN user1 pass1").await).starts_with("a OK"));
+    let mut first = idle.remove(0);
+    assert!(last(&first.cmd("a", "LOGIN user2 pass2").await).starts_with("a OK"));
+    let mut again = Client::from_tcp(connect_from([127, 0, 0, 9], gate.plain).await);
+    again.greeting().await;
+    drop((idle, over, other, first, again));
+    wait_for_zero(&gate).await;
+    gate.stop().await;
+}
+
+/// Above `pressure_threshold` of `max_connections`, connections waiting to log in get the short
+/// pre-login timeout; below it, the normal one.
+#[tokio::test]
+async fn under_pressure_idle_connections_before_login_are_cut_early() {
+    let fake = FakeBackend::start(Script::default()).await;
+    let gate = GateConfig::new(&fake.address())
+        .imap4("max_connections = 10")
+        .imap4("pressure_threshold = 0.5")
+        .imap4("preauthenticated_connection_timeout_under_pressure = \"1s\"")
+        .start()
+        .await;
+    let mut held = Vec::new();
+    for i in 0..4u8 {
+        let mut c = Client::from_tcp(connect_from([127, 0, 0, 20 + i], gate.plain).await);
+        c.greeting().await;
+        held.push(c);
+    }
+    // Four of ten: no pressure, nobody is cut.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for c in held.iter_mut() {
+        assert_eq!(c.try_line(Duration::from_millis(10)).await, Err(()));
+    }
+    // The fifth makes five of ten: every waiting connection older than 1 s is cut now.
+    let started = Instant::now();
+    let mut fifth = Client::from_tcp(connect_from([127, 0, 0, 30], gate.plain).await);
+    fifth.greeting().await;
+    for c in held.iter_mut() {
+        assert_eq!(c.line().await, "* BYE Timed out waiting for login.");
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    // The newcomer gets its second, not the minute of preauthenticated_connection_timeout.
+    assert_eq!(fifth.line().await, "* BYE Timed out waiting for login.");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    drop((held, fifth));
+    wait_for_zero(&gate).await;
+    gate.stop().await;
+}
+
+/// A daemon whose open-file limit is low: the connection limit follows it (logged), and a
+/// flood of connections from many addresses is refused with `* BYE [LIMIT]`, never by running
+/// out of descriptors.
+#[tokio::test]
+async fn the_connection_limit_follows_the_open_file_limit() {
+    let fake = FakeBackend::start(Script::default()).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = dir.path().join("imapgate.toml");
+    std::fs::write(&config, GateConfig::new(&fake.address()).render()).expect("config");
+    std::fs::write(dir.path().join("mailboxes.toml"), common::FAKE_USERS).expect("mailboxes");
+    let mut child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n 400 && RUST_LOG=info exec {} --config {}",
+            common::daemon::BIN,
+            config.display()
+        ))
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("daemon");
+    use tokio::io::AsyncBufReadExt;
+    let mut log = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let (mut limit, mut port) = (None, None);
+    while port.is_none() {
+        let line = tokio::time::timeout(Duration::from_secs(10), log.next_line())
+            .await
+            .expect("log in time")
+            .expect("read")
+            .expect("a line");
+        if line.contains("connection limit") {
+            limit = line
+                .split("max_connections=")
+                .nth(1)
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<usize>().ok());
+        }
+        if line.contains("listening (plain") {
+            port = line
+                .rsplit_once("127.0.0.1:")
+                .and_then(|(_, p)| p.split_whitespace().next())
+                .and_then(|p| p.parse::<u16>().ok());
+        }
+    }
+    // (400 - reserve) / 2: a relayed session holds two descriptors.
+    let limit = limit.expect("the limit is logged");
+    assert!(limit > 50 && limit < 200, "max_connections={limit}");
+    let addr = SocketAddr::from(([127, 0, 0, 1], port.expect("port")));
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for i in 0..limit + 40 {
+        let source = [127, 0, 2 + (i / 50) as u8, 1 + (i % 50) as u8];
+        let mut c = Client::from_tcp(connect_from(source, addr).await);
+        let first = c.line().await;
+        if first.starts_with("* BYE [LIMIT]") {
+            refused += 1;
+        } else {
+            held.push(c);
+        }
+    }
+    assert_eq!(held.len(), limit);
+    assert_eq!(refused, 40);
+    // Room again after some leave; a login works.
+    held.truncate(limit - 5);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut c = Client::from_tcp(connect_from([127, 0, 9, 1], addr).await);
+    c.greeting().await;
+    assert!(last(&c.cmd("a", "LOGIN user1 pass1").await).starts_with("a OK"));
+    drop((held, c));
+    let _ = child.start_kill();
+    let rest = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut text = String::new();
+        while let Ok(Some(l)) = log.next_line().await {
+            text.push_str(&l);
+            text.push('\n');
+        }
+        text
+    })
+    .await
+    .unwrap_or_default();
+    assert!(!rest.contains("Too many open files"), "{rest}");
+}
+
+/// A hundred connections from one address sending wrong passwords at once: a few logins are
+/// in progress at a time, and each waits for the failures of those before it.
+#[tokio::test]
+async fn parallel_wrong_passwords_from_one_address_are_paced() {
+    let fake = FakeBackend::start(Script::default()).await;
+    let gate = GateConfig::new(&fake.address())
+        .imap4("trusted_networks = []")
+        .imap4("auth_penalty_initial = \"300ms\"")
+        .imap4("auth_penalty_max = \"1s\"")
+        .start()
+        .await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut clients = Vec::new();
+    for _ in 0..100 {
+        let mut c = gate.plain().await;
+        c.greeting().await;
+        clients.push(c);
+    }
+    let started = Instant::now();
+    for mut c in clients {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let r = c.cmd("a", "LOGIN user1 wrong").await;
+            let _ = tx.send((started.elapsed(), last(&r).to_string()));
+            c
+        });
+    }
+    let mut answers = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
+    while let Ok(Some(a)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+        answers.push(a);
+    }
+    assert!(answers
+        .iter()
+        .all(|(_, r)| r.contains("AUTHENTICATIONFAILED")));
+    // The first four answer at once; the next four wait for four failures' penalty (1 s).
+    let quick = answers
+        .iter()
+        .filter(|(t, _)| *t < Duration::from_millis(800))
+        .count();
+    assert_eq!(quick, 4, "{answers:?}");
+    assert!(answers.len() <= 8, "{answers:?}");
     gate.stop().await;
 }

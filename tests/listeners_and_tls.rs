@@ -18,7 +18,7 @@ async fn ipv4_and_ipv6_listeners_both_serve() {
     let dir = tempfile::tempdir().expect("tmp");
     let path = dir.path().join("imapgate.toml");
     std::fs::write(&path, config.render()).expect("w");
-    std::fs::write(dir.path().join("mailboxes.toml"), "").expect("w");
+    std::fs::write(dir.path().join("mailboxes.toml"), common::FAKE_USERS).expect("w");
     let gate = Gate::bind(&path).await.expect("bind");
     let (plain, tls) = (gate.plain_addrs(), gate.tls_addrs());
     assert_eq!(plain.len(), 2);
@@ -167,7 +167,7 @@ async fn reload_swaps_the_certificate_and_keeps_the_old_one_when_the_new_is_brok
     let dir = tempfile::tempdir().expect("tmp");
     let (cert, key) = (dir.path().join("gate.pem"), dir.path().join("gate.key"));
     std::fs::copy(common::certs().join("localhost.pem"), &cert).expect("copy");
-    std::fs::copy(common::certs().join("localhost.key"), &key).expect("copy");
+    std::fs::copy(common::dev_key(), &key).expect("copy");
     let gate = GateConfig::new(&fake.address())
         .imap4(&format!("certificate = {cert:?}"))
         .imap4(&format!("private_key = {key:?}"))

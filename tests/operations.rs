@@ -13,7 +13,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixDatagram;
 use tokio::process::Command;
 
-const MAILBOXES: &str = "[[mailbox]]\nname = \"Jane Doe\"\nemail = \"jane@example.com\"\nlogin = \"user2\"\nimap_enabled = false\n";
+const MAILBOXES: &str = "[[mailbox]]\nname = \"Jane Doe\"\nemail = \"jane@example.com\"\nlogin = \"user2\"\nimap_enabled = false\n\n[[mailbox]]\nalias = \"user1\"\n";
 
 /// The unit exactly as shipped, checked by the systemd of this machine (Debian 12: 252) in a
 /// root holding the unit, the binary where the unit expects it, and systemd's own units.
@@ -235,10 +235,12 @@ async fn metrics_are_scraped() {
         3.0
     );
     assert!(value(&m, "imapgate_policy_cache_misses_total") >= 1.0);
-    assert_eq!(value(&m, "imapgate_policy_cache_entries"), 1.0);
+    // user1 and Jane Doe (names outside the directory would not be cached).
+    assert_eq!(value(&m, "imapgate_policy_cache_entries"), 2.0);
     // A reload that closes the open session of a newly disabled mailbox, and one refused.
-    gate.write_mailboxes(&format!(
-        "{MAILBOXES}\n[[mailbox]]\nalias = \"user1\"\nimap_enabled = false\n"
+    gate.write_mailboxes(&MAILBOXES.replace(
+        "alias = \"user1\"\n",
+        "alias = \"user1\"\nimap_enabled = false\n",
     ));
     gate.handle.reload().expect("reload");
     assert!(ok.closed_within(Duration::from_secs(2)).await);
@@ -348,20 +350,20 @@ async fn json_logs_and_test_login() {
         .spawn()
         .expect("daemon");
     let mut log = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let first = log.next_line().await.expect("line").expect("a log line");
-    let json: serde_json::Value = serde_json::from_str(&first).expect("JSON log line");
-    let port: u16 = json["fields"]["address"]
-        .as_str()
-        .and_then(|a| a.rsplit(':').next())
-        .and_then(|p| p.parse().ok())
-        .expect("listening address");
-    let tls_line = log.next_line().await.expect("line").expect("a log line");
-    let tls: serde_json::Value = serde_json::from_str(&tls_line).expect("JSON");
-    let tls_port: u16 = tls["fields"]["address"]
-        .as_str()
-        .and_then(|a| a.rsplit(':').next())
-        .and_then(|p| p.parse().ok())
-        .expect("tls address");
+    // Every line is JSON; the two listeners' addresses come in order.
+    let mut ports = Vec::new();
+    while ports.len() < 2 {
+        let line = log.next_line().await.expect("line").expect("a log line");
+        let json: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+        if let Some(port) = json["fields"]["address"]
+            .as_str()
+            .and_then(|a| a.rsplit(':').next())
+            .and_then(|p| p.parse::<u16>().ok())
+        {
+            ports.push(port);
+        }
+    }
+    let (port, tls_port) = (ports[0], ports[1]);
     let pw = dir.path().join("pw");
     std::fs::write(&pw, "pass1\n").expect("pw");
     let ca = common::certs().join("ca.pem");
@@ -511,11 +513,7 @@ async fn the_production_configuration_passes_check_config() {
         d.join("tls/fullchain.pem"),
     )
     .expect("cert");
-    std::fs::copy(
-        common::certs().join("localhost.key"),
-        d.join("tls/privkey.pem"),
-    )
-    .expect("key");
+    std::fs::copy(common::dev_key(), d.join("tls/privkey.pem")).expect("key");
     let (ok, out, err) = cli(&d.join("imapgate.toml"), &["check-config"]).await;
     assert!(ok, "{out}{err}");
     assert!(out.contains("OK (2 mailboxes, 1 backends)"), "{out}");

@@ -115,11 +115,17 @@ proptest! {
         };
         for form in [n.clone(), format!("{n}@example.com"), format!("{n}@corp.example.com"), format!("corp\\{n}"), format!("CORP/{n}"), format!("u-{n}")] {
             let p = d.policy(&mix(&form));
+            prop_assert!(p.is_some(), "{} not found", form);
+            let p = p.unwrap_or_else(|| d.default_policy(""));
             let expected = format!("Person {i}");
             prop_assert_eq!(p.mailbox.as_deref(), Some(expected.as_str()), "{}", form);
             prop_assert_eq!(p.imap_enabled, i % 2 == 0);
+            // Whatever spelling was typed, the backend hears the mailbox's own login.
+            let login = format!("u-{n}");
+            prop_assert_eq!(&*p.backend_login, login.as_str());
         }
-        prop_assert_eq!(d.policy(&format!("{n}x@example.com")).mailbox, None);
-        prop_assert_eq!(d.policy(&format!("other\\{n}")).mailbox, None);
+        let (unknown, other) = (format!("{n}x@example.com"), format!("other\\{n}"));
+        prop_assert!(d.policy(&unknown).is_none());
+        prop_assert!(d.policy(&other).is_none());
     }
 }

@@ -9,7 +9,6 @@
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -144,33 +143,34 @@ async fn handle_request(line: &str, handle: &GateHandle) -> String {
         },
         ("KICK", false) => {
             let state = handle.state();
-            let directory = state.policies.directory();
-            let matches = find_identity(&directory.views(), arg);
+            let views = state.policies.directory().views();
+            let matches = find_identity(&views, arg);
             if matches.len() > 1 {
                 return format!(
                     "ERR {arg:?} matches {} mailboxes; use a unique identity (email, UPN, alias or GUID)",
                     matches.len()
                 );
             }
-            let closed = if matches.is_empty() {
-                // Not in the directory: only a login name of open sessions (which [defaults]
-                // let in) is accepted; anything else is an operator's typo, not "0 closed".
-                let key = login_key(arg);
-                let registry = handle.registry();
-                if !registry.list().iter().any(|s| login_key(&s.user) == key) {
-                    return format!("ERR no mailbox matches {arg:?}");
+            let registry = handle.registry();
+            let closed = match matches.first() {
+                // Sessions belong to mailboxes by key, whatever name their client typed.
+                Some(&i) => {
+                    let key = views[i].key();
+                    registry.kick_where(Kick::Admin, |s| s.mailbox_key == key)
                 }
-                registry.kick_where(Kick::Admin, |s| login_key(&s.user) == key)
-            } else {
-                let targets: Vec<_> = matches
-                    .iter()
-                    .map(|&i| directory.mailboxes[i].clone())
-                    .collect();
-                handle.registry().kick_where(Kick::Admin, |s| {
-                    directory
-                        .find(&s.user)
-                        .is_some_and(|m| targets.iter().any(|t| Arc::ptr_eq(t, m)))
-                })
+                // Not in the directory: only a login name of open sessions (which
+                // `unknown_names = "defaults"` let in) is accepted; anything else is an
+                // operator's typo, not "0 closed".
+                None => {
+                    let key = login_key(arg);
+                    let of_name = |s: &crate::registry::SessionInfo| {
+                        s.mailbox.is_none() && login_key(&s.user) == key
+                    };
+                    if !registry.any(of_name) {
+                        return format!("ERR no mailbox matches {arg:?}");
+                    }
+                    registry.kick_where(Kick::Admin, of_name)
+                }
             };
             tracing::info!(
                 identity = arg,

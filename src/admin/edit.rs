@@ -59,12 +59,7 @@ pub fn set_imap_enabled(
     create: bool,
 ) -> Result<EditOutcome, EditError> {
     let lock_path = lock_path(path);
-    let lock = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(io_err(&lock_path))?;
+    let lock = open_lock(&lock_path).map_err(io_err(&lock_path))?;
     lock.lock().map_err(io_err(&lock_path))?;
     let text = std::fs::read_to_string(path).map_err(io_err(path))?;
     let views = directory::file::parse(path, &text, backends)?.views();
@@ -125,6 +120,26 @@ pub fn set_imap_enabled(
         created,
         changed: true,
     })
+}
+
+/// The lock file, never through a symbolic link (whoever can write the directory must not make
+/// root create or truncate a file elsewhere), owner-only.
+fn open_lock(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+                std::io::Error::other("is a symbolic link; refusing to follow it for a lock")
+            } else {
+                e
+            }
+        })
 }
 
 pub fn lock_path(path: &Path) -> PathBuf {
@@ -210,7 +225,7 @@ fn append_mailbox(doc: &mut DocumentMut, identity: &str, enabled: bool) -> Resul
 /// file's mode, owner and group (an edit made as root must not lock the daemon's user out), fsync,
 /// rename over it, fsync the directory.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), EditError> {
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
     let real = std::fs::canonicalize(path).map_err(io_err(path))?;
     let meta = std::fs::metadata(&real).map_err(io_err(&real))?;
     let dir = real.parent().unwrap_or(Path::new("/")).to_path_buf();
@@ -222,9 +237,12 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), EditError> {
         let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(meta.mode() & 0o7777)
+            .mode(0o600)
             .open(&tmp)?;
+        // Owner first (a chown may clear set-id bits), then the old mode exactly: the umask
+        // must not change it.
         std::os::unix::fs::fchown(&file, Some(meta.uid()), Some(meta.gid()))?;
+        file.set_permissions(std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
         file.write_all(bytes)?;
         file.sync_all()?;
         std::fs::rename(&tmp, &real)?;
@@ -318,6 +336,34 @@ alias = "js2"
         assert!(std::fs::read_to_string(&real)
             .unwrap()
             .contains("alias = \"js2\"\nimap_enabled = false"));
+    }
+
+    #[test]
+    fn a_symlinked_lock_is_refused_and_the_mode_survives_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mailboxes.toml");
+        std::fs::write(&path, FILE).unwrap();
+        // Someone who can write the directory points the lock elsewhere.
+        let elsewhere = dir.path().join("elsewhere");
+        std::os::unix::fs::symlink(&elsewhere, lock_path(&path)).unwrap();
+        let e = set_imap_enabled(&path, &["main"], "js2", false, false).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert!(!elsewhere.exists(), "the lock's target was created");
+        std::fs::remove_file(lock_path(&path)).unwrap();
+        // A group-writable file keeps its mode under a umask that would take it away.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o664)).unwrap();
+        let old = rustix::process::umask(rustix::fs::Mode::from_bits_truncate(0o022));
+        let result = set_imap_enabled(&path, &["main"], "js2", false, false);
+        rustix::process::umask(old);
+        result.unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o664);
+        let lock_mode = std::fs::metadata(lock_path(&path))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(lock_mode & 0o777, 0o600);
     }
 
     fn nix_is_root() -> bool {

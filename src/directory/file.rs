@@ -38,7 +38,8 @@ pub struct MailboxRecord {
     pub upn: Option<String>,
     pub domain_account: Option<String>,
     pub guid: Option<String>,
-    /// User name sent to the backend; the name the client typed when absent.
+    /// User name sent to the backend; when absent, the first of email, upn, alias and
+    /// domain_account ([`MailboxRecord::backend_login`]).
     pub login: Option<String>,
     /// Exchange's `ImapEnabled`; `[defaults] imap_enabled` when absent.
     pub imap_enabled: Option<bool>,
@@ -59,6 +60,19 @@ impl MailboxRecord {
         ]
         .into_iter()
         .filter_map(|(field, value)| value.as_deref().map(|v| (field, v)))
+    }
+
+    /// The user name this mailbox is logged in as on its backend ([`super::canonical_login`]).
+    /// Every mailbox has one: parsing refuses a mailbox without a login name.
+    pub fn backend_login(&self) -> &str {
+        super::canonical_login(
+            self.login.as_deref(),
+            self.email.as_deref(),
+            self.upn.as_deref(),
+            self.alias.as_deref(),
+            self.domain_account.as_deref(),
+        )
+        .unwrap_or_default()
     }
 
     /// What logs and admin output call this mailbox.
@@ -212,23 +226,29 @@ email = "ann@example.com"
             "corp\\JSMITH",
             "CORP/jsmith",
         ] {
-            let p = d.policy(name);
+            let p = d.policy(name).expect("found");
             assert_eq!(p.mailbox.as_deref(), Some("John Smith"), "{name}");
             assert!(!p.imap_enabled, "{name}");
-            assert_eq!(p.backend_login.as_deref(), Some("user1"));
+            assert_eq!(&*p.backend_login, "user1");
+            assert_eq!(&*p.mailbox_key, "main/user1");
         }
-        let p = d.policy("nobody@example.com");
+        assert_eq!(d.policy("nobody@example.com"), None);
+        let p = d.default_policy("Nobody@example.com");
         assert_eq!(p.mailbox, None);
         assert!(p.imap_enabled);
         assert_eq!(&*p.backend, "main");
-        assert!(d.policy("ann@example.com").imap_enabled);
+        assert_eq!(&*p.backend_login, "Nobody@example.com");
+        // Without a `login`, the mailbox's email is its backend login, whatever was typed.
+        let ann = d.policy("ANN@example.com").expect("found");
+        assert!(ann.imap_enabled);
+        assert_eq!(&*ann.backend_login, "ann@example.com");
     }
 
     #[test]
     fn the_backend_login_name_finds_the_mailbox_too() {
         let d = parse(Path::new("m.toml"), FILE, &["main"]).unwrap();
         // John Smith (disabled) sends "user1" to the backend: typing "user1" must not bypass him.
-        let p = d.policy("user1");
+        let p = d.policy("user1").expect("found");
         assert_eq!(p.mailbox.as_deref(), Some("John Smith"));
         assert!(!p.imap_enabled);
         // A backend login may not be another mailbox's name.

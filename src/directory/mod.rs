@@ -10,21 +10,56 @@ pub mod file;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 pub use file::{DirectoryError, MailboxRecord};
 
 /// What the gate decides at login for one login name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
-    /// The mailbox's name in the directory, `None` when the name matched no mailbox (defaults apply).
+    /// The mailbox's name in the directory, `None` when the name matched no mailbox (defaults
+    /// apply, with `unknown_names = "defaults"` only).
     pub mailbox: Option<Arc<str>>,
     /// Exchange's `ImapEnabled`.
     pub imap_enabled: bool,
     /// Name of the `[backends.NAME]` entry holding the mailbox.
     pub backend: Arc<str>,
-    /// User name to send to the backend instead of the one the client typed.
-    pub backend_login: Option<Arc<str>>,
+    /// The user name the backend is sent: the mailbox's canonical login
+    /// ([`canonical_login`]), never another spelling the client typed. Only a name let in by
+    /// `unknown_names = "defaults"` is sent as typed.
+    pub backend_login: Arc<str>,
+    /// What limits, kicks and logs count as one mailbox ([`mailbox_key`]).
+    pub mailbox_key: Arc<str>,
+}
+
+/// The one rule for "one mailbox": its backend and its canonical backend login, case-folded.
+/// Every spelling of a mailbox's names gives the same key.
+pub fn mailbox_key(backend: &str, backend_login: &str) -> String {
+    format!("{backend}/{}", backend_login.to_lowercase())
+}
+
+/// The user name a mailbox is logged in as on its backend: its `login`, else its `email`,
+/// `upn`, `alias`, `domain_account`, in that order.
+pub fn canonical_login<'a>(
+    login: Option<&'a str>,
+    email: Option<&'a str>,
+    upn: Option<&'a str>,
+    alias: Option<&'a str>,
+    domain_account: Option<&'a str>,
+) -> Option<&'a str> {
+    login.or(email).or(upn).or(alias).or(domain_account)
+}
+
+/// What a login name that matches no mailbox gets (`[directory] unknown_names`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownNames {
+    /// The same `NO [AUTHENTICATIONFAILED]` as a wrong password (Exchange: the directory is
+    /// authoritative).
+    #[default]
+    Refuse,
+    /// `[defaults]`, the name sent to the backend as typed: only as safe as the match between
+    /// the directory's names and the backend's own name normalization.
+    Defaults,
 }
 
 /// Which index a login name is looked up in, by its shape (as Exchange resolves login names).
@@ -147,32 +182,35 @@ impl Directory {
             .collect()
     }
 
-    /// The policy for a login name, without the cache. A mailbox's backend `login` is one of its
-    /// names too (and may belong to no other mailbox), so typing the backend's user name finds the
-    /// same mailbox and the same ImapEnabled.
-    pub fn policy(&self, login: &str) -> Policy {
-        let Some(m) = self.find(login) else {
-            return self.default_policy();
-        };
-        Policy {
+    /// The policy for a login name, without the cache; `None` when it names no mailbox. A
+    /// mailbox's backend `login` is one of its names too (and may belong to no other mailbox),
+    /// so typing the backend's user name finds the same mailbox and the same ImapEnabled.
+    pub fn policy(&self, login: &str) -> Option<Policy> {
+        let m = self.find(login)?;
+        let backend: Arc<str> = m
+            .backend
+            .as_deref()
+            .map(Arc::from)
+            .unwrap_or_else(|| self.default_backend.clone());
+        let backend_login = m.backend_login();
+        Some(Policy {
             mailbox: Some(m.display_name().into()),
             imap_enabled: m.imap_enabled.unwrap_or(self.default_imap_enabled),
-            backend: m
-                .backend
-                .as_deref()
-                .map(Arc::from)
-                .unwrap_or_else(|| self.default_backend.clone()),
-            backend_login: m.login.as_deref().map(Arc::from),
-        }
+            mailbox_key: mailbox_key(&backend, backend_login).into(),
+            backend_login: backend_login.into(),
+            backend,
+        })
     }
 
-    /// What a name that matches no mailbox gets: `[defaults]`.
-    pub fn default_policy(&self) -> Policy {
+    /// What a name that matches no mailbox gets under `unknown_names = "defaults"`:
+    /// `[defaults]`, logged in on the backend as typed.
+    pub fn default_policy(&self, login: &str) -> Policy {
         Policy {
             mailbox: None,
             imap_enabled: self.default_imap_enabled,
+            mailbox_key: mailbox_key(&self.default_backend, login).into(),
             backend: self.default_backend.clone(),
-            backend_login: None,
+            backend_login: login.into(),
         }
     }
 }
@@ -192,6 +230,19 @@ pub struct MailboxView {
 }
 
 impl MailboxView {
+    /// The key of this mailbox ([`mailbox_key`]), as sessions carry it.
+    pub fn key(&self) -> String {
+        let login = canonical_login(
+            self.login.as_deref(),
+            self.email.as_deref(),
+            self.upn.as_deref(),
+            self.alias.as_deref(),
+            self.domain_account.as_deref(),
+        )
+        .unwrap_or("");
+        mailbox_key(&self.backend, login)
+    }
+
     /// True when `identity` names this mailbox in any form the admin commands accept: display
     /// name, alias, email, UPN, `DOMAIN\account` (or `DOMAIN/account`), GUID, backend login;
     /// case-insensitive.
@@ -254,24 +305,27 @@ pub struct CacheStats {
 pub struct PolicyCache {
     directory: Arc<Directory>,
     cache: moka::sync::Cache<(NameForm, String), Arc<Policy>>,
-    defaults: Arc<Policy>,
+    unknown: UnknownNames,
+    /// Characters that mean something to backends (Dovecot's master-user separator `*`): a
+    /// name with one of them is refused before any backend sees it.
+    refused: Vec<char>,
     stats: CacheStats,
 }
 
 impl PolicyCache {
     pub fn new(
         directory: Arc<Directory>,
-        capacity: u64,
-        ttl: Duration,
+        config: &crate::config::DirectoryConfig,
         stats: CacheStats,
     ) -> PolicyCache {
         PolicyCache {
             stats,
-            defaults: Arc::new(directory.default_policy()),
             directory,
+            unknown: config.unknown_names,
+            refused: config.refused_login_characters.chars().collect(),
             cache: moka::sync::Cache::builder()
-                .max_capacity(capacity)
-                .time_to_live(ttl)
+                .max_capacity(config.cache_capacity)
+                .time_to_live(config.cache_ttl)
                 .build(),
         }
     }
@@ -280,21 +334,38 @@ impl PolicyCache {
         &self.directory
     }
 
-    /// The policy for `login`, from the cache when present. Names that match no mailbox share
-    /// the `[defaults]` answer and are never cached: whoever tries names without a password
+    /// True when `login` carries a character backends give a meaning to.
+    pub fn has_refused_character(&self, login: &str) -> bool {
+        login.contains(self.refused.as_slice())
+    }
+
+    /// True for a character backends give a meaning to.
+    pub fn is_refused(&self, c: char) -> bool {
+        self.refused.contains(&c)
+    }
+
+    /// The policy for `login`, from the cache when present; `None` when the name may not log
+    /// in at all (no such mailbox under `unknown_names = "refuse"`, or a refused character).
+    /// Names that match no mailbox are never cached: whoever tries names without a password
     /// cannot fill the cache.
-    pub fn resolve(&self, login: &str) -> Arc<Policy> {
+    pub fn resolve(&self, login: &str) -> Option<Arc<Policy>> {
+        if self.has_refused_character(login) {
+            return None;
+        }
         let key = login_key(login);
         if !self.directory.index.contains_key(&key) {
-            return self.defaults.clone();
+            return match self.unknown {
+                UnknownNames::Refuse => None,
+                UnknownNames::Defaults => Some(Arc::new(self.directory.default_policy(login))),
+            };
         }
         if let Some(hit) = self.cache.get(&key) {
             self.stats.hits.inc();
-            return hit;
+            return Some(hit);
         }
         self.stats.misses.inc();
-        self.cache
-            .get_with(key, || Arc::new(self.directory.policy(login)))
+        let policy = self.directory.policy(login)?;
+        Some(self.cache.get_with(key, || Arc::new(policy)))
     }
 
     pub fn cached_entries(&self) -> u64 {

@@ -9,8 +9,6 @@
 
 /// Longest tail of a line kept to recognise a literal announcement (`{` + 20 digits + `+}\r`).
 const TAIL: usize = 32;
-/// Longest line head kept to recognise the command name on the client side.
-const HEAD: usize = 48;
 
 #[derive(Debug, Default)]
 pub struct Boundary {
@@ -18,7 +16,8 @@ pub struct Boundary {
     /// Bytes of the current line seen so far (0 = at a line start).
     line_len: u64,
     tail: Vec<u8>,
-    head: Vec<u8>,
+    /// Client side: how far the current line's command name matches `COMPRESS`.
+    head: CommandName,
     /// The stream switched to COMPRESS (or was otherwise lost): no more tracking.
     opaque: bool,
     /// Look for `COMPRESS` commands (client-to-server direction).
@@ -121,10 +120,9 @@ impl Boundary {
     }
 
     fn remember(&mut self, bytes: &[u8]) {
-        if self.watch_compress && self.head.len() < HEAD && self.line_len == self.head.len() as u64
-        {
-            let take = (HEAD - self.head.len()).min(bytes.len());
-            self.head.extend_from_slice(&bytes[..take]);
+        if self.watch_compress {
+            self.head.feed(bytes);
+            return;
         }
         if bytes.len() >= TAIL {
             self.tail.clear();
@@ -138,21 +136,55 @@ impl Boundary {
     }
 
     fn end_of_line(&mut self) {
-        if self.watch_compress && command_name_is(&self.head, b"COMPRESS") {
+        if self.watch_compress && self.head.is_compress() {
             self.opaque = true;
         }
-        self.head.clear();
+        self.head = CommandName::default();
         self.line_len = 0;
     }
 }
 
-/// `COMPRESS` as the second word of a command line (`tag COMPRESS DEFLATE`).
-fn command_name_is(head: &[u8], name: &[u8]) -> bool {
-    let mut words = head.split(|&b| b == b' ');
-    let _tag = words.next();
-    words
-        .next()
-        .is_some_and(|w| w.trim_ascii_end().eq_ignore_ascii_case(name))
+/// Whether a command line's second word (after the tag, however long) is `COMPRESS`, decided
+/// byte by byte in constant space: the tag is skipped, then the name compared as it comes.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum CommandName {
+    #[default]
+    Tag,
+    /// This many bytes of `COMPRESS` matched so far.
+    Name(u8),
+    /// `COMPRESS` and its end (space or CR).
+    Compress,
+    Other,
+}
+
+impl CommandName {
+    const NAME: &'static [u8] = b"COMPRESS";
+
+    fn feed(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            if matches!(self, CommandName::Compress | CommandName::Other) {
+                return;
+            }
+            *self = match (*self, b) {
+                (CommandName::Tag, b' ') => CommandName::Name(0),
+                (CommandName::Tag, _) => CommandName::Tag,
+                (CommandName::Name(n), _) if usize::from(n) < Self::NAME.len() => {
+                    if b.eq_ignore_ascii_case(&Self::NAME[usize::from(n)]) {
+                        CommandName::Name(n + 1)
+                    } else {
+                        CommandName::Other
+                    }
+                }
+                (CommandName::Name(_), b' ' | b'\r') => CommandName::Compress,
+                (CommandName::Name(_), _) => CommandName::Other,
+                (decided, _) => decided,
+            };
+        }
+    }
+
+    fn is_compress(self) -> bool {
+        self == CommandName::Compress || self == CommandName::Name(Self::NAME.len() as u8)
+    }
 }
 
 /// The length of a literal announced at the end of a line (`{N}` or `{N+}`, followed or not by
@@ -236,5 +268,21 @@ mod tests {
         b.feed(b"a3 compress DEFLATE\r\n");
         assert!(b.is_opaque());
         assert!(!b.at_line_start());
+        // Whatever the tag's length, and however the line is cut.
+        let line = format!("{} COMPRESS DEFLATE\r\n", "t".repeat(300));
+        for cut in [1, 7, 299, 305] {
+            let mut b = Boundary::commands();
+            b.feed(&line.as_bytes()[..cut]);
+            b.feed(&line.as_bytes()[cut..]);
+            assert!(b.is_opaque(), "cut at {cut}");
+        }
+        for other in ["a COMPRESSX\r\n", "a COMPRES\r\n", "a NOOP COMPRESS\r\n"] {
+            let mut b = Boundary::commands();
+            b.feed(other.as_bytes());
+            assert!(!b.is_opaque(), "{other}");
+        }
+        let mut b = Boundary::commands();
+        b.feed(b"a COMPRESS\n");
+        assert!(b.is_opaque());
     }
 }

@@ -109,12 +109,20 @@ fn decode_strict(buf: &[u8], max: usize) -> Decoded {
             // Answer a bad line only once it is complete, so it is dropped whole.
             None if buf.len() >= max => overlong(buf),
             None => Decoded::NeedMore,
-            Some(lf) if super::boundary::literal_announced(&buf[..lf]).is_some() => {
-                Decoded::BadLiteral { tag: line_tag(buf) }
-            }
-            Some(lf) => Decoded::Bad {
-                tag: line_tag(buf),
-                consumed: lf + 1,
+            // Any well-formed announcement is a literal (imap-codec stops at 32 bits): one too
+            // large is refused as such, before a `+` or by closing.
+            Some(lf) => match super::boundary::literal_announcement(&buf[..lf]) {
+                Some((length, false)) if length.saturating_add(lf as u64 + 3) > max as u64 => {
+                    Decoded::LiteralTooBig {
+                        tag: line_tag(buf).unwrap_or_else(|| "*".into()),
+                    }
+                }
+                Some((length, true)) if length > max as u64 => Decoded::TooLong,
+                Some(_) => Decoded::BadLiteral { tag: line_tag(buf) },
+                None => Decoded::Bad {
+                    tag: line_tag(buf),
+                    consumed: lf + 1,
+                },
             },
         },
     }
@@ -493,6 +501,19 @@ mod tests {
             Decoded::Bad { consumed: 8, .. }
         ));
         assert!(matches!(decode(b"a FROB", 100), Decoded::NeedMore));
+        // Announcements past 32 bits (imap-codec's limit) or 64 bits are literals too.
+        assert!(matches!(
+            decode(b"a1 LOGIN {18446744073709551616+}\r\n", 100),
+            Decoded::TooLong
+        ));
+        assert!(matches!(
+            decode(b"a1 LOGIN {99999999999}\r\n", 100),
+            Decoded::LiteralTooBig { tag } if tag == "a1"
+        ));
+        assert!(matches!(
+            decode(b"a FROB {0000000000000000000005+}\r\nb NOOP\r\n", 100),
+            Decoded::BadLiteral { .. }
+        ));
         assert!(matches!(
             decode(b"a FROB {5}\r\n", 100),
             Decoded::BadLiteral { .. }

@@ -31,7 +31,7 @@ pub fn serve(
     kind: ListenerKind,
     shared: Arc<Shared>,
     id: u64,
-    connection: ConnectionGuard,
+    mut connection: ConnectionGuard,
 ) -> impl std::future::Future<Output = ()> + Send {
     let span = tracing::info_span!(
         "session",
@@ -43,8 +43,18 @@ pub fn serve(
     async move {
         // Boxed: the pre-login phase's large state (read buffers, the backend login, the TLS
         // handshake) must not stay in the session's future, and its memory, while it relays.
-        let logged_in = Box::pin(prelogin(tcp, peer, kind, shared.clone(), id)).await;
+        let under_pressure = connection.came_under_pressure();
+        let logged_in = Box::pin(prelogin(
+            tcp,
+            peer,
+            kind,
+            shared.clone(),
+            id,
+            under_pressure,
+        ))
+        .await;
         if let Some(session) = logged_in {
+            connection.logged_in();
             let _relay_gauge = shared.metrics.session("relay", kind.name());
             relay::Relay::new(*session).run(&shared).await;
         }
@@ -60,6 +70,7 @@ async fn prelogin(
     kind: ListenerKind,
     shared: Arc<Shared>,
     id: u64,
+    under_pressure: bool,
 ) -> Option<Box<preauth::LoggedIn>> {
     let _ = tcp.set_nodelay(true);
     let local = tcp.local_addr().unwrap_or(([0, 0, 0, 0], 0).into());
@@ -89,7 +100,7 @@ async fn prelogin(
     drop(state);
     tracing::debug!("connected");
     let _preauth_gauge = shared.metrics.session("preauth", kind.name());
-    let preauth = PreAuth::new(id, stream, local, kind, peer, session_id(id), shared);
+    let preauth = PreAuth::new(id, stream, local, kind, peer, shared, under_pressure);
     match preauth.run().await {
         PreAuthEnd::Closed => {
             tracing::debug!("closed before login");

@@ -111,6 +111,10 @@ pub struct PreAuth {
     /// Buffer length at which the synchronizing literal we said `+` to is complete.
     literal_until: Option<usize>,
     deadline: Instant,
+    started: Instant,
+    /// The gate's pressure: a new episode shortens the deadline (once).
+    pressure: watch::Receiver<crate::limits::Pressure>,
+    squeezed: bool,
     client_id: Vec<(String, Option<String>)>,
     bad_commands: u32,
     failed_logins: u32,
@@ -123,8 +127,8 @@ impl PreAuth {
         local: SocketAddr,
         kind: ListenerKind,
         peer: SocketAddr,
-        session_id: String,
         shared: Arc<Shared>,
+        under_pressure: bool,
     ) -> PreAuth {
         let timeout = shared
             .state
@@ -132,7 +136,8 @@ impl PreAuth {
             .config
             .imap4
             .preauthenticated_connection_timeout;
-        PreAuth {
+        let pressure = shared.limits.pressure();
+        let mut preauth = PreAuth {
             id,
             client,
             local,
@@ -142,16 +147,23 @@ impl PreAuth {
             user: String::new(),
             kind,
             peer,
-            session_id,
+            session_id: crate::registry::session_id(id),
             phase: shared.phase.subscribe(),
+            pressure,
+            squeezed: false,
             shared,
             buf: Vec::new(),
             literal_until: None,
             deadline: Instant::now() + timeout,
+            started: Instant::now(),
             client_id: Vec::new(),
             bad_commands: 0,
             failed_logins: 0,
+        };
+        if under_pressure {
+            preauth.squeeze();
         }
+        preauth
     }
 
     pub async fn run(mut self) -> PreAuthEnd {
@@ -403,6 +415,9 @@ impl PreAuth {
         mechanism: Mechanism,
         state: &State,
     ) -> Result<Option<LoggedIn>, End> {
+        // One address, a few logins at a time: the penalty below then sees the failures of
+        // the logins before it, however many connections the address opened.
+        let _slot = self.login_slot(state).await?;
         self.penalty_wait(state).await?;
         let creds = match creds {
             Ok(c) => c,
@@ -417,18 +432,20 @@ impl PreAuth {
         if creds.user == "fault-injection-panic" {
             panic!("fault injection: this session panics");
         }
-        let policy = state.policies.resolve(&creds.user);
+        let Some(policy) = state.policies.resolve(&creds.user) else {
+            return self
+                .refuse_unknown(tag, &creds.user, mechanism, state)
+                .await;
+        };
         let Some(backend) = state.backends.get(&*policy.backend).cloned() else {
             // Cannot happen with a validated directory; answered as an outage, not a panic.
             tracing::error!(backend = %policy.backend, "mailbox names an unknown backend");
             return self.unavailable(tag).await;
         };
-        let backend_creds = match &policy.backend_login {
-            Some(login) => Credentials {
-                user: login.to_string(),
-                password: creds.password.clone(),
-            },
-            None => creds.clone(),
+        // The backend hears the mailbox's own login, never another spelling of it.
+        let backend_creds = Credentials {
+            user: policy.backend_login.to_string(),
+            password: creds.password.clone(),
         };
         let client = ClientInfo {
             peer: Some(self.peer),
@@ -464,6 +481,8 @@ impl PreAuth {
                         id: self.id,
                         user: creds.user.clone(),
                         mailbox: policy.mailbox.as_deref().map(String::from),
+                        mailbox_key: policy.mailbox_key.to_string(),
+                        backend_login: policy.backend_login.to_string(),
                         client: self.peer,
                         server: self.local,
                         listener: self.kind.name(),
@@ -474,8 +493,8 @@ impl PreAuth {
                     self.seq + 2,
                 );
                 let current = self.state();
-                let policy = current.policies.resolve(user);
-                if !policy.imap_enabled {
+                let now = current.policies.resolve(user);
+                if !now.is_some_and(|p| p.imap_enabled) {
                     tracing::info!(outcome = "disabled", user, mailbox, backend = %backend.name, elapsed_ms, "IMAP4 is disabled for this mailbox");
                     let reply = format!(
                         "{tag} NO [CONTACTADMIN] {}\r\n",
@@ -486,7 +505,7 @@ impl PreAuth {
                         .await;
                 }
                 let limit = current.config.imap4.max_connections_per_user;
-                let key = mailbox_key(&backend.name, &backend_creds.user);
+                let key = policy.mailbox_key.to_string();
                 let Ok(user_guard) = self.shared.limits.login(key, limit) else {
                     tracing::info!(outcome = "limit", user, mailbox, backend = %backend.name, limit, "too many sessions for this mailbox");
                     let reply =
@@ -510,6 +529,65 @@ impl PreAuth {
                 }))
             }
         }
+    }
+
+    /// A name the directory does not let in: the same answer, after the same backend round trip,
+    /// as a wrong password. The backend is asked to log in as the name typed (characters that
+    /// mean something to it replaced) with a random password, which it refuses as it refuses a
+    /// wrong one (with its own failure delay); the client's password never reaches it.
+    async fn refuse_unknown(
+        &mut self,
+        tag: &str,
+        user: &str,
+        mechanism: Mechanism,
+        state: &State,
+    ) -> Result<Option<LoggedIn>, End> {
+        let policies = &state.policies;
+        let reason = if policies.has_refused_character(user) {
+            "the name has a character backends give a meaning to"
+        } else {
+            "the name is not in the directory"
+        };
+        let default = &policies.directory().default_backend;
+        let Some(backend) = state.backends.get(&**default).cloned() else {
+            tracing::error!(backend = %default, "the default backend is not configured");
+            return self.unavailable(tag).await;
+        };
+        let decoy_user: String = user
+            .chars()
+            .map(|c| if policies.is_refused(c) { '_' } else { c })
+            .collect();
+        let decoy = Credentials {
+            user: decoy_user,
+            password: crate::credentials::Password::random(),
+        };
+        let client = ClientInfo {
+            peer: Some(self.peer),
+            session_id: self.session_id.clone(),
+            id: self.client_id.clone(),
+        };
+        let result = tokio::select! {
+            r = backend.login(&decoy, &client, &self.shared.metrics) => r,
+            _ = tokio::time::sleep_until(self.deadline) => return Err(End::Timeout),
+            _ = self.phase.wait_for(|p| *p != Phase::Running) => return Err(End::Shutdown),
+        };
+        match result {
+            // As a known name would meet the same outage.
+            Err(e) => {
+                self.record_outcome("unavailable");
+                tracing::warn!(outcome = "unavailable", backend = %backend.name, error = %e, "backend unavailable");
+                return self.unavailable(tag).await;
+            }
+            Ok(LoginResult::LoggedIn(session)) => session.logout().await,
+            Ok(LoginResult::Rejected) => {}
+        }
+        self.record_outcome("auth_failed");
+        tracing::info!(
+            outcome = "auth_failed",
+            reason,
+            "login refused before the backend saw the password"
+        );
+        self.login_failed(tag, mechanism).await
     }
 
     /// Counts a login outcome and keeps it for the protocol log row of this command.
@@ -545,6 +623,23 @@ impl PreAuth {
             parameters,
             context: std::mem::take(&mut self.outcome).to_string(),
         });
+    }
+
+    /// Waits for one of the address's `max_logins_in_progress_from_single_ip` login slots
+    /// (trusted networks have no such limit).
+    async fn login_slot(&mut self, state: &State) -> Result<Option<crate::limits::LoginSlot>, End> {
+        let imap4 = &state.config.imap4;
+        let ip = self.peer.ip();
+        if imap4.trusted_networks.iter().any(|n| n.contains(&ip)) {
+            return Ok(None);
+        }
+        let max = imap4.max_logins_in_progress_from_single_ip;
+        let limits = self.shared.limits.clone();
+        tokio::select! {
+            slot = limits.login_slot(ip, max) => Ok(Some(slot)),
+            _ = tokio::time::sleep_until(self.deadline) => Err(End::Timeout),
+            _ = self.phase.wait_for(|p| *p != Phase::Running) => Err(End::Shutdown),
+        }
     }
 
     /// Waits out the failed-login penalty of the client's address (none for trusted networks),
@@ -716,16 +811,51 @@ impl PreAuth {
             .max(1);
         let mut chunk = [0u8; 4096];
         let want = room.min(chunk.len());
+        let mut pressure_changed = None;
         let n = tokio::select! {
             r = self.client.read(&mut chunk[..want]) => r.map_err(|_| End::Gone)?,
             _ = tokio::time::sleep_until(self.deadline) => return Err(End::Timeout),
             _ = self.phase.wait_for(|p| *p != Phase::Running) => return Err(End::Shutdown),
+            r = self.pressure.changed(), if !self.squeezed => {
+                pressure_changed = Some(r.is_ok());
+                0
+            }
         };
+        match pressure_changed {
+            // A session not squeezed yet began while there was no pressure: any change since is
+            // a new episode (even one over by now), and waiting clients get the short deadline.
+            Some(true) => {
+                self.squeeze();
+                return Ok(());
+            }
+            // The gate is going away (its limits with it): nothing more to follow.
+            Some(false) => {
+                self.squeezed = true;
+                return Ok(());
+            }
+            None => {}
+        }
         if n == 0 {
             return Err(End::Gone);
         }
         self.buf.extend_from_slice(&chunk[..n]);
         Ok(())
+    }
+
+    /// The gate is under pressure: a client waiting to log in gets
+    /// `preauthenticated_connection_timeout_under_pressure` from its connect, not more.
+    fn squeeze(&mut self) {
+        self.squeezed = true;
+        let shorter = self
+            .state()
+            .config
+            .imap4
+            .preauthenticated_connection_timeout_under_pressure;
+        let squeezed = self.started + shorter;
+        if squeezed < self.deadline {
+            self.deadline = squeezed;
+            tracing::debug!("the gate is under pressure: pre-login deadline shortened");
+        }
     }
 
     async fn send(&mut self, bytes: &[u8]) -> Result<(), End> {
@@ -739,12 +869,6 @@ impl PreAuth {
             _ => Err(End::Gone),
         }
     }
-}
-
-/// What `max_connections_per_user` counts: one backend account (a mailbox), whatever name or
-/// address the client used.
-fn mailbox_key(backend: &str, user: &str) -> String {
-    format!("{backend}/{}", user.to_lowercase())
 }
 
 /// A command's name and its protocol log parameters: never a password or SASL message.

@@ -25,6 +25,42 @@ pub fn certs() -> PathBuf {
     repo().join("certs")
 }
 
+/// The development key as a private copy (0600): the checked-out file is world-readable (git
+/// keeps no modes), and the gate's strict modes refuse such a key, as they should.
+pub fn dev_key() -> PathBuf {
+    static KEY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        let key = dir.join("dev-localhost.key");
+        let tmp = dir.join(format!("dev-localhost.key.{}", std::process::id()));
+        std::fs::copy(certs().join("localhost.key"), &tmp).expect("copy key");
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        std::fs::rename(&tmp, &key).expect("rename key");
+        key
+    })
+    .clone()
+}
+
+/// The fake backend's users as mailboxes of their own (backend login = alias): names outside
+/// the directory are refused by default.
+pub const FAKE_USERS: &str = r#"# The fake backend's users.
+[[mailbox]]
+alias = "user1"
+
+[[mailbox]]
+alias = "user2"
+
+[[mailbox]]
+alias = "user3"
+
+[[mailbox]]
+alias = "utf8"
+
+[[mailbox]]
+alias = "tricky"
+"#;
+
 /// A gate configuration under construction: `[imap4]` lines, backends and the mailboxes file.
 pub struct GateConfig {
     pub imap4: Vec<String>,
@@ -41,7 +77,7 @@ impl GateConfig {
                 "unencrypted_or_tls_bindings = [\"127.0.0.1:0\"]".into(),
                 "ssl_bindings = [\"127.0.0.1:0\"]".into(),
                 format!("certificate = {:?}", certs().join("localhost.pem")),
-                format!("private_key = {:?}", certs().join("localhost.key")),
+                format!("private_key = {:?}", dev_key()),
                 "login_type = \"plain-text-login\"".into(),
                 "shutdown_grace = \"500ms\"".into(),
                 // Loopback is exempt from the failed-login penalty except where a test says so.
@@ -51,7 +87,7 @@ impl GateConfig {
                 "main".into(),
                 format!("address = \"{backend_address}\"\nconnect_timeout = \"2s\"\nlogin_timeout = \"2s\""),
             )],
-            mailboxes: String::new(),
+            mailboxes: FAKE_USERS.into(),
             extra: String::new(),
         }
     }
@@ -197,6 +233,28 @@ impl Client {
         let tcp = TcpStream::connect(addr).await.expect("connect");
         Client {
             io: BufReader::new(Box::new(tcp)),
+        }
+    }
+
+    /// A plain connection from a chosen loopback source address (all of 127.0.0.0/8 is
+    /// loopback on Linux): failed-login penalties, the gate's or a backend's, are per address.
+    pub async fn plain_from(source: [u8; 4], addr: SocketAddr) -> Client {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.bind((source, 0).into()).expect("bind source");
+        Client::from_tcp(socket.connect(addr).await.expect("connect"))
+    }
+
+    /// Implicit TLS from a chosen loopback source address.
+    pub async fn tls_from(source: [u8; 4], addr: SocketAddr) -> Client {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.bind((source, 0).into()).expect("bind source");
+        let tcp = socket.connect(addr).await.expect("connect");
+        let tls = dev_connector()
+            .connect(ServerName::try_from("localhost").expect("name"), tcp)
+            .await
+            .expect("tls handshake");
+        Client {
+            io: BufReader::new(Box::new(tls)),
         }
     }
 
