@@ -693,3 +693,26 @@ async fn kick_of_an_identity_nobody_has_is_an_error() {
     let (ok, out, err) = cli(&config, &["kick", "--identity", "jane@example.com"]).await;
     assert!(ok && out.contains("0 session(s) closed"), "{out}{err}");
 }
+
+#[tokio::test]
+async fn mailbox_set_does_not_follow_a_symlinked_lock_file() {
+    let (dir, config) = setup("127.0.0.1:1");
+    // Whoever can write the directory points the lock at a file root would then create.
+    let target = dir.path().join("created-by-root");
+    std::os::unix::fs::symlink(&target, dir.path().join("mailboxes.toml.lock")).expect("link");
+    let args = [
+        "mailbox",
+        "set",
+        "--identity",
+        "jsmith",
+        "--imap-enabled",
+        "false",
+        "--no-reload",
+    ];
+    let (ok, out, err) = cli(&config, &args).await;
+    assert!(!ok, "{out}{err}");
+    assert!(err.contains("symbolic link"), "{err}");
+    assert!(!target.exists());
+    let text = std::fs::read_to_string(dir.path().join("mailboxes.toml")).expect("read");
+    assert_eq!(text, MAILBOXES, "the file was not changed");
+}

@@ -238,3 +238,81 @@ async fn a_syntax_error_is_logged_as_one_line_and_the_penalty_wait_too() {
         "{line}"
     );
 }
+
+/// Like sshd's StrictModes: files that decide who may use IMAP4, in directories others can
+/// write, or a private key everyone can read, are refused at start, by check-config and by a
+/// reload; `[security] strict_modes = false` turns the check off.
+#[tokio::test]
+async fn files_others_could_change_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let chmod = |p: &Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod")
+    };
+    let fake = FakeBackend::start(Script::default()).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = write_files(dir.path(), &fake.address());
+    let mailboxes_file = dir.path().join("mailboxes.toml");
+    // The audit's set-up: everything 0666 in a 0777 directory.
+    chmod(dir.path(), 0o777);
+    chmod(&config, 0o666);
+    chmod(&mailboxes_file, 0o666);
+    let (ok, text) = check_config(&config).await;
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("imapgate.toml") && text.contains("0666"),
+        "{text}"
+    );
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .await
+        .expect("run");
+    assert!(!out.status.success(), "the daemon started");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("strict_modes"));
+    chmod(&config, 0o644);
+    let (ok, text) = check_config(&config).await;
+    assert!(
+        !ok && text.contains("directory above") && text.contains("0777"),
+        "{text}"
+    );
+    chmod(dir.path(), 0o755);
+    let (ok, text) = check_config(&config).await;
+    assert!(
+        !ok && text.contains("mailboxes.toml") && text.contains("0666"),
+        "{text}"
+    );
+    chmod(&mailboxes_file, 0o640);
+    let (ok, text) = check_config(&config).await;
+    assert!(ok, "{text}");
+    // A key everyone can read.
+    let key = dir.path().join("gate.key");
+    std::fs::copy(common::dev_key(), &key).expect("key");
+    chmod(&key, 0o644);
+    let text = std::fs::read_to_string(&config).expect("r");
+    let dev_key = format!("{:?}", common::dev_key());
+    std::fs::write(&config, text.replace(&dev_key, &format!("{key:?}"))).expect("w");
+    let (ok, text) = check_config(&config).await;
+    assert!(
+        !ok && text.contains("gate.key") && text.contains("private key"),
+        "{text}"
+    );
+    chmod(&key, 0o640);
+    // A running gate refuses a reload once the mailboxes file becomes world-writable.
+    let (mut d, port) = Daemon::start(&config).await;
+    chmod(&mailboxes_file, 0o666);
+    std::fs::write(&mailboxes_file, mailboxes(false)).expect("w");
+    d.signal("-HUP");
+    let line = d.wait_for("reload refused").await;
+    assert!(line.contains("0666"), "{line}");
+    assert!(login(port, "john@example.com").await.starts_with("a OK"));
+    // The check can be turned off (for tests and odd set-ups).
+    let text = std::fs::read_to_string(&config).expect("r");
+    std::fs::write(
+        &config,
+        format!("{text}\n[security]\nstrict_modes = false\n"),
+    )
+    .expect("w");
+    let (ok, text) = check_config(&config).await;
+    assert!(ok, "{text}");
+}

@@ -288,3 +288,66 @@ async fn a_client_half_close_reaches_the_backend_and_its_last_replies_the_client
     );
     gate.stop().await;
 }
+
+/// The SASL PLAIN logins the fake backend received, decoded: (user, password).
+fn plain_logins(fake: &FakeBackend) -> Vec<(String, String)> {
+    use base64::Engine;
+    fake.named("AUTHENTICATE")
+        .iter()
+        .filter_map(|c| c.split(' ').nth(3))
+        .filter_map(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
+        .map(|m| {
+            let parts: Vec<String> = m
+                .split(|&b| b == 0)
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .collect();
+            (parts[1].clone(), parts[2].clone())
+        })
+        .collect()
+}
+
+/// A name outside the directory gets a wrong password's answer after a wrong password's round
+/// trip to the backend, but the client's password never reaches the backend; a spelling of a
+/// mailbox reaches it as the mailbox's own login; a master-user name is refused before it.
+#[tokio::test]
+async fn only_the_directory_decides_which_names_log_in() {
+    let fake = FakeBackend::start(Script::default()).await;
+    let gate = GateConfig::new(&fake.address())
+        .mailboxes(MAILBOXES)
+        .start()
+        .await;
+    let failed = "a NO [AUTHENTICATIONFAILED] LOGIN failed.";
+    // user3 exists on the backend, but not in the directory.
+    assert_eq!(login(&gate, "user3", "pass3").await, failed);
+    assert_eq!(login(&gate, "user2*helpdesk", "pass2").await, failed);
+    let seen = plain_logins(&fake);
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[0].0, "user3");
+    assert_eq!(seen[1].0, "user2_helpdesk", "no `*` reaches the backend");
+    for (_, password) in &seen {
+        assert!(password != "pass3" && password != "pass2" && password.len() == 32);
+    }
+    // Any spelling of John Smith is logged in as user1.
+    assert!(login(&gate, "CORP/JSMITH", "pass1")
+        .await
+        .starts_with("a OK"));
+    assert_eq!(
+        plain_logins(&fake).last().map(|l| l.0.as_str()),
+        Some("user1")
+    );
+    gate.stop().await;
+    // The opt-out: names outside the directory get [defaults] and go to the backend as typed.
+    let gate = GateConfig::new(&fake.address())
+        .mailboxes(MAILBOXES)
+        .extra_directory("unknown_names = \"defaults\"")
+        .start()
+        .await;
+    assert!(login(&gate, "user3", "pass3").await.starts_with("a OK"));
+    assert_eq!(
+        plain_logins(&fake).last(),
+        Some(&("user3".to_string(), "pass3".to_string()))
+    );
+    // Backend-special characters are refused in this mode too.
+    assert_eq!(login(&gate, "user3*helpdesk", "pass3").await, failed);
+    gate.stop().await;
+}

@@ -455,6 +455,18 @@ async fn check_config_leaves_a_running_gates_ports_alone_and_names_what_is_wrong
         ok && err.contains("warning") && err.contains("does not resolve"),
         "{out}{err}"
     );
+    // The opt-out from a fail-closed directory is said to be only as safe as the name match.
+    let path =
+        write(GateConfig::new("127.0.0.1:1993").extra_directory("unknown_names = \"defaults\""));
+    let (ok, out, err) = cli(&path, &["check-config"]).await;
+    assert!(
+        ok && err.contains("unknown_names = \"defaults\"") && err.contains("only as safe"),
+        "{out}{err}"
+    );
+    // More connections than descriptors for them.
+    let path = write(GateConfig::new("127.0.0.1:1993").imap4("max_connections = 2000000000"));
+    let (ok, out, err) = cli(&path, &["check-config"]).await;
+    assert!(ok && err.contains("open-file limit"), "{out}{err}");
     // A grace period systemd would cut short.
     let path = write(GateConfig::new("127.0.0.1:1993").imap4("shutdown_grace = \"1m\""));
     let (ok, out, err) = cli(&path, &["check-config"]).await;
@@ -763,4 +775,82 @@ async fn test_login_names_the_failing_step_and_shows_the_penalty() {
         "{metrics}"
     );
     gate.stop().await;
+}
+
+/// A user name that is a literal holding CR LF must not forge a row (or a comment line) in the
+/// protocol log: every line of the file is a header or one whole row.
+#[tokio::test]
+async fn a_user_name_cannot_forge_protocol_log_rows() {
+    let fake = FakeBackend::start(Script::default()).await;
+    let mut config = GateConfig::new(&fake.address());
+    config.extra = "[protocol_log]\nenabled = true\ndirectory = \"plog\"\n".into();
+    let gate = config.start().await;
+    let mut c = gate.plain().await;
+    c.greeting().await;
+    let forged = "x\r\n2026-12-02T00:00:00.000Z,00000001,1,127.0.0.1:143,10.0.0.1:1,ceo@example.com,0,1,1,LOGIN,ceo@example.com *****,ok\r\n#Fields: forged";
+    c.send(format!("a LOGIN {{{}+}}\r\n{forged} pw\r\n", forged.len()).as_bytes())
+        .await;
+    assert_eq!(c.line().await, "a NO [AUTHENTICATIONFAILED] LOGIN failed.");
+    c.cmd("b", "LOGOUT").await;
+    let dir = gate.dir.path().join("plog");
+    let mut text = String::new();
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Some(Ok(entry)) = std::fs::read_dir(&dir).ok().and_then(|mut d| d.next()) {
+            text = std::fs::read_to_string(entry.path()).expect("read");
+            if text.contains(",LOGOUT,") {
+                break;
+            }
+        }
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    let headers = lines.iter().filter(|l| l.starts_with('#')).count();
+    assert_eq!(headers, 3, "{text}");
+    for line in lines.iter().filter(|l| !l.starts_with('#')) {
+        let row = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .from_reader(line.as_bytes())
+            .records()
+            .next()
+            .expect("a row")
+            .expect("CSV");
+        assert_eq!(row.len(), 12, "{line}");
+        assert!(
+            row[0].starts_with("20") && &row[5] != "ceo@example.com",
+            "{line}"
+        );
+    }
+    assert_eq!(lines.len(), 3 + 2, "the LOGIN and LOGOUT rows only: {text}");
+    let login = lines
+        .iter()
+        .find(|l| l.contains(",LOGIN,"))
+        .expect("the LOGIN row");
+    assert!(login.contains("x\\x0d\\x0a2026-12-02"), "{login}");
+    assert_eq!(
+        lines.iter().filter(|l| l.contains(",LOGIN,")).count(),
+        1,
+        "{text}"
+    );
+    gate.stop().await;
+}
+
+/// The files users get are fail-closed as shipped.
+#[test]
+fn the_shipped_configurations_are_fail_closed() {
+    use imapgate::config::Config;
+    use imapgate::directory::UnknownNames;
+    for file in ["config/imapgate.toml", "config/imapgate.production.toml"] {
+        let config = Config::load(&common::repo().join(file)).expect(file);
+        assert_eq!(
+            config.directory.unknown_names,
+            UnknownNames::Refuse,
+            "{file}"
+        );
+        assert_eq!(config.directory.refused_login_characters, "*", "{file}");
+        assert!(config.security.strict_modes, "{file}");
+        assert_eq!(
+            config.imap4.max_connections, None,
+            "{file}: follows RLIMIT_NOFILE"
+        );
+    }
 }

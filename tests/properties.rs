@@ -124,7 +124,7 @@ proptest! {
             let login = format!("u-{n}");
             prop_assert_eq!(&*p.backend_login, login.as_str());
         }
-        let (unknown, other) = (format!("{n}x@example.com"), format!("other\\{n}"));
+        let (unknown, other) = (format!("{n}@unknown.example"), format!("other\\{n}"));
         prop_assert!(d.policy(&unknown).is_none());
         prop_assert!(d.policy(&other).is_none());
     }

@@ -62,6 +62,31 @@ pub fn check(path: &Path, bind: bool) -> Report {
                 .into(),
         );
     }
+    if config.directory.unknown_names == crate::directory::UnknownNames::Defaults {
+        report.warnings.push(
+            "[directory] unknown_names = \"defaults\": a name outside the directory logs in with \
+             [defaults], sent to the backend as typed. That is only as safe as the match between \
+             the directory's names and the backend's own name handling (Dovecot's \
+             auth_username_format, master users): a spelling the backend accepts and the \
+             directory does not know escapes a disabled mailbox and its limits"
+                .into(),
+        );
+    }
+    // The daemon raises its open-file limit to the hard one before it counts.
+    let hard = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .maximum
+        .unwrap_or(u64::MAX);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let budget = crate::limits::descriptor_budget(hard, threads);
+    if let (Some(configured), Some(budget)) = (imap4.max_connections, budget) {
+        if configured > budget {
+            report.warnings.push(format!(
+                "imap4.max_connections = {configured} is more than the open-file limit ({hard}) \
+                 allows at two descriptors per relayed session: the gate will use {budget} \
+                 (raise LimitNOFILE)"
+            ));
+        }
+    }
     if let Some(w) = shutdown_warning(imap4.shutdown_grace, unit_stop_timeout()) {
         report.warnings.push(w);
     }

@@ -55,6 +55,7 @@ impl Default for Script {
             users: vec![
                 ("user1".into(), "pass1".into()),
                 ("user2".into(), "pass2".into()),
+                ("user3".into(), "pass3".into()),
                 ("utf8".into(), "pässwörd✓".into()),
                 ("tricky".into(), "p\"a\\ss {3}".into()),
             ],

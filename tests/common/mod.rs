@@ -64,6 +64,8 @@ alias = "tricky"
 /// A gate configuration under construction: `[imap4]` lines, backends and the mailboxes file.
 pub struct GateConfig {
     pub imap4: Vec<String>,
+    /// Extra lines of `[directory]`.
+    pub directory: Vec<String>,
     pub backends: Vec<(String, String)>,
     pub mailboxes: String,
     pub extra: String,
@@ -73,6 +75,7 @@ impl GateConfig {
     /// One backend named `main` at `address` (plain), login over plain text allowed, dev cert.
     pub fn new(backend_address: &str) -> GateConfig {
         GateConfig {
+            directory: Vec::new(),
             imap4: vec![
                 "unencrypted_or_tls_bindings = [\"127.0.0.1:0\"]".into(),
                 "ssl_bindings = [\"127.0.0.1:0\"]".into(),
@@ -100,6 +103,12 @@ impl GateConfig {
         self
     }
 
+    /// A line for `[directory]`.
+    pub fn extra_directory(mut self, line: &str) -> Self {
+        self.directory.push(line.into());
+        self
+    }
+
     pub fn backend(mut self, name: &str, body: &str) -> Self {
         self.backends.retain(|(n, _)| n != name);
         self.backends.push((name.into(), body.into()));
@@ -118,7 +127,7 @@ impl GateConfig {
     }
 
     pub fn render(&self) -> String {
-        let mut s = format!("[imap4]\n{}\n\n[directory]\nmailboxes = \"mailboxes.toml\"\ncache_ttl = \"5m\"\ncache_capacity = 1000\n\n", self.imap4.join("\n"));
+        let mut s = format!("[imap4]\n{}\n\n[directory]\nmailboxes = \"mailboxes.toml\"\ncache_ttl = \"5m\"\ncache_capacity = 1000\n{}\n\n", self.imap4.join("\n"), self.directory.join("\n"));
         for (name, body) in &self.backends {
             s.push_str(&format!("[backends.{name}]\n{body}\n\n"));
         }
