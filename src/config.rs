@@ -57,6 +57,19 @@ pub enum BackendTls {
     Tls,
 }
 
+/// What a login name that matches no mailbox gets (`[directory] unknown_names`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownNames {
+    /// The same `NO [AUTHENTICATIONFAILED]` as a wrong password (Exchange: the directory is
+    /// authoritative).
+    #[default]
+    Refuse,
+    /// `[defaults]`, the name sent to the backend as typed: only as safe as the match between
+    /// the directory's names and the backend's own name normalization.
+    Defaults,
+}
+
 /// Exchange's "unlimited" (2147483647).
 pub const UNLIMITED: usize = 2_147_483_647;
 
@@ -159,12 +172,15 @@ pub struct DirectoryConfig {
     pub mailboxes: PathBuf,
     #[serde(with = "humantime_serde_compat")]
     pub cache_ttl: Duration,
+    /// How long a name that resolves to no mailbox is remembered (in a cache of its own).
+    #[serde(with = "humantime_serde_compat")]
+    pub negative_cache_ttl: Duration,
     pub cache_capacity: u64,
     /// On reload, close the open sessions of mailboxes that became disabled.
     pub disconnect_disabled_on_reload: bool,
     /// What a login name that matches no mailbox gets: `"refuse"` (the same answer as a wrong
     /// password) or `"defaults"`.
-    pub unknown_names: crate::directory::UnknownNames,
+    pub unknown_names: UnknownNames,
     /// Characters that refuse a login name before any backend sees it (Dovecot's master-user
     /// separator `*` by default).
     pub refused_login_characters: String,
@@ -175,9 +191,10 @@ impl Default for DirectoryConfig {
         DirectoryConfig {
             mailboxes: PathBuf::from("mailboxes.toml"),
             cache_ttl: Duration::from_secs(300),
+            negative_cache_ttl: Duration::from_secs(30),
             cache_capacity: 100_000,
             disconnect_disabled_on_reload: true,
-            unknown_names: crate::directory::UnknownNames::Refuse,
+            unknown_names: UnknownNames::Refuse,
             refused_login_characters: "*".into(),
         }
     }
@@ -461,6 +478,12 @@ impl Config {
                 self.directory.cache_ttl,
                 Duration::ZERO,
                 secs(86400),
+            ),
+            (
+                "directory.negative_cache_ttl",
+                self.directory.negative_cache_ttl,
+                Duration::ZERO,
+                secs(3600),
             ),
         ] {
             if value < min || value > max {

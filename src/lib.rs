@@ -5,35 +5,46 @@
 //! answers clients before login, has the user's backend verify the credentials, checks the
 //! mailbox's `ImapEnabled` flag (through a cache), and after that only relays bytes.
 //!
-//! # Layout
-//! - [`server`]: the gate as a library object (bind, run, reload, shutdown); what tests drive.
-//! - [`lifecycle`]: signals for the daemon (SIGHUP reload, SIGTERM/SIGINT shutdown).
-//! - [`listener`]: accept loops.
-//! - [`limits`]: connection limits and the failed-login penalty, as RAII guards.
-//! - [`session`]: one connection: [`session::preauth`] (the front end before login) and
-//!   [`session::relay`] (bytes both ways after login, large literals spliced by
-//!   [`session::splice`]); [`session::sweeper`] watches all relayed sessions (idle timeout,
-//!   byte metrics, protocol log rows).
-//! - [`backend`]: the backend side: connect, TLS, log in on the user's behalf.
-//! - [`directory`]: the mailbox directory, identity resolution and the policy cache.
-//! - [`registry`]: open sessions and their shared entries (byte counts, kicks), for reload,
-//!   the sweeper, `imapgate sessions` and `imapgate kick`.
-//! - [`metrics`]: Prometheus endpoint; [`protocol_log`]: Exchange-style CSV protocol log.
-//! - [`admin`]: control socket, safe edits of the mailboxes file, the operator's commands.
-//! - [`state`]: the reloadable snapshot (config, directory, certificate, backends).
-//! - [`permissions`]: strict modes for the files that decide who may use IMAP4.
-//! - [`config`], [`tls`], [`credentials`], [`stream`]: supporting pieces.
+//! # Layers
+//!
+//! Each room imports only from rooms on its own line or below it, never from above, and rooms
+//! on one line do not import each other in a circle (`tests/layers.rs` checks both against this
+//! list):
+//!
+//! 1. [`server`]: the composition root: builds every part from the configuration and hands each
+//!    what it needs; the gate as a library object (bind, run, reload, shutdown) that tests drive.
+//! 2. [`lifecycle`]: signals and sd_notify, acting on a trait the root implements; [`admin`]:
+//!    the control socket (a trait the root implements), the operator's commands, check-config,
+//!    test-login.
+//! 3. [`listener`]: accept loops, connection limits per address, a session per connection.
+//! 4. [`session`]: one connection: the pre-login [`session::dialogue`] (a state machine without
+//!    I/O) and its driver [`session::preauth`], the [`session::relay`] (bytes both ways, large
+//!    literals spliced by [`session::splice`]), the [`session::sweeper`] over all relays.
+//! 5. [`login`]: the Login service: penalty, directory, backend login, `ImapEnabled`, limits,
+//!    registration.
+//! 6. [`state`]: the reloadable snapshot (configuration, directory and its cache, certificate,
+//!    backends).
+//! 7. [`backend`]: the IMAP client on imap-codec and the login on a user's behalf;
+//!    [`directory`]: the directory trait, the mailboxes file, the moka cache; [`limits`]:
+//!    connection counts, the session limiter trait, the failed-login penalty.
+//! 8. [`registry`]: open sessions (byte counts, kicks); [`metrics`]: Prometheus;
+//!    [`protocol_log`]: Exchange-style CSV rows; [`tls`]; [`permissions`]: strict modes.
+//! 9. [`wire`], [`credentials`], [`errors`] (who is to blame), [`config`], [`phase`],
+//!    [`stream`]: the floor.
 
 pub mod admin;
 pub mod backend;
 pub mod config;
 pub mod credentials;
 pub mod directory;
+pub mod errors;
 pub mod lifecycle;
 pub mod limits;
 pub mod listener;
+pub mod login;
 pub mod metrics;
 pub mod permissions;
+pub mod phase;
 pub mod protocol_log;
 pub mod registry;
 pub mod server;
@@ -41,5 +52,6 @@ pub mod session;
 pub mod state;
 pub mod stream;
 pub mod tls;
+pub mod wire;
 
 pub use server::{Gate, GateHandle};

@@ -7,26 +7,9 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket};
 
-use crate::server::{Phase, Shared};
-use crate::session;
-
-/// Which kind of port a connection arrived on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ListenerKind {
-    /// Plain, with STARTTLS (Exchange's `UnencryptedOrTLSBindings`, port 143).
-    Plain,
-    /// Implicit TLS (Exchange's `SSLBindings`, port 993).
-    Tls,
-}
-
-impl ListenerKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            ListenerKind::Plain => "imap",
-            ListenerKind::Tls => "imaps",
-        }
-    }
-}
+use crate::phase::Phase;
+pub use crate::session::ListenerKind;
+use crate::session::{self, Context};
 
 /// Binds with `SO_REUSEADDR` (a restart must not wait for old sockets in TIME_WAIT) and, for IPv6,
 /// `IPV6_V6ONLY`, so `0.0.0.0:143` and `[::]:143` can both be listed, as in Exchange's defaults.
@@ -62,7 +45,7 @@ pub fn bind_std(address: SocketAddr) -> std::io::Result<()> {
     socket.listen(1)
 }
 
-pub async fn accept_loop(listener: TcpListener, kind: ListenerKind, shared: Arc<Shared>) {
+pub async fn accept_loop(listener: TcpListener, kind: ListenerKind, shared: Arc<Context>) {
     let mut phase = shared.phase.subscribe();
     loop {
         let accepted = tokio::select! {
@@ -75,7 +58,7 @@ pub async fn accept_loop(listener: TcpListener, kind: ListenerKind, shared: Arc<
                     &shared.state.load().config.imap4,
                     shared.max_connections(),
                 );
-                match shared.limits.connect(peer.ip(), caps) {
+                match shared.connections.connect(peer.ip(), caps) {
                     Ok(guard) => {
                         let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
                         let shared2 = shared.clone();

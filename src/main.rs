@@ -118,16 +118,6 @@ fn main() -> ExitCode {
     let Some(command) = cli.command else {
         return run_daemon(&cli.config);
     };
-    if let Command::CheckConfig { bind } = command {
-        return exit(admin::check::run(&cli.config, bind));
-    }
-    let config = match Config::load(&cli.config) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::FAILURE;
-        }
-    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -135,6 +125,16 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Command::CheckConfig { bind } = command {
+        return exit(runtime.block_on(admin::check::run(&cli.config, bind)));
+    }
+    let config = match Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
             return ExitCode::FAILURE;
         }
     };
@@ -209,7 +209,7 @@ fn run_daemon(config_path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(imapgate::lifecycle::run_daemon(config_path)) {
+    match runtime.block_on(imapgate::server::run_daemon(config_path)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");

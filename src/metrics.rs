@@ -18,7 +18,16 @@ use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::server::{GateHandle, Phase};
+use crate::errors::Blame;
+use crate::phase::Phase;
+use tokio::sync::watch;
+
+/// Hit and miss counters of the directory cache, shared by the successive caches of a gate.
+#[derive(Clone, Default)]
+pub struct CacheStats {
+    pub hits: Counter,
+    pub misses: Counter,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SessionLabels {
@@ -42,6 +51,14 @@ pub struct DirectionLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BackendLabels {
     pub backend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// `client`, `backend` or `gate`.
+    pub blame: &'static str,
+    /// `login` or `relay`.
+    pub stage: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -72,6 +89,7 @@ pub struct Metrics {
     pub protocol_log_dropped: Counter,
     pub penalty_waits: Counter,
     pub penalty_seconds: Counter<f64, AtomicU64>,
+    pub errors: Family<ErrorLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -89,6 +107,12 @@ impl Default for Metrics {
         let last_reload = Gauge::<f64, AtomicU64>::default();
         let sessions_closed_on_reload = Counter::default();
         let protocol_log_dropped = Counter::default();
+        let errors = Family::<ErrorLabels, Counter>::default();
+        registry.register(
+            "errors",
+            "Logins and relayed sessions ended by an error, by who is to blame",
+            errors.clone(),
+        );
         let penalty_waits = Counter::default();
         let penalty_seconds = Counter::<f64, AtomicU64>::default();
         registry.register(
@@ -173,6 +197,7 @@ impl Default for Metrics {
             protocol_log_dropped,
             penalty_waits,
             penalty_seconds,
+            errors,
         };
         m.mark_reload();
         m
@@ -181,11 +206,21 @@ impl Default for Metrics {
 
 impl Metrics {
     /// The cache counters, for the policy caches of successive snapshots.
-    pub fn cache_stats(&self) -> crate::directory::CacheStats {
-        crate::directory::CacheStats {
+    pub fn cache_stats(&self) -> CacheStats {
+        CacheStats {
             hits: self.cache_hits.clone(),
             misses: self.cache_misses.clone(),
         }
+    }
+
+    /// An error that ended a login or a relayed session.
+    pub fn error(&self, blame: Blame, stage: &'static str) {
+        self.errors
+            .get_or_create(&ErrorLabels {
+                blame: blame.as_str(),
+                stage,
+            })
+            .inc();
     }
 
     pub fn login(&self, outcome: &'static str) {
@@ -245,9 +280,13 @@ impl Drop for SessionGauge {
 }
 
 /// Serves `GET /metrics` until the gate stops. One request per connection, bounded in size and
-/// time; anything else gets 404.
-pub async fn serve(listener: TcpListener, handle: GateHandle, metrics: Arc<Metrics>) {
-    let mut phase = handle.phase();
+/// time; anything else gets 404. `refresh` runs before each scrape (gauges read on demand).
+pub async fn serve(
+    listener: TcpListener,
+    mut phase: watch::Receiver<Phase>,
+    metrics: Arc<Metrics>,
+    refresh: Arc<dyn Fn(&Metrics) + Send + Sync>,
+) {
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -258,7 +297,7 @@ pub async fn serve(listener: TcpListener, handle: GateHandle, metrics: Arc<Metri
             continue;
         };
         let metrics = metrics.clone();
-        let handle = handle.clone();
+        let refresh = refresh.clone();
         tokio::spawn(async move {
             let _ = tokio::time::timeout(Duration::from_secs(5), async {
                 let mut head = Vec::with_capacity(1024);
@@ -271,7 +310,7 @@ pub async fn serve(listener: TcpListener, handle: GateHandle, metrics: Arc<Metri
                     head.extend_from_slice(&chunk[..n]);
                 }
                 let response = if head.starts_with(b"GET /metrics ") || head.starts_with(b"GET /metrics?") {
-                    metrics.cache_entries.set(handle.state().policies.cached_entries() as i64);
+                    refresh(&metrics);
                     let body = metrics.encode();
                     format!(
                         "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

@@ -13,6 +13,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender, TrySendError};
 use std::time::{Duration, SystemTime};
 
@@ -40,8 +41,69 @@ pub struct Row {
     pub context: String,
 }
 
+/// One session's rows: its id and addresses, and the one row counter its pre-login commands,
+/// its relay and the sweeper's `proxy` rows share, so the numbering lives in one place.
+#[derive(Debug)]
+pub struct SessionLog {
+    log: ProtocolLog,
+    session: String,
+    server: SocketAddr,
+    client: SocketAddr,
+    seq: AtomicU64,
+}
+
+/// What one row says, besides what its session knows.
+#[derive(Debug, Clone, Default)]
+pub struct Entry {
+    pub user: String,
+    pub duration_ms: u64,
+    pub rq_size: u64,
+    pub rp_size: u64,
+    pub command: String,
+    pub parameters: String,
+    pub context: String,
+}
+
+impl SessionLog {
+    /// A session's log, or `None` when the protocol log is off (nothing is kept then).
+    pub fn open(
+        log: &ProtocolLog,
+        session: String,
+        server: SocketAddr,
+        client: SocketAddr,
+    ) -> Option<std::sync::Arc<SessionLog>> {
+        log.enabled().then(|| {
+            std::sync::Arc::new(SessionLog {
+                log: log.clone(),
+                session,
+                server,
+                client,
+                seq: AtomicU64::new(1),
+            })
+        })
+    }
+
+    /// Writes the session's next row.
+    pub fn row(&self, entry: Entry) {
+        self.log.log(Row {
+            time: SystemTime::now(),
+            session: self.session.clone(),
+            seq: self.seq.fetch_add(1, Ordering::Relaxed),
+            server: self.server,
+            client: self.client,
+            user: entry.user,
+            duration_ms: entry.duration_ms,
+            rq_size: entry.rq_size,
+            rp_size: entry.rp_size,
+            command: entry.command,
+            parameters: entry.parameters,
+            context: entry.context,
+        });
+    }
+}
+
 /// The sessions' end of the log; cheap to clone, a no-op when the log is off.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct ProtocolLog {
     tx: Option<SyncSender<Row>>,
     dropped: Counter,

@@ -16,6 +16,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use atomic_waker::AtomicWaker;
 use serde::Serialize;
 
+use crate::protocol_log::SessionLog;
+
 /// Why a session is being closed from outside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kick {
@@ -89,13 +91,14 @@ pub struct SessionEntry {
     waker: AtomicWaker,
     /// The sweeper's bookkeeping: bytes seen at its last pass and since when they have not
     /// changed (milliseconds on the registry's clock), what the metrics already have, and the
-    /// protocol log's next sequence number and last `proxy` row.
+    /// protocol log's last `proxy` row.
     pub(crate) seen: AtomicU64,
     pub(crate) quiet_since_ms: AtomicU64,
     pub(crate) reported_client: AtomicU64,
     pub(crate) reported_backend: AtomicU64,
-    pub(crate) log_seq: AtomicU64,
     pub(crate) last_row_ms: AtomicU64,
+    /// The session's protocol log (shared with its pre-login rows), when the log is on.
+    pub log: Option<Arc<SessionLog>>,
 }
 
 impl SessionEntry {
@@ -205,7 +208,11 @@ impl Registry {
     }
 
     /// Adds a session; its entry tells the relay when the session must close.
-    pub fn register(self: &Arc<Self>, info: SessionInfo, log_seq: u64) -> Registration {
+    pub fn register(
+        self: &Arc<Self>,
+        info: SessionInfo,
+        log: Option<Arc<SessionLog>>,
+    ) -> Registration {
         let now = self.now_ms();
         let entry = Arc::new(SessionEntry {
             info,
@@ -217,8 +224,8 @@ impl Registry {
             quiet_since_ms: AtomicU64::new(now),
             reported_client: AtomicU64::new(0),
             reported_backend: AtomicU64::new(0),
-            log_seq: AtomicU64::new(log_seq),
             last_row_ms: AtomicU64::new(now),
+            log,
         });
         {
             let mut sessions = self.lock();
@@ -249,6 +256,11 @@ impl Registry {
     pub fn kick_where(&self, kick: Kick, pred: impl Fn(&SessionInfo) -> bool) -> usize {
         let s = self.lock();
         s.values().filter(|e| pred(&e.info) && e.kick(kick)).count()
+    }
+
+    /// What is known of every open session.
+    pub fn list_infos(&self) -> Vec<SessionInfo> {
+        self.lock().values().map(|e| e.info.clone()).collect()
     }
 
     /// True when some session matches `pred`.

@@ -1,63 +1,37 @@
-//! The gate as a library object: bind the listeners, serve until shut down, reload on request.
+//! The composition root: builds every part of the gate from its configuration and hands each
+//! what it needs; nothing below imports from here.
 //!
 //! Tests and the daemon use the same calls: [`Gate::bind`] with a configuration file (listeners may
-//! be on port 0), [`Gate::handle`] to reload or shut down, and [`Gate::run`] to serve.
+//! be on port 0), [`Gate::handle`] to reload or shut down, and [`Gate::run`] to serve;
+//! [`run_daemon`] adds signals and systemd.
 
-use std::net::SocketAddr;
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use async_trait::async_trait;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
-use crate::limits::{Limits, Penalty, Usage};
+use crate::admin::control::{self, Controlled};
+pub use crate::admin::control::{PenaltyView, ReloadReport};
+use crate::directory::{login_key, Filter, MailboxView, Page};
+use crate::lifecycle;
+use crate::limits::{Connections, LocalSessions, Usage};
 use crate::listener::{self, ListenerKind};
+use crate::login::Login;
 use crate::metrics::{Metrics, ResultLabels};
+pub use crate::phase::Phase;
 use crate::protocol_log::ProtocolLog;
-use crate::registry::{Kick, Registry};
+use crate::registry::{Kick, Registry, SessionView};
+use crate::session::{sweeper, Context};
 use crate::state::{LoadError, State};
-
-/// Where the gate is in its life; sessions watch it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    Running,
-    /// Shutdown asked: listeners closed, sessions before login say `* BYE`, relays go on.
-    Draining,
-    /// Grace period over: relayed sessions are closed.
-    Closing,
-}
-
-/// What every session and the control path share.
-pub struct Shared {
-    pub state: ArcSwap<State>,
-    pub config_path: PathBuf,
-    pub phase: watch::Sender<Phase>,
-    pub tracker: TaskTracker,
-    pub next_session: AtomicU64,
-    pub registry: Arc<Registry>,
-    pub limits: Arc<Limits>,
-    pub penalty: Penalty,
-    pub metrics: Arc<Metrics>,
-    pub protocol_log: ProtocolLog,
-    /// One reload at a time: two racing could put the older file in force.
-    pub reload_lock: std::sync::Mutex<()>,
-    /// The most connections the open-file limit allows, measured at start.
-    pub descriptor_budget: Option<usize>,
-}
-
-impl Shared {
-    /// `max_connections` in force under the current configuration.
-    pub fn max_connections(&self) -> usize {
-        crate::limits::effective_max_connections(
-            self.state.load().config.imap4.max_connections,
-            self.descriptor_budget,
-        )
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -80,44 +54,34 @@ pub enum StartError {
     },
 }
 
+/// What the root keeps besides what sessions share.
+struct Root {
+    ctx: Arc<Context>,
+    config_path: PathBuf,
+    /// One reload at a time: two racing could put the older file in force.
+    reload_lock: tokio::sync::Mutex<()>,
+    /// The task following the directory in force (its changes close disabled sessions).
+    follower: Mutex<Option<JoinHandle<()>>>,
+}
+
 pub struct Gate {
-    shared: Arc<Shared>,
+    root: Arc<Root>,
     listeners: Vec<(ListenerKind, TcpListener)>,
     control: Option<(UnixListener, PathBuf)>,
     metrics_listener: Option<TcpListener>,
 }
 
-/// What a successful reload did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ReloadReport {
-    pub mailboxes: usize,
-    /// Open sessions of mailboxes now disabled, asked to close.
-    pub sessions_closed: usize,
-}
-
-/// The failed-login penalty of one client address, as `imapgate test-login` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct PenaltyView {
-    pub address: String,
-    /// Failed logins counted (forgotten after 15 minutes without one).
-    pub failures: u32,
-    /// What the next login from there waits.
-    pub delay_ms: u64,
-    /// In `trusted_networks`: never penalized.
-    pub trusted: bool,
-}
-
 /// A cheap handle to a running gate: reload it or shut it down.
 #[derive(Clone)]
 pub struct GateHandle {
-    shared: Arc<Shared>,
+    root: Arc<Root>,
 }
 
 impl Gate {
     /// Loads the configuration at `config_path` and binds every listener it names.
     pub async fn bind(config_path: &Path) -> Result<Gate, StartError> {
         let metrics = Arc::new(Metrics::default());
-        let state = State::load_with(config_path, metrics.cache_stats())?;
+        let state = load(config_path, &metrics).await?;
         let mut listeners = Vec::new();
         let imap4 = &state.config.imap4;
         for (kind, addresses) in [
@@ -132,7 +96,7 @@ impl Gate {
         }
         let control = match &state.config.admin.control_socket {
             Some(path) => Some((
-                crate::admin::control::bind(path)
+                control::bind(path)
                     .await
                     .map_err(|source| StartError::Control {
                         path: path.clone(),
@@ -160,24 +124,39 @@ impl Gate {
             path: state.config.protocol_log.directory.clone(),
             source,
         })?;
-        let (phase, _) = watch::channel(Phase::Running);
         let descriptor_budget = descriptor_budget();
         log_connection_limit(state.config.imap4.max_connections, descriptor_budget);
+        let state = Arc::new(ArcSwap::from_pointee(state));
+        let registry = Arc::new(Registry::default());
+        let connections = Arc::new(Connections::default());
+        let login = Login::new(
+            state.clone(),
+            Arc::new(LocalSessions::default()),
+            connections.clone(),
+            registry.clone(),
+            metrics.clone(),
+        );
+        let ctx = Arc::new(Context {
+            state,
+            phase: watch::channel(Phase::Running).0,
+            tracker: TaskTracker::new(),
+            next_session: AtomicU64::new(1),
+            registry,
+            connections,
+            login,
+            metrics,
+            protocol_log,
+            descriptor_budget,
+        });
+        let root = Arc::new(Root {
+            ctx,
+            config_path: config_path.to_path_buf(),
+            reload_lock: tokio::sync::Mutex::new(()),
+            follower: Mutex::new(None),
+        });
+        GateHandle { root: root.clone() }.follow_directory();
         Ok(Gate {
-            shared: Arc::new(Shared {
-                state: ArcSwap::from_pointee(state),
-                config_path: config_path.to_path_buf(),
-                phase,
-                tracker: TaskTracker::new(),
-                next_session: AtomicU64::new(1),
-                registry: Arc::new(Registry::default()),
-                limits: Arc::new(Limits::default()),
-                penalty: Penalty::default(),
-                metrics,
-                reload_lock: std::sync::Mutex::new(()),
-                protocol_log,
-                descriptor_budget,
-            }),
+            root,
             listeners,
             control,
             metrics_listener,
@@ -211,50 +190,55 @@ impl Gate {
 
     pub fn handle(&self) -> GateHandle {
         GateHandle {
-            shared: self.shared.clone(),
+            root: self.root.clone(),
         }
     }
 
     /// Serves until [`GateHandle::shutdown`]: then stops accepting, lets relayed sessions finish
     /// for `shutdown_grace`, closes the rest, and returns.
     pub async fn run(self) {
-        let shared = self.shared;
-        let sweeper = tokio::spawn(crate::session::sweeper::run(shared.clone()));
-        let _stop_sweeper = AbortOnDrop(sweeper);
+        let ctx = self.root.ctx.clone();
+        let sweeper = AbortOnDrop(tokio::spawn(sweeper::run(ctx.clone())));
         let mut accept_loops = Vec::new();
         for (kind, l) in self.listeners {
-            accept_loops.push(tokio::spawn(listener::accept_loop(l, kind, shared.clone())));
+            accept_loops.push(tokio::spawn(listener::accept_loop(l, kind, ctx.clone())));
         }
         if let Some(listener) = self.metrics_listener {
-            let handle = GateHandle {
-                shared: shared.clone(),
-            };
+            let state = ctx.state.clone();
+            let refresh = Arc::new(move |m: &Metrics| {
+                m.cache_entries
+                    .set(state.load().policies.cached_entries() as i64);
+            });
             accept_loops.push(tokio::spawn(crate::metrics::serve(
                 listener,
-                handle,
-                shared.metrics.clone(),
+                ctx.phase.subscribe(),
+                ctx.metrics.clone(),
+                refresh,
             )));
         }
         if let Some((listener, path)) = self.control {
-            let handle = GateHandle {
-                shared: shared.clone(),
-            };
-            accept_loops.push(tokio::spawn(crate::admin::control::serve(
-                listener, path, handle,
+            let gate: Arc<dyn Controlled> = Arc::new(GateHandle {
+                root: self.root.clone(),
+            });
+            accept_loops.push(tokio::spawn(control::serve(
+                listener,
+                path,
+                gate,
+                ctx.phase.subscribe(),
             )));
         }
-        let mut phase = shared.phase.subscribe();
+        let mut phase = ctx.phase.subscribe();
         let _ = phase.wait_for(|p| *p != Phase::Running).await;
         for task in accept_loops {
             let _ = task.await;
         }
-        shared.tracker.close();
-        let grace = shared.state.load().config.imap4.shutdown_grace;
+        ctx.tracker.close();
+        let grace = ctx.state.load().config.imap4.shutdown_grace;
         tokio::select! {
-            r = tokio::time::timeout(grace, shared.tracker.wait()) => {
+            r = tokio::time::timeout(grace, ctx.tracker.wait()) => {
                 if r.is_err() {
                     tracing::info!(
-                        sessions = shared.tracker.len(),
+                        sessions = ctx.tracker.len(),
                         "grace period over, closing relayed sessions"
                     );
                 }
@@ -262,31 +246,49 @@ impl Gate {
             // GateHandle::shutdown_now (a second SIGTERM): no more grace.
             _ = phase.wait_for(|p| *p == Phase::Closing) => {}
         }
-        shared.phase.send_replace(Phase::Closing);
-        shared.registry.close_all();
-        if tokio::time::timeout(Duration::from_secs(5), shared.tracker.wait())
+        ctx.phase.send_replace(Phase::Closing);
+        ctx.registry.close_all();
+        if tokio::time::timeout(Duration::from_secs(5), ctx.tracker.wait())
             .await
             .is_err()
         {
             tracing::warn!(
-                sessions = shared.tracker.len(),
+                sessions = ctx.tracker.len(),
                 "sessions still open after close"
             );
+        }
+        drop(sweeper);
+        if let Some(follower) = lock(&self.root.follower).take() {
+            follower.abort();
         }
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Reads everything the configuration names, off the runtime's threads (files, certificates).
+async fn load(path: &Path, metrics: &Metrics) -> Result<State, LoadError> {
+    let (path, stats) = (path.to_path_buf(), metrics.cache_stats());
+    tokio::task::spawn_blocking(move || State::load_with(&path, stats))
+        .await
+        .unwrap_or_else(|e| Err(LoadError::Internal(e.to_string())))
+}
+
 impl GateHandle {
+    fn ctx(&self) -> &Arc<Context> {
+        &self.root.ctx
+    }
+
     /// Re-reads the configuration, directory and certificate; installs them only when all are
-    /// valid, and empties the policy cache by installing a new one. On error nothing changes.
-    pub fn reload(&self) -> Result<ReloadReport, LoadError> {
-        let _one_at_a_time = self
-            .shared
-            .reload_lock
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let metrics = &self.shared.metrics;
-        let new = match State::load_with(&self.shared.config_path, metrics.cache_stats()) {
+    /// valid, with an empty directory cache. On error nothing changes. Sessions of mailboxes
+    /// the new directory disables are closed (unless `disconnect_disabled_on_reload = false`).
+    pub async fn reload(&self) -> Result<ReloadReport, LoadError> {
+        let _one_at_a_time = self.root.reload_lock.lock().await;
+        let ctx = self.ctx();
+        let metrics = &ctx.metrics;
+        let new = match load(&self.root.config_path, metrics).await {
             Ok(new) => new,
             Err(e) => {
                 metrics
@@ -296,25 +298,31 @@ impl GateHandle {
                 return Err(e);
             }
         };
-        let old = self.shared.state.load();
+        let old = ctx.state.load();
         if new.config.imap4.unencrypted_or_tls_bindings
             != old.config.imap4.unencrypted_or_tls_bindings
             || new.config.imap4.ssl_bindings != old.config.imap4.ssl_bindings
         {
             tracing::warn!("listener addresses changed in the configuration; they take effect at the next restart");
         }
-        let mailboxes = new.policies.directory().mailboxes.len();
         let new = Arc::new(new);
-        self.shared.state.store(new.clone());
+        ctx.state.store(new.clone());
+        self.follow_directory();
+        let mailboxes = new
+            .policies
+            .source()
+            .list(
+                &Filter::all(),
+                Page {
+                    offset: 0,
+                    limit: 0,
+                },
+            )
+            .await
+            .map(|l| l.total)
+            .unwrap_or(0);
         let sessions_closed = if new.config.directory.disconnect_disabled_on_reload {
-            // By the mailbox each session belongs to (its canonical login): a mailbox that is
-            // now disabled, or gone when names outside the directory are refused.
-            let policies = &new.policies;
-            self.shared.registry.kick_where(Kick::Disabled, |s| {
-                policies
-                    .resolve(&s.backend_login)
-                    .is_none_or(|p| !p.imap_enabled)
-            })
+            self.close_disabled(&new, None).await
         } else {
             0
         };
@@ -337,15 +345,68 @@ impl GateHandle {
         })
     }
 
-    /// Ends the shutdown grace period at once: relayed sessions are closed now.
-    pub fn shutdown_now(&self) {
-        self.shutdown();
-        self.shared.phase.send_replace(Phase::Closing);
+    /// Closes the open sessions whose mailbox `state`'s directory no longer lets in (disabled,
+    /// or gone when names outside the directory are refused); only those of `mailbox`, when
+    /// given. Each distinct mailbox is asked of the directory once.
+    async fn close_disabled(&self, state: &State, mailbox: Option<&str>) -> usize {
+        let registry = &self.ctx().registry;
+        let logins: HashSet<String> = registry
+            .list_infos()
+            .into_iter()
+            .filter(|s| mailbox.is_none_or(|m| s.mailbox_key == m))
+            .map(|s| s.backend_login)
+            .collect();
+        let mut refused = HashSet::new();
+        for login in logins {
+            match state.policies.resolve(&login).await {
+                Ok(Some(p)) if p.imap_enabled => {}
+                Ok(_) => {
+                    refused.insert(login);
+                }
+                // A directory that cannot answer closes nothing: it did not say "disabled".
+                Err(e) => {
+                    tracing::warn!(error = %e, "directory unavailable while closing disabled sessions")
+                }
+            }
+        }
+        if refused.is_empty() {
+            return 0;
+        }
+        registry.kick_where(Kick::Disabled, |s| refused.contains(&s.backend_login))
+    }
+
+    /// Follows the changes made through the directory in force: the cache forgets, and the
+    /// sessions of a mailbox now disabled are closed at once (no reload needed).
+    fn follow_directory(&self) {
+        let state = self.ctx().state.load_full();
+        let mut changes = state.policies.source().watch();
+        let handle = self.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let mailbox = match changes.recv().await {
+                    Ok(change) => Some(change.mailbox.key()),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => None,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                state.policies.clear();
+                if state.config.directory.disconnect_disabled_on_reload {
+                    let closed = handle.close_disabled(&state, mailbox.as_deref()).await;
+                    tracing::info!(
+                        mailbox = mailbox.as_deref().unwrap_or("(several)"),
+                        sessions_closed = closed,
+                        "directory change in force"
+                    );
+                }
+            }
+        });
+        if let Some(old) = lock(&self.root.follower).replace(task) {
+            old.abort();
+        }
     }
 
     /// Asks the gate to shut down; [`Gate::run`] returns when it is done.
     pub fn shutdown(&self) {
-        self.shared.phase.send_if_modified(|p| {
+        self.ctx().phase.send_if_modified(|p| {
             if *p == Phase::Running {
                 *p = Phase::Draining;
                 true
@@ -355,37 +416,51 @@ impl GateHandle {
         });
     }
 
+    /// Ends the shutdown grace period at once: relayed sessions are closed now.
+    pub fn shutdown_now(&self) {
+        self.shutdown();
+        self.ctx().phase.send_replace(Phase::Closing);
+    }
+
     /// The snapshot in force (for tests and the control path).
     pub fn state(&self) -> Arc<State> {
-        self.shared.state.load_full()
+        self.ctx().state.load_full()
     }
 
     /// Sessions currently open.
     pub fn open_sessions(&self) -> usize {
-        self.shared.tracker.len()
+        self.ctx().tracker.len()
     }
 
     /// Follows the gate's phase (running, draining, closing).
     pub fn phase(&self) -> watch::Receiver<Phase> {
-        self.shared.phase.subscribe()
+        self.ctx().phase.subscribe()
     }
 
     /// The gate's metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.shared.metrics
+        &self.ctx().metrics
     }
 
     /// Connection counters (all back to zero when no session is open).
     pub fn usage(&self) -> Usage {
-        self.shared.limits.usage()
+        let (connections, addresses, addresses_before_login, addresses_logging_in) =
+            self.ctx().connections.counts();
+        Usage {
+            connections,
+            addresses,
+            mailboxes: self.ctx().login.sessions().mailboxes(),
+            addresses_before_login,
+            addresses_logging_in,
+        }
     }
 
     /// The failed-login penalty the gate applies to `ip` now.
-    pub fn penalty_of(&self, ip: std::net::IpAddr) -> PenaltyView {
-        let state = self.shared.state.load();
+    pub fn penalty_of(&self, ip: IpAddr) -> PenaltyView {
+        let state = self.state();
         let imap4 = &state.config.imap4;
         let trusted = imap4.trusted_networks.iter().any(|n| n.contains(&ip));
-        let penalty = &self.shared.penalty;
+        let penalty = self.ctx().login.penalty();
         let delay = if trusted {
             Duration::ZERO
         } else {
@@ -401,8 +476,128 @@ impl GateHandle {
 
     /// The registry of logged-in sessions.
     pub fn registry(&self) -> &Arc<Registry> {
-        &self.shared.registry
+        &self.ctx().registry
     }
+}
+
+#[async_trait]
+impl Controlled for GateHandle {
+    async fn reload(&self) -> Result<ReloadReport, String> {
+        let reload = async { GateHandle::reload(self).await.map_err(|e| e.to_string()) };
+        lifecycle::reloading(reload, describe).await
+    }
+
+    async fn mailboxes(&self) -> Result<Vec<MailboxView>, String> {
+        let state = self.state();
+        let listing = state
+            .policies
+            .source()
+            .list(&Filter::all(), Page::ALL)
+            .await;
+        listing.map(|l| l.mailboxes).map_err(|e| e.to_string())
+    }
+
+    fn sessions(&self) -> Vec<SessionView> {
+        self.registry().list()
+    }
+
+    async fn kick(&self, identity: &str) -> Result<usize, String> {
+        let state = self.state();
+        let filter = Filter {
+            identity: Some(identity.to_string()),
+            ..Filter::default()
+        };
+        let found = state
+            .policies
+            .source()
+            .list(&filter, Page::ALL)
+            .await
+            .map_err(|e| e.to_string())?;
+        let registry = self.registry();
+        match found.mailboxes.as_slice() {
+            // Sessions belong to mailboxes by key, whatever name their client typed.
+            [one] => {
+                let key = one.key();
+                Ok(registry.kick_where(Kick::Admin, |s| s.mailbox_key == key))
+            }
+            [] => {
+                // Not in the directory: only a login name of open sessions (which
+                // `unknown_names = "defaults"` let in) is accepted; anything else is an
+                // operator's typo, not "0 closed".
+                let key = login_key(identity);
+                let of_name = |s: &crate::registry::SessionInfo| {
+                    s.mailbox.is_none() && login_key(&s.user) == key
+                };
+                if !registry.any(of_name) {
+                    return Err(format!("no mailbox matches {identity:?}"));
+                }
+                Ok(registry.kick_where(Kick::Admin, of_name))
+            }
+            many => Err(format!(
+                "{identity:?} matches {} mailboxes; use a unique identity (email, UPN, alias or GUID)",
+                many.len()
+            )),
+        }
+    }
+
+    fn penalty(&self, ip: IpAddr) -> PenaltyView {
+        self.penalty_of(ip)
+    }
+}
+
+fn describe(r: &ReloadReport) -> String {
+    format!(
+        "reloaded ({} mailboxes, {} sessions of disabled mailboxes closed)",
+        r.mailboxes, r.sessions_closed
+    )
+}
+
+#[async_trait]
+impl lifecycle::Target for GateHandle {
+    async fn reload(&self) -> Result<String, String> {
+        GateHandle::reload(self)
+            .await
+            .map(|r| describe(&r))
+            .map_err(|e| e.to_string())
+    }
+
+    fn shutdown(&self) {
+        GateHandle::shutdown(self)
+    }
+
+    fn shutdown_now(&self) {
+        GateHandle::shutdown_now(self)
+    }
+
+    fn status(&self) -> String {
+        format!(
+            "{} sessions open, {} logged in",
+            self.open_sessions(),
+            self.registry().len()
+        )
+    }
+}
+
+/// The daemon: signals and systemd around a gate, until SIGTERM.
+pub async fn run_daemon(config_path: &Path) -> anyhow::Result<()> {
+    // The connection budget follows the open-file limit: use all the hard limit allows.
+    crate::limits::raise_nofile_limit();
+    let signals = lifecycle::Signals::install()?;
+    let gate = Gate::bind(config_path).await?;
+    for a in gate.plain_addrs() {
+        tracing::info!(address = %a, "listening (plain, STARTTLS)");
+    }
+    for a in gate.tls_addrs() {
+        tracing::info!(address = %a, "listening (implicit TLS)");
+    }
+    lifecycle::ready();
+    let tasks = lifecycle::spawn(signals, Arc::new(gate.handle()));
+    gate.run().await;
+    for task in tasks {
+        task.abort();
+    }
+    tracing::info!("stopped");
+    Ok(())
 }
 
 /// What the open-file limit allows this process, with one descriptor reserve per worker thread.
@@ -432,7 +627,7 @@ fn log_connection_limit(configured: Option<usize>, budget: Option<usize>) {
 }
 
 /// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+struct AbortOnDrop(JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

@@ -11,7 +11,8 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::backend::Backend;
 use crate::config::{Config, ConfigError};
-use crate::directory::{self, CacheStats, DirectoryError, PolicyCache};
+use crate::directory::file::FileDirectory;
+use crate::directory::{CacheStats, CachedDirectory, DirectoryError};
 use crate::tls::{self, TlsError};
 
 /// Why a configuration could not be put in force; the running one stays.
@@ -27,11 +28,15 @@ pub enum LoadError {
     Backend { name: String, source: TlsError },
     #[error(transparent)]
     Permission(#[from] crate::permissions::PermissionError),
+    /// Reading the files failed in an unexpected way (the loading task panicked).
+    #[error("loading the configuration failed: {0}")]
+    Internal(String),
 }
 
 pub struct State {
     pub config: Arc<Config>,
-    pub policies: PolicyCache,
+    /// The directory behind its cache: every lookup of the login path goes here.
+    pub policies: CachedDirectory,
     /// Present when a certificate is configured: STARTTLS and implicit TLS.
     pub acceptor: Option<TlsAcceptor>,
     pub backends: HashMap<String, Arc<Backend>>,
@@ -52,7 +57,7 @@ impl State {
     pub fn from_config(config: Config, stats: CacheStats) -> Result<State, LoadError> {
         crate::permissions::check(&config)?;
         let names: Vec<&str> = config.backends.keys().map(String::as_str).collect();
-        let directory = directory::file::load(&config.directory.mailboxes, &names)?;
+        let directory = FileDirectory::open(&config.directory.mailboxes, &names)?;
         let acceptor = match (&config.imap4.certificate, &config.imap4.private_key) {
             (Some(cert), Some(key)) => {
                 Some(tls::acceptor(cert, key, &config.imap4.sni_certificates)?)
@@ -67,7 +72,7 @@ impl State {
             })?;
             backends.insert(name.clone(), Arc::new(backend));
         }
-        let policies = PolicyCache::new(Arc::new(directory), &config.directory, stats);
+        let policies = CachedDirectory::new(Arc::new(directory), &config.directory, stats);
         Ok(State {
             config: Arc::new(config),
             policies,

@@ -509,7 +509,7 @@ async fn a_reload_during_a_login_in_flight_is_not_missed() {
         "imap_enabled = true   # flipped",
         "imap_enabled = false   # flipped",
     ));
-    gate.handle.reload().expect("reload");
+    gate.handle.reload().await.expect("reload");
     let r = c.until_tag("a").await;
     assert!(last(&r).starts_with("a NO [CONTACTADMIN]"), "{r:?}");
     gate.stop().await;
@@ -535,7 +535,7 @@ async fn reload_moves_mailboxes_between_backends_and_removed_ones_get_defaults()
         "login = \"user1\"\n",
         "login = \"user1\"\nbackend = \"two\"\n",
     ));
-    gate.handle.reload().expect("reload");
+    gate.handle.reload().await.expect("reload");
     let _second = gate.logged_in("jsmith", "pass1").await;
     assert_eq!(
         two.named("AUTHENTICATE").len(),
@@ -548,7 +548,7 @@ async fn reload_moves_mailboxes_between_backends_and_removed_ones_get_defaults()
             .next()
             .expect("split"),
     );
-    gate.handle.reload().expect("reload");
+    gate.handle.reload().await.expect("reload");
     let mut c = gate.plain().await;
     c.greeting().await;
     let r = c.cmd("a", "LOGIN jane@example.com pass2").await;
@@ -575,7 +575,8 @@ async fn bytes_right_behind_the_login_ok_count_for_the_bye_decision() {
     let mut c = gate.plain().await;
     c.greeting().await;
     c.send(b"a LOGIN jsmith pass1\r\n").await;
-    assert!(c.line().await.starts_with("a OK"));
+    let l = c.line().await;
+    assert!(l.starts_with("a OK"), "{l}");
     assert_eq!(c.line().await, "* 1 FETCH (BODY[] {10}");
     assert_eq!(c.read_exact(3).await, b"abc");
     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -213,7 +213,7 @@ async fn reload_flips_a_mailbox_and_a_broken_file_changes_nothing() {
     );
     // Disable John Smith: after the reload the very next login is refused.
     gate.write_mailboxes(&mailboxes(false));
-    gate.handle.reload().expect("reload");
+    gate.handle.reload().await.expect("reload");
     let r = imaplib(tls, "ssl", "jsmith", "pass1").await;
     assert!(r.contains("[CONTACTADMIN]"), "{r}");
     // A broken file: reload fails with file and line; the last good directory stays.
@@ -225,6 +225,7 @@ async fn reload_flips_a_mailbox_and_a_broken_file_changes_nothing() {
     let e = gate
         .handle
         .reload()
+        .await
         .expect_err("broken file refused")
         .to_string();
     assert!(e.contains("mailboxes.toml") && e.contains("line 3"), "{e}");
@@ -232,7 +233,7 @@ async fn reload_flips_a_mailbox_and_a_broken_file_changes_nothing() {
     assert!(r.contains("[CONTACTADMIN]"), "still disabled: {r}");
     // Enable again.
     gate.write_mailboxes(&mailboxes(true));
-    gate.handle.reload().expect("reload");
+    gate.handle.reload().await.expect("reload");
     assert_eq!(
         imaplib(tls, "ssl", "jsmith", "pass1").await,
         "OK:Subject: Hello 1"

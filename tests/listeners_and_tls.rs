@@ -177,7 +177,7 @@ async fn reload_swaps_the_certificate_and_keeps_the_old_one_when_the_new_is_brok
     assert!(handshake_ok(tls).await);
     // A broken certificate file: reload refused, the old certificate keeps serving.
     std::fs::write(&cert, "not a certificate").expect("w");
-    let e = gate.handle.reload().expect_err("refused").to_string();
+    let e = gate.handle.reload().await.expect_err("refused").to_string();
     assert!(e.contains("gate.pem"), "{e}");
     assert!(handshake_ok(tls).await);
     // A certificate from another CA, so the dev CA no longer verifies it: in force after reload.
@@ -185,7 +185,7 @@ async fn reload_swaps_the_certificate_and_keeps_the_old_one_when_the_new_is_brok
     std::fs::copy(&other_cert, &cert).expect("copy");
     std::fs::copy(other_key, &key).expect("copy");
     assert!(handshake_ok(tls).await, "nothing changes before the reload");
-    gate.handle.reload().expect("reload");
+    gate.handle.reload().await.expect("reload");
     assert!(!handshake_ok(tls).await, "the old certificate is gone");
     assert!(
         handshake_with(tls, trusting(&other_ca)).await,

@@ -242,10 +242,10 @@ async fn metrics_are_scraped() {
         "alias = \"user1\"\n",
         "alias = \"user1\"\nimap_enabled = false\n",
     ));
-    gate.handle.reload().expect("reload");
+    gate.handle.reload().await.expect("reload");
     assert!(ok.closed_within(Duration::from_secs(2)).await);
     gate.write_mailboxes("[[mailbox\n");
-    assert!(gate.handle.reload().is_err());
+    assert!(gate.handle.reload().await.is_err());
     let m = scrape(addr).await;
     assert_eq!(value(&m, "imapgate_reloads_total{result=\"ok\"}"), 1.0);
     assert_eq!(value(&m, "imapgate_reloads_total{result=\"refused\"}"), 1.0);

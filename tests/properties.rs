@@ -50,7 +50,7 @@ proptest! {
 
     #[test]
     fn credentials_round_trip_as_exactly_one_command(user in secret().prop_filter("user", |u| !u.is_empty() && !u.chars().any(char::is_control)), password in secret(), caps in caps()) {
-        let creds = Credentials::new(user.as_bytes(), password.as_bytes()).expect("accepted");
+        let creds = Credentials::password(user.as_bytes(), password.as_bytes()).expect("accepted");
         let fragments = login_command("g1", &creds, caps).expect("a way to log in");
         // Two-step AUTHENTICATE: the command is the first line, the base64 answer comes after `+`.
         let wire = if caps.auth_plain && !caps.sasl_ir { fragments[0].clone() } else { fragments.concat() };
@@ -73,8 +73,8 @@ proptest! {
                     }
                 };
                 let back = Credentials::from_sasl_plain(&message).expect("decodes");
-                prop_assert_eq!(back.user, user);
-                prop_assert_eq!(back.password.expose(), password.as_bytes());
+                prop_assert_eq!(back.user(), user);
+                prop_assert_eq!(back.secret().expose(), password.as_bytes());
             }
             other => prop_assert!(false, "unexpected {}", other.name()),
         }
@@ -88,7 +88,7 @@ proptest! {
     #[test]
     fn nul_cr_or_lf_never_pass(prefix in secret(), bad in prop_oneof![Just('\0'), Just('\r'), Just('\n')], suffix in secret()) {
         let password = format!("{prefix}{bad}{suffix}");
-        prop_assert!(Credentials::new(b"user", password.as_bytes()).is_err());
+        prop_assert!(Credentials::password(b"user", password.as_bytes()).is_err());
         let sasl = format!("\0user\0{password}");
         prop_assert!(Credentials::from_sasl_plain(sasl.as_bytes()).is_err());
     }

@@ -59,7 +59,7 @@ fn drive(input: &[u8], max: usize, chunk: usize) {
                 assert!(consumed > 0 && consumed <= buf.len());
                 match command.body {
                     CommandBody::Login { username, password } => {
-                        check_credentials(Credentials::new(username.as_ref(), password.declassify().as_ref()));
+                        check_credentials(Credentials::password(username.as_ref(), password.declassify().as_ref()));
                     }
                     CommandBody::Authenticate { initial_response: Some(ir), .. } => {
                         check_credentials(Credentials::from_sasl_plain(ir.declassify()));
@@ -148,8 +148,8 @@ fn check_credentials(creds: Result<Credentials, imapgate::credentials::Credentia
         assert!(rest.is_empty(), "one command, nothing after it");
         match command.body {
             CommandBody::Login { username, password } => {
-                assert_eq!(username.as_ref(), creds.user.as_bytes());
-                assert_eq!(password.declassify().as_ref(), creds.password.expose());
+                assert_eq!(username.as_ref(), creds.user().as_bytes());
+                assert_eq!(password.declassify().as_ref(), creds.secret().expose());
             }
             other => panic!("not a LOGIN: {}", other.name()),
         }

@@ -10,6 +10,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::time::Duration;
 
+use crate::directory::{Filter, Page};
 use crate::state::State;
 
 /// The unit file this project ships, for its `TimeoutStopSec` when no unit is installed.
@@ -26,7 +27,7 @@ pub struct Report {
 }
 
 /// Checks the configuration at `path`. With `bind`, the listeners' ports must be free too.
-pub fn check(path: &Path, bind: bool) -> Report {
+pub async fn check(path: &Path, bind: bool) -> Report {
     let mut report = Report::default();
     let state = match State::load(path) {
         Ok(s) => s,
@@ -90,11 +91,22 @@ pub fn check(path: &Path, bind: bool) -> Report {
     if let Some(w) = shutdown_warning(imap4.shutdown_grace, unit_stop_timeout()) {
         report.warnings.push(w);
     }
-    report.summary = Some(format!(
-        "{} mailboxes, {} backends",
-        state.policies.directory().mailboxes.len(),
-        state.backends.len()
-    ));
+    let mailboxes = state
+        .policies
+        .source()
+        .list(
+            &Filter::all(),
+            Page {
+                offset: 0,
+                limit: 0,
+            },
+        )
+        .await
+        .map(|l| l.total);
+    match mailboxes {
+        Ok(n) => report.summary = Some(format!("{n} mailboxes, {} backends", state.backends.len())),
+        Err(e) => report.problems.push(e.to_string()),
+    }
     report
 }
 
@@ -193,8 +205,8 @@ fn shutdown_warning(grace: Duration, stop: StopTimeout) -> Option<String> {
 }
 
 /// The command: prints the report, returns the exit code.
-pub fn run(path: &Path, bind: bool) -> i32 {
-    let report = check(path, bind);
+pub async fn run(path: &Path, bind: bool) -> i32 {
+    let report = check(path, bind).await;
     for w in &report.warnings {
         eprintln!("{}: warning: {w}", path.display());
     }

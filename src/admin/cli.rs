@@ -6,12 +6,11 @@ use std::path::Path;
 use anyhow::Context;
 use serde::Serialize;
 
-use super::control::{self, ControlError};
-use super::edit;
+use super::control::{self, ControlError, ReloadReport};
 use crate::config::Config;
-use crate::directory::{self, find_identity, MailboxView};
+use crate::directory::file::FileDirectory;
+use crate::directory::{find_identity, Directory, DirectoryError, Filter, MailboxView, Page};
 use crate::registry::SessionView;
-use crate::server::ReloadReport;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -95,17 +94,11 @@ pub async fn mailbox_set(
     create: bool,
     no_reload: bool,
 ) -> anyhow::Result<i32> {
-    let path = config.directory.mailboxes.clone();
-    let backends: Vec<String> = backend_names(config)
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    let id = identity.to_string();
-    let outcome = tokio::task::spawn_blocking(move || {
-        let names: Vec<&str> = backends.iter().map(String::as_str).collect();
-        edit::set_imap_enabled(&path, &names, &id, enabled, create)
-    })
-    .await?;
+    // Through the directory (the file source edits its file safely).
+    let outcome = match open_directory(config) {
+        Ok(directory) => directory.set_imap_enabled(identity, enabled, create).await,
+        Err(e) => Err(e),
+    };
     let outcome = match outcome {
         Ok(o) => o,
         Err(e) => {
@@ -154,6 +147,16 @@ pub async fn mailbox_set(
     }
 }
 
+fn open_directory(config: &Config) -> Result<FileDirectory, DirectoryError> {
+    FileDirectory::open(&config.directory.mailboxes, &backend_names(config))
+}
+
+/// Every mailbox the directory on disk has.
+async fn on_disk(config: &Config) -> Result<Vec<MailboxView>, DirectoryError> {
+    let directory = open_directory(config)?;
+    Ok(directory.list(&Filter::all(), Page::ALL).await?.mailboxes)
+}
+
 /// No gate behind the socket path (as opposed to one we may not talk to).
 fn not_running(e: &std::io::Error) -> bool {
     matches!(
@@ -197,7 +200,6 @@ pub async fn mailbox_get(
     filter: Option<bool>,
     format: Format,
 ) -> anyhow::Result<i32> {
-    let names = backend_names(config);
     let running: Option<Vec<MailboxView>> = match config.admin.control_socket.as_deref() {
         Some(socket) => match control::request(socket, "MAILBOXES").await {
             Ok(v) => Some(v),
@@ -208,8 +210,8 @@ pub async fn mailbox_get(
     };
     // A broken file does not hide what the running gate enforces (it keeps the directory it
     // had): that is shown, with where the file is broken.
-    let (disk, broken) = match directory::file::load(&config.directory.mailboxes, &names) {
-        Ok(d) => (d.views(), false),
+    let (disk, broken) = match on_disk(config).await {
+        Ok(d) => (d, false),
         Err(e) => match &running {
             Some(r) => {
                 eprintln!(

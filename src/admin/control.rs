@@ -7,17 +7,54 @@
 //! penalty the gate applies to an address). A malformed request gets `ERR` and changes
 //! nothing. Besides the file mode, the peer's uid must be root's or the socket owner's.
 
+use std::net::IpAddr;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
 
-use crate::directory::{find_identity, login_key};
-use crate::registry::Kick;
-use crate::server::{GateHandle, Phase};
+use crate::directory::MailboxView;
+use crate::phase::Phase;
+use crate::registry::SessionView;
+
+/// What a successful reload did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ReloadReport {
+    pub mailboxes: usize,
+    /// Open sessions of mailboxes now disabled, asked to close.
+    pub sessions_closed: usize,
+}
+
+/// The failed-login penalty of one client address, as `imapgate test-login` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PenaltyView {
+    pub address: String,
+    /// Failed logins counted (forgotten after 15 minutes without one).
+    pub failures: u32,
+    /// What the next login from there waits.
+    pub delay_ms: u64,
+    /// In `trusted_networks`: never penalized.
+    pub trusted: bool,
+}
+
+/// What the control socket asks of the running gate (the composition root implements it).
+#[async_trait]
+pub trait Controlled: Send + Sync {
+    /// Reloads, with systemd told; the error is the reason, in one line.
+    async fn reload(&self) -> Result<ReloadReport, String>;
+    /// The mailboxes in force.
+    async fn mailboxes(&self) -> Result<Vec<MailboxView>, String>;
+    fn sessions(&self) -> Vec<SessionView>;
+    /// Closes the sessions of the mailbox `identity` names; how many.
+    async fn kick(&self, identity: &str) -> Result<usize, String>;
+    fn penalty(&self, ip: IpAddr) -> PenaltyView;
+}
 
 const MAX_REQUEST: u64 = 4096;
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -66,9 +103,13 @@ pub async fn bind(path: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
-pub async fn serve(listener: UnixListener, path: PathBuf, handle: GateHandle) {
+pub async fn serve(
+    listener: UnixListener,
+    path: PathBuf,
+    gate: Arc<dyn Controlled>,
+    mut phase: watch::Receiver<Phase>,
+) {
     let owner = std::fs::metadata(&path).map(|m| m.uid()).ok();
-    let mut phase = handle.phase();
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -82,15 +123,18 @@ pub async fn serve(listener: UnixListener, path: PathBuf, handle: GateHandle) {
             .peer_cred()
             .map(|c| c.uid() == 0 || Some(c.uid()) == owner)
             .unwrap_or(false);
-        let handle = handle.clone();
-        tokio::spawn(answer(stream, allowed, handle));
+        tokio::spawn(answer(stream, allowed, gate.clone()));
     }
     let _ = std::fs::remove_file(&path);
 }
 
 /// Reading the request and writing the answer have deadlines; handling it has none (a reload of
 /// a large directory takes what it takes, and the client waits for it).
-async fn answer(stream: UnixStream, allowed: bool, handle: GateHandle) -> std::io::Result<()> {
+async fn answer(
+    stream: UnixStream,
+    allowed: bool,
+    gate: Arc<dyn Controlled>,
+) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = Vec::new();
     let mut reader = BufReader::new(read.take(MAX_REQUEST + 1));
@@ -103,7 +147,7 @@ async fn answer(stream: UnixStream, allowed: bool, handle: GateHandle) -> std::i
         "ERR request too long or not terminated by a newline".to_string()
     } else {
         match std::str::from_utf8(&line) {
-            Ok(text) => handle_request(text.trim_end_matches(['\r', '\n']), &handle).await,
+            Ok(text) => handle_request(text.trim_end_matches(['\r', '\n']), &*gate).await,
             Err(_) => "ERR request is not UTF-8".to_string(),
         }
     };
@@ -127,58 +171,34 @@ fn ok<T: serde::Serialize>(value: &T) -> String {
     }
 }
 
-async fn handle_request(line: &str, handle: &GateHandle) -> String {
+async fn handle_request(line: &str, gate: &dyn Controlled) -> String {
     let (verb, arg) = line.split_once(' ').unwrap_or((line, ""));
     match (verb, arg.is_empty()) {
         ("PING", true) => ok(&serde_json::json!({ "version": env!("CARGO_PKG_VERSION") })),
-        ("RELOAD", true) => match crate::lifecycle::reload(handle.clone()).await {
+        ("RELOAD", true) => match gate.reload().await {
             Ok(report) => ok(&report),
             Err(e) => format!("ERR {}", one_line(&e)),
         },
-        ("MAILBOXES", true) => ok(&handle.state().policies.directory().views()),
-        ("SESSIONS", true) => ok(&handle.registry().list()),
-        ("PENALTY", false) => match arg.parse::<std::net::IpAddr>() {
-            Ok(ip) => ok(&handle.penalty_of(ip)),
+        ("MAILBOXES", true) => match gate.mailboxes().await {
+            Ok(m) => ok(&m),
+            Err(e) => format!("ERR {}", one_line(&e)),
+        },
+        ("SESSIONS", true) => ok(&gate.sessions()),
+        ("PENALTY", false) => match arg.parse::<IpAddr>() {
+            Ok(ip) => ok(&gate.penalty(ip)),
             Err(_) => format!("ERR {arg:?} is not an IP address"),
         },
-        ("KICK", false) => {
-            let state = handle.state();
-            let views = state.policies.directory().views();
-            let matches = find_identity(&views, arg);
-            if matches.len() > 1 {
-                return format!(
-                    "ERR {arg:?} matches {} mailboxes; use a unique identity (email, UPN, alias or GUID)",
-                    matches.len()
+        ("KICK", false) => match gate.kick(arg).await {
+            Ok(closed) => {
+                tracing::info!(
+                    identity = arg,
+                    closed,
+                    "kick requested on the control socket"
                 );
+                ok(&serde_json::json!({ "closed": closed }))
             }
-            let registry = handle.registry();
-            let closed = match matches.first() {
-                // Sessions belong to mailboxes by key, whatever name their client typed.
-                Some(&i) => {
-                    let key = views[i].key();
-                    registry.kick_where(Kick::Admin, |s| s.mailbox_key == key)
-                }
-                // Not in the directory: only a login name of open sessions (which
-                // `unknown_names = "defaults"` let in) is accepted; anything else is an
-                // operator's typo, not "0 closed".
-                None => {
-                    let key = login_key(arg);
-                    let of_name = |s: &crate::registry::SessionInfo| {
-                        s.mailbox.is_none() && login_key(&s.user) == key
-                    };
-                    if !registry.any(of_name) {
-                        return format!("ERR no mailbox matches {arg:?}");
-                    }
-                    registry.kick_where(Kick::Admin, of_name)
-                }
-            };
-            tracing::info!(
-                identity = arg,
-                closed,
-                "kick requested on the control socket"
-            );
-            ok(&serde_json::json!({ "closed": closed }))
-        }
+            Err(e) => format!("ERR {}", one_line(&e)),
+        },
         ("PING" | "RELOAD" | "MAILBOXES" | "SESSIONS", false) => {
             format!("ERR {verb} takes no argument")
         }

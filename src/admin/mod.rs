@@ -1,5 +1,6 @@
-//! Administration: the control socket a running gate listens on ([`control`]), safe edits of the
-//! mailboxes file ([`edit`]), and the `imapgate mailbox|reload|sessions|kick` commands ([`cli`]).
+//! Administration: the control socket a running gate listens on ([`control`]), the
+//! `imapgate mailbox|reload|sessions|kick` commands ([`cli`], which change mailboxes through the
+//! directory), `check-config` ([`check`]) and `test-login` ([`probe`]).
 //!
 //! The seed's procedure becomes one command and one check:
 //! `imapgate mailbox set --identity "John Smith" --imap-enabled false` (edit, then reload the
@@ -9,5 +10,4 @@
 pub mod check;
 pub mod cli;
 pub mod control;
-pub mod edit;
 pub mod probe;

@@ -14,11 +14,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls::{self, pki_types::ServerName};
 
-use crate::backend::encode::{login_command, LoginCaps};
+use super::control::PenaltyView;
+use crate::backend::client::{Client, Kind, Message, StatusOf};
+use crate::backend::encode::{self, login_command, LoginCaps};
 use crate::config::Config;
 use crate::credentials::Credentials;
 use crate::stream::Stream;
@@ -107,51 +108,6 @@ impl<E: std::fmt::Display> From<E> for Failed {
     }
 }
 
-struct Conn {
-    io: BufReader<Stream>,
-}
-
-impl Conn {
-    async fn line(&mut self) -> Result<String, Failed> {
-        let mut buf = Vec::new();
-        let n = tokio::time::timeout(
-            STEP_TIMEOUT,
-            (&mut self.io).take(64 * 1024).read_until(b'\n', &mut buf),
-        )
-        .await
-        .map_err(|_| format!("no answer within {STEP_TIMEOUT:?}"))??;
-        if n == 0 {
-            return Err("the gate closed the connection".into());
-        }
-        Ok(String::from_utf8_lossy(&buf).trim_end().to_string())
-    }
-
-    /// Sends the fragments (waiting for `+` between them); returns the untagged lines and the
-    /// tagged answer.
-    async fn command(
-        &mut self,
-        tag: &str,
-        fragments: &[Vec<u8>],
-    ) -> Result<(Vec<String>, String), Failed> {
-        let mut untagged = Vec::new();
-        for (i, f) in fragments.iter().enumerate() {
-            self.io.get_mut().write_all(f).await?;
-            self.io.get_mut().flush().await?;
-            loop {
-                let line = self.line().await?;
-                if line.starts_with(&format!("{tag} ")) {
-                    return Ok((untagged, line));
-                }
-                if line.starts_with('+') && i + 1 < fragments.len() {
-                    break;
-                }
-                untagged.push(line);
-            }
-        }
-        Err("no tagged answer".into())
-    }
-}
-
 fn step(name: &str, started: Instant, outcome: &str) {
     println!(
         "{name:<10} {:>9.1} ms  {outcome}",
@@ -168,21 +124,32 @@ fn failed(name: &str, started: Instant, f: Failed) -> i32 {
     1
 }
 
-fn capabilities(line: &str) -> LoginCaps {
-    let start = line
-        .find("CAPABILITY ")
-        .map(|i| i + 11)
-        .unwrap_or(line.len());
-    let end = line[start..]
-        .find(']')
-        .map(|e| start + e)
-        .unwrap_or(line.len());
-    LoginCaps::from_capabilities(line[start..end].split(' '))
+/// A message's text for a person: one line, no CRLF.
+fn shown(m: &Message) -> String {
+    String::from_utf8_lossy(&m.raw).trim_end().to_string()
+}
+
+/// The tagged answer after `tag `.
+fn answer_text(m: &Message, tag: &str) -> String {
+    shown(m)
+        .strip_prefix(tag)
+        .map(|t| t.trim_start().to_string())
+        .unwrap_or_else(|| shown(m))
+}
+
+fn is_ok(m: &Message) -> bool {
+    matches!(
+        m.kind,
+        Kind::Tagged {
+            status: StatusOf::Ok,
+            ..
+        }
+    )
 }
 
 /// Runs the probe; returns the process exit code (0: logged in and out).
 pub async fn run(probe: Probe, user: &str, password: &[u8]) -> anyhow::Result<i32> {
-    let creds = Credentials::new(user.as_bytes(), password)
+    let creds = Credentials::password(user.as_bytes(), password)
         .map_err(|e| anyhow::anyhow!("unusable credentials: {e}"))?;
     let name = ServerName::try_from(probe.server_name.clone())?;
     let started = Instant::now();
@@ -209,26 +176,31 @@ pub async fn run(probe: Probe, user: &str, password: &[u8]) -> anyhow::Result<i3
     } else {
         Stream::Plain(tcp)
     };
-    let mut conn = Conn {
-        io: BufReader::new(stream),
-    };
+    let mut conn = Client::new(stream, STEP_TIMEOUT);
     let started = Instant::now();
-    let mut greeting = match conn.line().await {
+    let greeting = match conn.greeting().await {
         Ok(g) => g,
-        Err(f) => return Ok(failed("greeting", started, f)),
+        Err(e) => return Ok(failed("greeting", started, e.into())),
     };
-    step("greeting", started, &greeting);
+    step(
+        "greeting",
+        started,
+        String::from_utf8_lossy(&greeting.raw).trim_end(),
+    );
+    let mut caps = greeting.capabilities.unwrap_or_default();
     if !probe.implicit_tls {
         let started = Instant::now();
-        let answer = match conn.command("t1", &[b"t1 STARTTLS\r\n".to_vec()]).await {
-            Ok((_, answer)) => answer,
-            Err(f) => return Ok(failed("starttls", started, f)),
+        let line = encode::simple("t1", "STARTTLS");
+        let answer = match conn.command("t1", &[line], "starttls", |_| {}).await {
+            Ok(answer) => answer,
+            Err(e) => return Ok(failed("starttls", started, e.into())),
         };
-        if !answer.starts_with("t1 OK") {
-            step("starttls", started, &answer);
+        if !is_ok(&answer) {
+            step("starttls", started, &shown(&answer));
             return Ok(1);
         }
-        let Stream::Plain(tcp) = conn.io.into_inner() else {
+        let (stream, _) = conn.into_parts();
+        let Stream::Plain(tcp) = stream else {
             anyhow::bail!("unexpected stream");
         };
         let tls = match handshake(&probe, name, tcp).await {
@@ -240,19 +212,18 @@ pub async fn run(probe: Probe, user: &str, password: &[u8]) -> anyhow::Result<i3
             started,
             &verified_as(probe.verifying, &probe.server_name),
         );
-        conn = Conn {
-            io: BufReader::new(tls),
-        };
+        conn = Client::new(tls, STEP_TIMEOUT);
         let started = Instant::now();
-        match conn.command("t2", &[b"t2 CAPABILITY\r\n".to_vec()]).await {
-            Ok((untagged, _)) => {
-                greeting = untagged
-                    .into_iter()
-                    .find(|l| l.starts_with("* CAPABILITY "))
-                    .unwrap_or_default();
-                step("capability", started, greeting.trim_start_matches("* "));
+        match conn.capability("t2", "capability").await {
+            Ok(c) => {
+                step(
+                    "capability",
+                    started,
+                    &format!("CAPABILITY {}", c.join(" ")),
+                );
+                caps = c;
             }
-            Err(f) => return Ok(failed("capability", started, f)),
+            Err(e) => return Ok(failed("capability", started, e.into())),
         }
     }
     let penalty = match (&probe.control_socket, from) {
@@ -263,14 +234,14 @@ pub async fn run(probe: Probe, user: &str, password: &[u8]) -> anyhow::Result<i3
         println!("{:<10} {:>12}  {}", "penalty", "", p.describe());
     }
     let started = Instant::now();
-    let Some(fragments) = login_command("t3", &creds, capabilities(&greeting)) else {
+    let login_caps = LoginCaps::from_capabilities(caps.iter().map(String::as_str));
+    let Some(fragments) = login_command("t3", &creds, login_caps) else {
         anyhow::bail!("the gate offers no way to log in here (LOGINDISABLED without AUTH=PLAIN)");
     };
-    let answer = match conn.command("t3", &fragments).await {
-        Ok((_, answer)) => answer,
-        Err(f) => return Ok(failed("login", started, f)),
+    let answer = match conn.command("t3", &fragments, "login", |_| {}).await {
+        Ok(answer) => answer,
+        Err(e) => return Ok(failed("login", started, e.into())),
     };
-    let refused = !answer.starts_with("t3 OK");
     let waited = match &penalty {
         Some(p) if p.delay_ms > 0 => format!(
             " (of which {:.1} s failed-login penalty)",
@@ -281,19 +252,18 @@ pub async fn run(probe: Probe, user: &str, password: &[u8]) -> anyhow::Result<i3
     step(
         "login",
         started,
-        &format!("{user}: {}{waited}", answer.trim_start_matches("t3 ")),
+        &format!("{user}: {}{waited}", answer_text(&answer, "t3")),
     );
-    if refused {
+    if !is_ok(&answer) {
         return Ok(1);
     }
-    for (tag, command, name) in [("t4", "SELECT INBOX", "select"), ("t5", "LOGOUT", "logout")] {
+    let select = encode::select("t4", "INBOX").unwrap_or_default();
+    let logout = encode::simple("t5", "LOGOUT");
+    for (tag, line, name) in [("t4", select, "select"), ("t5", logout, "logout")] {
         let started = Instant::now();
-        match conn
-            .command(tag, &[format!("{tag} {command}\r\n").into_bytes()])
-            .await
-        {
-            Ok((_, answer)) => step(name, started, answer.trim_start_matches(tag).trim_start()),
-            Err(f) => return Ok(failed(name, started, f)),
+        match conn.command(tag, &[line], name, |_| {}).await {
+            Ok(answer) => step(name, started, &answer_text(&answer, tag)),
+            Err(e) => return Ok(failed(name, started, e.into())),
         }
     }
     Ok(0)
@@ -356,8 +326,6 @@ fn describe_tls_error(e: &std::io::Error, server_name: &str) -> String {
     };
     format!("{words} [{tls}]")
 }
-
-use crate::server::PenaltyView;
 
 /// The penalty in words.
 trait Describe {

@@ -1,89 +1,113 @@
-//! The mailboxes file (`config/mailboxes.toml`): `[defaults]` and one `[[mailbox]]` per mailbox,
-//! with Exchange's identity forms as keys. Errors carry the file and line they come from.
+//! The mailboxes file (`config/mailboxes.toml`) as a [`Directory`]: `[defaults]` and one
+//! `[[mailbox]]` per mailbox, with Exchange's identity forms as keys. Errors carry the file and
+//! line they come from. Changes go through [`super::edit`] (comments kept, atomic, locked), and
+//! the directory then serves and announces the file as written.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
 use serde::Deserialize;
+use tokio::sync::broadcast;
 
-use super::Directory;
+use super::{
+    Change, Directory, DirectoryError, Filter, Index, Listing, MailboxRecord, MailboxView, Page,
+    SetOutcome,
+};
 use crate::config::{describe_toml_error, LineIndex};
 
-#[derive(Debug, thiserror::Error)]
-pub enum DirectoryError {
-    #[error("{path}: cannot read: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("{path}: line {line}: {message}")]
-    Invalid {
-        path: PathBuf,
-        line: usize,
-        message: String,
-    },
+/// The mailboxes file, read and checked, served from memory.
+pub struct FileDirectory {
+    path: PathBuf,
+    backends: Vec<String>,
+    index: ArcSwap<Index>,
+    changes: broadcast::Sender<Change>,
 }
 
-/// One `[[mailbox]]` entry. Every identity field is optional, but a mailbox needs at least one
-/// login name (alias, email, upn or domain_account).
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct MailboxRecord {
-    /// Display name ("John Smith").
-    pub name: Option<String>,
-    pub alias: Option<String>,
-    pub email: Option<String>,
-    pub upn: Option<String>,
-    pub domain_account: Option<String>,
-    pub guid: Option<String>,
-    /// User name sent to the backend; when absent, the first of email, upn, alias and
-    /// domain_account ([`MailboxRecord::backend_login`]).
-    pub login: Option<String>,
-    /// Exchange's `ImapEnabled`; `[defaults] imap_enabled` when absent.
-    pub imap_enabled: Option<bool>,
-    pub backend: Option<String>,
-    /// Line of the entry's `[[mailbox]]` header in the file.
-    #[serde(skip)]
-    pub line: usize,
+impl FileDirectory {
+    /// Reads and checks the file at `path`; `backends` are the configured backend names.
+    pub fn open(path: &Path, backends: &[&str]) -> Result<FileDirectory, DirectoryError> {
+        let index = load(path, backends)?;
+        Ok(FileDirectory {
+            path: path.to_path_buf(),
+            backends: backends.iter().map(|b| b.to_string()).collect(),
+            index: ArcSwap::from_pointee(index),
+            changes: broadcast::channel(64).0,
+        })
+    }
+
+    /// The snapshot in force.
+    pub fn index(&self) -> Arc<Index> {
+        self.index.load_full()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
 }
 
-impl MailboxRecord {
-    /// The names a client may log in with, with the field each comes from.
-    pub fn login_names(&self) -> impl Iterator<Item = (&'static str, &str)> {
-        [
-            ("alias", &self.alias),
-            ("email", &self.email),
-            ("upn", &self.upn),
-            ("domain_account", &self.domain_account),
-        ]
-        .into_iter()
-        .filter_map(|(field, value)| value.as_deref().map(|v| (field, v)))
+#[async_trait]
+impl Directory for FileDirectory {
+    async fn resolve(&self, name: &str) -> Result<Option<MailboxView>, DirectoryError> {
+        let index = self.index.load();
+        Ok(index.find(name).map(|m| index.view(m)))
     }
 
-    /// The user name this mailbox is logged in as on its backend ([`super::canonical_login`]).
-    /// Every mailbox has one: parsing refuses a mailbox without a login name.
-    pub fn backend_login(&self) -> &str {
-        super::canonical_login(
-            self.login.as_deref(),
-            self.email.as_deref(),
-            self.upn.as_deref(),
-            self.alias.as_deref(),
-            self.domain_account.as_deref(),
-        )
-        .unwrap_or_default()
+    async fn list(&self, filter: &Filter, page: Page) -> Result<Listing, DirectoryError> {
+        let index = self.index.load();
+        let selected: Vec<MailboxView> = index
+            .mailboxes
+            .iter()
+            .map(|m| index.view(m))
+            .filter(|v| filter.accepts(v))
+            .collect();
+        let total = selected.len();
+        let mailboxes = selected
+            .into_iter()
+            .skip(page.offset)
+            .take(page.limit)
+            .collect();
+        Ok(Listing { mailboxes, total })
     }
 
-    /// What logs and admin output call this mailbox.
-    pub fn display_name(&self) -> &str {
-        super::label_of([
-            &self.name,
-            &self.email,
-            &self.upn,
-            &self.alias,
-            &self.domain_account,
-        ])
+    async fn set_imap_enabled(
+        &self,
+        identity: &str,
+        enabled: bool,
+        create: bool,
+    ) -> Result<SetOutcome, DirectoryError> {
+        let (path, backends, identity) = (
+            self.path.clone(),
+            self.backends.clone(),
+            identity.to_string(),
+        );
+        let (outcome, written) = tokio::task::spawn_blocking(move || {
+            let names: Vec<&str> = backends.iter().map(String::as_str).collect();
+            super::edit::set_imap_enabled(&path, &names, &identity, enabled, create)
+        })
+        .await
+        .map_err(|e| DirectoryError::Write {
+            path: self.path.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })??;
+        if let Some(index) = written {
+            self.index.store(Arc::new(index));
+            // Nobody listening is fine: a gate that reloads reads the file anyway.
+            let _ = self.changes.send(Change {
+                mailbox: outcome.mailbox.clone(),
+            });
+        }
+        Ok(outcome)
+    }
+
+    fn defaults(&self) -> (bool, Arc<str>) {
+        let index = self.index.load();
+        (index.default_imap_enabled, index.default_backend.clone())
+    }
+
+    fn watch(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
     }
 }
 
@@ -119,7 +143,7 @@ struct MailboxesFile {
 
 /// Reads and validates the mailboxes file. `backends` are the names configured in `[backends]`;
 /// when there is exactly one, it is the default backend unless `[defaults] backend` says otherwise.
-pub fn load(path: &Path, backends: &[&str]) -> Result<Directory, DirectoryError> {
+pub fn load(path: &Path, backends: &[&str]) -> Result<Index, DirectoryError> {
     let text = std::fs::read_to_string(path).map_err(|source| DirectoryError::Read {
         path: path.to_path_buf(),
         source,
@@ -127,7 +151,7 @@ pub fn load(path: &Path, backends: &[&str]) -> Result<Directory, DirectoryError>
     parse(path, &text, backends)
 }
 
-pub fn parse(path: &Path, text: &str, backends: &[&str]) -> Result<Directory, DirectoryError> {
+pub fn parse(path: &Path, text: &str, backends: &[&str]) -> Result<Index, DirectoryError> {
     let file: MailboxesFile = toml::from_str(text).map_err(|e| DirectoryError::Parse {
         path: path.to_path_buf(),
         message: describe_toml_error(text, &e),
@@ -186,7 +210,7 @@ pub fn parse(path: &Path, text: &str, backends: &[&str]) -> Result<Directory, Di
         }
         mailboxes.push(m);
     }
-    Directory::build(
+    Index::build(
         mailboxes,
         file.defaults.imap_enabled,
         Arc::from(default_backend),

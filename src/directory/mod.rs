@@ -1,17 +1,26 @@
 //! The mailbox directory: who may use IMAP4 and which backend holds each mailbox.
 //!
-//! A [`Directory`] is an immutable snapshot read from the mailboxes file ([`file`](mod@file)); a reload builds a
-//! new one aside and swaps it in whole. [`PolicyCache`] puts a moka cache in front of identity
-//! resolution, as Exchange caches per-mailbox settings; a cache belongs to one snapshot, so a reload
-//! that installs a new snapshot starts from an empty cache and no lookup in flight can put an old
-//! answer into the new one.
+//! [`Directory`] is the seam: an asynchronous source of mailboxes (the mailboxes file today,
+//! [`file`](mod@file); LDAP next) that resolves login names, lists mailboxes, sets `ImapEnabled`
+//! and tells of changes. [`cache::CachedDirectory`] sits in front of any source with moka (one
+//! lookup per name at a time, a negative TTL for names that resolve to nothing), and turns a
+//! mailbox into the [`Policy`] the login path enforces. The login path, the reload's closing of
+//! disabled sessions, and the operator's commands all go through the trait.
 
+pub mod cache;
+pub mod edit;
 pub mod file;
+pub mod index;
 
-use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use file::{DirectoryError, MailboxRecord};
+use async_trait::async_trait;
+
+pub use cache::{CacheStats, CachedDirectory};
+pub use index::{Index, MailboxRecord};
+
+use crate::errors::{Blame, Blamed};
 
 /// What the gate decides at login for one login name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +38,31 @@ pub struct Policy {
     pub backend_login: Arc<str>,
     /// What limits, kicks and logs count as one mailbox ([`mailbox_key`]).
     pub mailbox_key: Arc<str>,
+}
+
+impl Policy {
+    /// The policy of a mailbox.
+    pub fn of(view: &MailboxView) -> Policy {
+        let backend_login = view.backend_login();
+        Policy {
+            mailbox: Some(view.label().into()),
+            imap_enabled: view.imap_enabled,
+            mailbox_key: mailbox_key(&view.backend, backend_login).into(),
+            backend_login: backend_login.into(),
+            backend: view.backend.as_str().into(),
+        }
+    }
+
+    /// `[defaults]` for a name that names no mailbox, sent to the backend as typed.
+    pub fn defaults(imap_enabled: bool, backend: &Arc<str>, login: &str) -> Policy {
+        Policy {
+            mailbox: None,
+            imap_enabled,
+            mailbox_key: mailbox_key(backend, login).into(),
+            backend: backend.clone(),
+            backend_login: login.into(),
+        }
+    }
 }
 
 /// The one rule for "one mailbox": its backend and its canonical backend login, case-folded.
@@ -49,18 +83,7 @@ pub fn canonical_login<'a>(
     login.or(email).or(upn).or(alias).or(domain_account)
 }
 
-/// What a login name that matches no mailbox gets (`[directory] unknown_names`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum UnknownNames {
-    /// The same `NO [AUTHENTICATIONFAILED]` as a wrong password (Exchange: the directory is
-    /// authoritative).
-    #[default]
-    Refuse,
-    /// `[defaults]`, the name sent to the backend as typed: only as safe as the match between
-    /// the directory's names and the backend's own name normalization.
-    Defaults,
-}
+pub use crate::config::UnknownNames;
 
 /// Which index a login name is looked up in, by its shape (as Exchange resolves login names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -95,126 +118,6 @@ pub fn login_key(name: &str) -> (NameForm, String) {
     (form, folded)
 }
 
-/// An immutable, validated snapshot of the mailboxes file.
-#[derive(Debug)]
-pub struct Directory {
-    pub mailboxes: Vec<Arc<MailboxRecord>>,
-    pub default_imap_enabled: bool,
-    pub default_backend: Arc<str>,
-    index: HashMap<(NameForm, String), usize>,
-}
-
-impl Directory {
-    /// Builds the indexes; two mailboxes claiming the same login name is an error naming both lines.
-    pub(crate) fn build(
-        mailboxes: Vec<MailboxRecord>,
-        default_imap_enabled: bool,
-        default_backend: Arc<str>,
-    ) -> Result<Directory, (usize, String)> {
-        let mut index: HashMap<(NameForm, String), usize> = HashMap::new();
-        for (i, m) in mailboxes.iter().enumerate() {
-            // The backend login is indexed too: logging in with the backend's own user name
-            // must find the mailbox (and its ImapEnabled), not fall through to [defaults].
-            for (field, value) in m
-                .login_names()
-                .chain(m.login.as_deref().map(|l| ("login", l)))
-            {
-                let key = login_key(value);
-                let expected = match field {
-                    "alias" => NameForm::Alias,
-                    "domain_account" => NameForm::DomainAccount,
-                    "login" => key.0,
-                    _ => NameForm::Address,
-                };
-                if key.0 != expected {
-                    return Err((
-                        m.line,
-                        format!("{field} = {value:?} is not of the form a {field} takes"),
-                    ));
-                }
-                if let Some(&other) = index.get(&key) {
-                    if other != i {
-                        return Err((
-                            m.line,
-                            format!(
-                                "{field} = {value:?} is already used by the mailbox at line {}",
-                                mailboxes[other].line
-                            ),
-                        ));
-                    }
-                }
-                index.insert(key, i);
-            }
-        }
-        Ok(Directory {
-            mailboxes: mailboxes.into_iter().map(Arc::new).collect(),
-            default_imap_enabled,
-            default_backend,
-            index,
-        })
-    }
-
-    /// The mailbox a login name designates, if any.
-    pub fn find(&self, login: &str) -> Option<&Arc<MailboxRecord>> {
-        self.index
-            .get(&login_key(login))
-            .map(|&i| &self.mailboxes[i])
-    }
-
-    /// Every mailbox with defaults applied, in file order.
-    pub fn views(&self) -> Vec<MailboxView> {
-        self.mailboxes
-            .iter()
-            .map(|m| MailboxView {
-                name: m.name.clone(),
-                alias: m.alias.clone(),
-                email: m.email.clone(),
-                upn: m.upn.clone(),
-                domain_account: m.domain_account.clone(),
-                guid: m.guid.clone(),
-                login: m.login.clone(),
-                backend: m
-                    .backend
-                    .clone()
-                    .unwrap_or_else(|| self.default_backend.to_string()),
-                imap_enabled: m.imap_enabled.unwrap_or(self.default_imap_enabled),
-            })
-            .collect()
-    }
-
-    /// The policy for a login name, without the cache; `None` when it names no mailbox. A
-    /// mailbox's backend `login` is one of its names too (and may belong to no other mailbox),
-    /// so typing the backend's user name finds the same mailbox and the same ImapEnabled.
-    pub fn policy(&self, login: &str) -> Option<Policy> {
-        let m = self.find(login)?;
-        let backend: Arc<str> = m
-            .backend
-            .as_deref()
-            .map(Arc::from)
-            .unwrap_or_else(|| self.default_backend.clone());
-        let backend_login = m.backend_login();
-        Some(Policy {
-            mailbox: Some(m.display_name().into()),
-            imap_enabled: m.imap_enabled.unwrap_or(self.default_imap_enabled),
-            mailbox_key: mailbox_key(&backend, backend_login).into(),
-            backend_login: backend_login.into(),
-            backend,
-        })
-    }
-
-    /// What a name that matches no mailbox gets under `unknown_names = "defaults"`:
-    /// `[defaults]`, logged in on the backend as typed.
-    pub fn default_policy(&self, login: &str) -> Policy {
-        Policy {
-            mailbox: None,
-            imap_enabled: self.default_imap_enabled,
-            mailbox_key: mailbox_key(&self.default_backend, login).into(),
-            backend: self.default_backend.clone(),
-            backend_login: login.into(),
-        }
-    }
-}
-
 /// A mailbox with its effective settings (defaults applied), as the admin commands show it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MailboxView {
@@ -230,17 +133,21 @@ pub struct MailboxView {
 }
 
 impl MailboxView {
-    /// The key of this mailbox ([`mailbox_key`]), as sessions carry it.
-    pub fn key(&self) -> String {
-        let login = canonical_login(
+    /// The user name this mailbox is logged in as on its backend ([`canonical_login`]).
+    pub fn backend_login(&self) -> &str {
+        canonical_login(
             self.login.as_deref(),
             self.email.as_deref(),
             self.upn.as_deref(),
             self.alias.as_deref(),
             self.domain_account.as_deref(),
         )
-        .unwrap_or("");
-        mailbox_key(&self.backend, login)
+        .unwrap_or("")
+    }
+
+    /// The key of this mailbox ([`mailbox_key`]), as sessions carry it.
+    pub fn key(&self) -> String {
+        mailbox_key(&self.backend, self.backend_login())
     }
 
     /// True when `identity` names this mailbox in any form the admin commands accept: display
@@ -248,6 +155,17 @@ impl MailboxView {
     /// case-insensitive.
     pub fn matches(&self, identity: &str) -> bool {
         let wanted = identity.to_lowercase().replace('/', "\\");
+        self.names()
+            .any(|v| v.to_lowercase().replace('/', "\\") == wanted)
+    }
+
+    /// True when `text` appears in one of the mailbox's names (case-insensitive), for searches.
+    pub fn mentions(&self, text: &str) -> bool {
+        let wanted = text.to_lowercase();
+        self.names().any(|v| v.to_lowercase().contains(&wanted))
+    }
+
+    fn names(&self) -> impl Iterator<Item = &String> {
         [
             &self.name,
             &self.alias,
@@ -259,7 +177,6 @@ impl MailboxView {
         ]
         .into_iter()
         .flatten()
-        .any(|v| v.to_lowercase().replace('/', "\\") == wanted)
     }
 
     /// What tables and messages call this mailbox.
@@ -294,82 +211,130 @@ pub fn find_identity(views: &[MailboxView], identity: &str) -> Vec<usize> {
         .collect()
 }
 
-/// Hit and miss counters, shared by the successive caches of a running gate.
-#[derive(Clone, Default)]
-pub struct CacheStats {
-    pub hits: prometheus_client::metrics::counter::Counter,
-    pub misses: prometheus_client::metrics::counter::Counter,
+/// Which mailboxes a listing wants.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Only those named by this identity (any form, exact, case-insensitive).
+    pub identity: Option<String>,
+    /// Only those with this `ImapEnabled`.
+    pub imap_enabled: Option<bool>,
+    /// Only those with this text in one of their names (case-insensitive).
+    pub search: Option<String>,
 }
 
-/// Identity resolution through a moka cache, bound to one directory snapshot.
-pub struct PolicyCache {
-    directory: Arc<Directory>,
-    cache: moka::sync::Cache<(NameForm, String), Arc<Policy>>,
-    unknown: UnknownNames,
-    /// Characters that mean something to backends (Dovecot's master-user separator `*`): a
-    /// name with one of them is refused before any backend sees it.
-    refused: Vec<char>,
-    stats: CacheStats,
+impl Filter {
+    pub fn all() -> Filter {
+        Filter::default()
+    }
+
+    pub fn accepts(&self, v: &MailboxView) -> bool {
+        self.identity.as_deref().is_none_or(|i| v.matches(i))
+            && self.imap_enabled.is_none_or(|e| v.imap_enabled == e)
+            && self.search.as_deref().is_none_or(|s| v.mentions(s))
+    }
 }
 
-impl PolicyCache {
-    pub fn new(
-        directory: Arc<Directory>,
-        config: &crate::config::DirectoryConfig,
-        stats: CacheStats,
-    ) -> PolicyCache {
-        PolicyCache {
-            stats,
-            directory,
-            unknown: config.unknown_names,
-            refused: config.refused_login_characters.chars().collect(),
-            cache: moka::sync::Cache::builder()
-                .max_capacity(config.cache_capacity)
-                .time_to_live(config.cache_ttl)
-                .build(),
-        }
-    }
+/// Which part of a listing: `limit` mailboxes from the `offset`th.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    pub offset: usize,
+    pub limit: usize,
+}
 
-    pub fn directory(&self) -> &Arc<Directory> {
-        &self.directory
-    }
+impl Page {
+    /// Everything at once.
+    pub const ALL: Page = Page {
+        offset: 0,
+        limit: usize::MAX,
+    };
+}
 
-    /// True when `login` carries a character backends give a meaning to.
-    pub fn has_refused_character(&self, login: &str) -> bool {
-        login.contains(self.refused.as_slice())
-    }
+/// One page of a listing, and how many mailboxes the filter selects in all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing {
+    pub mailboxes: Vec<MailboxView>,
+    pub total: usize,
+}
 
-    /// True for a character backends give a meaning to.
-    pub fn is_refused(&self, c: char) -> bool {
-        self.refused.contains(&c)
-    }
+/// What `set_imap_enabled` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetOutcome {
+    pub mailbox: MailboxView,
+    pub created: bool,
+    /// False when the source already said so (nothing was written).
+    pub changed: bool,
+}
 
-    /// The policy for `login`, from the cache when present; `None` when the name may not log
-    /// in at all (no such mailbox under `unknown_names = "refuse"`, or a refused character).
-    /// Names that match no mailbox are never cached: whoever tries names without a password
-    /// cannot fill the cache.
-    pub fn resolve(&self, login: &str) -> Option<Arc<Policy>> {
-        if self.has_refused_character(login) {
-            return None;
-        }
-        let key = login_key(login);
-        if !self.directory.index.contains_key(&key) {
-            return match self.unknown {
-                UnknownNames::Refuse => None,
-                UnknownNames::Defaults => Some(Arc::new(self.directory.default_policy(login))),
-            };
-        }
-        if let Some(hit) = self.cache.get(&key) {
-            self.stats.hits.inc();
-            return Some(hit);
-        }
-        self.stats.misses.inc();
-        let policy = self.directory.policy(login)?;
-        Some(self.cache.get_with(key, || Arc::new(policy)))
-    }
+/// A change made through a directory: the mailbox whose settings changed, as it is now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub mailbox: MailboxView,
+}
 
-    pub fn cached_entries(&self) -> u64 {
-        self.cache.run_pending_tasks();
-        self.cache.entry_count()
+#[derive(Debug, thiserror::Error)]
+pub enum DirectoryError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: line {line}: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("{path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no mailbox matches {identity:?}; add --create to create one (with an email address or alias as identity)")]
+    NotFound { identity: String },
+    #[error("{identity:?} matches {} mailboxes; use a unique identity (email, UPN, alias or GUID):\n{}", .matches.len(), .matches.join("\n"))]
+    Ambiguous {
+        identity: String,
+        matches: Vec<String>,
+    },
+    #[error("--create needs an email address or an alias as identity, not {0:?}")]
+    CannotCreate(String),
+    /// The source could not answer (unreachable, failing).
+    #[error("the directory could not answer: {0}")]
+    Unavailable(String),
+}
+
+impl Blamed for DirectoryError {
+    /// The directory is the gate's own business.
+    fn blame(&self) -> Blame {
+        Blame::Gate
     }
+}
+
+/// A source of mailboxes. Implementations are cheap to share (`Arc<dyn Directory>`); a reload
+/// of the gate opens a new one.
+#[async_trait]
+pub trait Directory: Send + Sync {
+    /// The mailbox a login name designates (by its shape: `@`, `\`, else an alias), if any.
+    async fn resolve(&self, name: &str) -> Result<Option<MailboxView>, DirectoryError>;
+
+    /// The mailboxes `filter` selects, `page` of them, in the source's order.
+    async fn list(&self, filter: &Filter, page: Page) -> Result<Listing, DirectoryError>;
+
+    /// Turns IMAP4 on or off for the one mailbox `identity` names (any identity form); with
+    /// `create`, a mailbox is created when none matches (where the source allows it).
+    async fn set_imap_enabled(
+        &self,
+        identity: &str,
+        enabled: bool,
+        create: bool,
+    ) -> Result<SetOutcome, DirectoryError>;
+
+    /// What a name that names no mailbox gets under `unknown_names = "defaults"`.
+    fn defaults(&self) -> (bool, Arc<str>);
+
+    /// Changes made through this directory, as they are made (the gate follows them: the cache
+    /// forgets, the sessions of a mailbox now disabled are closed).
+    fn watch(&self) -> tokio::sync::broadcast::Receiver<Change>;
 }

@@ -187,33 +187,7 @@ impl CommandName {
     }
 }
 
-/// The length of a literal announced at the end of a line (`{N}` or `{N+}`, followed or not by
-/// CR, LF or CRLF). Shared by everything in the gate that must know where a literal starts.
-pub fn literal_announced(line: &[u8]) -> Option<u64> {
-    literal_announcement(line).map(|(length, _)| length)
-}
-
-/// The literal announced at the end of a line: its length and whether it is non-synchronizing
-/// (`{N+}`). Any number of digits is an announcement (leading zeros included); a length past
-/// what 64 bits hold reads as `u64::MAX`, which every limit refuses.
-pub fn literal_announcement(line: &[u8]) -> Option<(u64, bool)> {
-    let t = line.strip_suffix(b"\n").unwrap_or(line);
-    let t = t.strip_suffix(b"\r").unwrap_or(t);
-    let t = t.strip_suffix(b"}")?;
-    let open = t.iter().rposition(|&b| b == b'{')?;
-    let digits = &t[open + 1..];
-    let (digits, non_sync) = match digits.strip_suffix(b"+") {
-        Some(d) => (d, true),
-        None => (digits, false),
-    };
-    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    let length = digits.iter().try_fold(0u64, |n, &d| {
-        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-    });
-    Some((length.unwrap_or(u64::MAX), non_sync))
-}
+use crate::wire::literal_announced;
 
 #[cfg(test)]
 mod tests {

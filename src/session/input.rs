@@ -111,7 +111,7 @@ fn decode_strict(buf: &[u8], max: usize) -> Decoded {
             None => Decoded::NeedMore,
             // Any well-formed announcement is a literal (imap-codec stops at 32 bits): one too
             // large is refused as such, before a `+` or by closing.
-            Some(lf) => match super::boundary::literal_announcement(&buf[..lf]) {
+            Some(lf) => match crate::wire::literal_announcement(&buf[..lf]) {
                 Some((length, false)) if length.saturating_add(lf as u64 + 3) > max as u64 => {
                     Decoded::LiteralTooBig {
                         tag: line_tag(buf).unwrap_or_else(|| "*".into()),
@@ -295,7 +295,7 @@ pub fn relax_login(buf: &[u8]) -> Option<Vec<u8>> {
             }
             b'{' => {
                 let lf = memchr::memchr(b'\n', rest)?;
-                let (length, _) = super::boundary::literal_announcement(&rest[..lf])?;
+                let (length, _) = crate::wire::literal_announcement(&rest[..lf])?;
                 let end = usize::try_from(length)
                     .ok()
                     .and_then(|l| l.checked_add(lf + 1))
@@ -410,20 +410,7 @@ fn line_end(buf: &[u8]) -> usize {
     memchr::memchr(b'\n', buf).map_or(buf.len(), |p| p + 1)
 }
 
-/// The tag of an unparseable line, when its first word is a valid tag.
-pub fn line_tag(buf: &[u8]) -> Option<String> {
-    let end = buf
-        .iter()
-        .position(|&b| b == b' ' || b == b'\r' || b == b'\n')?;
-    let tag = &buf[..end];
-    let valid = !tag.is_empty()
-        && tag.len() <= 64
-        && tag.iter().all(|&b| {
-            b.is_ascii_graphic()
-                && !matches!(b, b'(' | b')' | b'{' | b'%' | b'*' | b'"' | b'\\' | b'+')
-        });
-    valid.then(|| String::from_utf8_lossy(tag).into_owned())
-}
+pub use crate::wire::line_tag;
 
 /// The client's ID parameters, bounded as RFC 2971 allows, keeping only UTF-8 text.
 pub fn id_parameters(params: Vec<(IString<'_>, NString<'_>)>) -> Vec<(String, Option<String>)> {
@@ -450,14 +437,6 @@ pub fn id_parameters(params: Vec<(IString<'_>, NString<'_>)>) -> Vec<(String, Op
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tags_of_bad_lines() {
-        assert_eq!(line_tag(b"a1 FOO\r\n").as_deref(), Some("a1"));
-        assert_eq!(line_tag(b"* FOO\r\n"), None);
-        assert_eq!(line_tag(b"a{1 FOO\r\n"), None);
-        assert_eq!(line_tag(b"nospace"), None);
-    }
 
     #[test]
     fn decisions() {

@@ -1,8 +1,10 @@
-//! One client connection from accept to close: TLS for implicit-TLS ports, the pre-login dialogue
-//! ([`preauth`]), then the relay ([`relay`]), watched by the [`sweeper`]. Each session runs in its own tracing span carrying
-//! the session id, the client's address, the listener and, after login, the user.
+//! One client connection from accept to close: TLS for implicit-TLS ports, the pre-login
+//! [`dialogue`] (a state machine without I/O) driven by [`preauth`], the [`crate::login`]
+//! service, then the [`relay`], watched by the [`sweeper`]. Each session runs in its own tracing
+//! span carrying the session id, the client's address, the listener and, after login, the user.
 
 pub mod boundary;
+pub mod dialogue;
 pub mod input;
 pub mod preauth;
 pub mod relay;
@@ -10,17 +12,67 @@ pub mod splice;
 pub mod sweeper;
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::limits::ConnectionGuard;
-use crate::listener::ListenerKind;
-use crate::registry::session_id;
-use crate::server::Shared;
+use crate::limits::{ConnectionGuard, Connections};
+use crate::login::Login;
+use crate::metrics::Metrics;
+use crate::phase::Phase;
+use crate::protocol_log::ProtocolLog;
+use crate::registry::{session_id, Registry};
+use crate::state::State;
 use crate::stream::Stream;
-use preauth::{PreAuth, PreAuthEnd};
+use preauth::PreAuth;
+
+/// Which kind of port a connection arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// Plain, with STARTTLS (Exchange's `UnencryptedOrTLSBindings`, port 143).
+    Plain,
+    /// Implicit TLS (Exchange's `SSLBindings`, port 993).
+    Tls,
+}
+
+impl ListenerKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ListenerKind::Plain => "imap",
+            ListenerKind::Tls => "imaps",
+        }
+    }
+}
+
+/// What every session shares, handed down by the composition root.
+pub struct Context {
+    pub state: Arc<ArcSwap<State>>,
+    pub phase: watch::Sender<Phase>,
+    pub tracker: TaskTracker,
+    pub next_session: AtomicU64,
+    pub registry: Arc<Registry>,
+    pub connections: Arc<Connections>,
+    pub login: Login,
+    pub metrics: Arc<Metrics>,
+    pub protocol_log: ProtocolLog,
+    /// The most connections the open-file limit allows, measured at start.
+    pub descriptor_budget: Option<usize>,
+}
+
+impl Context {
+    /// `max_connections` in force under the current configuration.
+    pub fn max_connections(&self) -> usize {
+        crate::limits::effective_max_connections(
+            self.state.load().config.imap4.max_connections,
+            self.descriptor_budget,
+        )
+    }
+}
 
 /// The future of one session, from accept to close, in its own tracing span.
 ///
@@ -29,7 +81,7 @@ pub fn serve(
     tcp: TcpStream,
     peer: SocketAddr,
     kind: ListenerKind,
-    shared: Arc<Shared>,
+    ctx: Arc<Context>,
     id: u64,
     mut connection: ConnectionGuard,
 ) -> impl std::future::Future<Output = ()> + Send {
@@ -41,22 +93,14 @@ pub fn serve(
         user = tracing::field::Empty,
     );
     async move {
+        let under_pressure = connection.came_under_pressure();
         // Boxed: the pre-login phase's large state (read buffers, the backend login, the TLS
         // handshake) must not stay in the session's future, and its memory, while it relays.
-        let under_pressure = connection.came_under_pressure();
-        let logged_in = Box::pin(prelogin(
-            tcp,
-            peer,
-            kind,
-            shared.clone(),
-            id,
-            under_pressure,
-        ))
-        .await;
+        let logged_in = Box::pin(prelogin(tcp, peer, kind, ctx.clone(), id, under_pressure)).await;
         if let Some(session) = logged_in {
             connection.logged_in();
-            let _relay_gauge = shared.metrics.session("relay", kind.name());
-            relay::Relay::new(*session).run(&shared).await;
+            let _relay_gauge = ctx.metrics.session("relay", kind.name());
+            relay::Relay::new(*session).run(&ctx).await;
         }
         drop(connection);
     }
@@ -68,13 +112,13 @@ async fn prelogin(
     tcp: TcpStream,
     peer: SocketAddr,
     kind: ListenerKind,
-    shared: Arc<Shared>,
+    ctx: Arc<Context>,
     id: u64,
     under_pressure: bool,
 ) -> Option<Box<preauth::LoggedIn>> {
     let _ = tcp.set_nodelay(true);
     let local = tcp.local_addr().unwrap_or(([0, 0, 0, 0], 0).into());
-    let state = shared.state.load_full();
+    let state = ctx.state.load_full();
     let stream = match kind {
         ListenerKind::Plain => Stream::Plain(tcp),
         ListenerKind::Tls => {
@@ -87,11 +131,11 @@ async fn prelogin(
             {
                 Ok(Ok(tls)) => Stream::ServerTls(Box::new(tls)),
                 Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "TLS handshake failed");
+                    tracing::debug!(blame = "client", error = %e, "TLS handshake failed");
                     return None;
                 }
                 Err(_) => {
-                    tracing::debug!("TLS handshake timed out");
+                    tracing::debug!(blame = "client", "TLS handshake timed out");
                     return None;
                 }
             }
@@ -99,13 +143,11 @@ async fn prelogin(
     };
     drop(state);
     tracing::debug!("connected");
-    let _preauth_gauge = shared.metrics.session("preauth", kind.name());
-    let preauth = PreAuth::new(id, stream, local, kind, peer, shared, under_pressure);
-    match preauth.run().await {
-        PreAuthEnd::Closed => {
-            tracing::debug!("closed before login");
-            None
-        }
-        PreAuthEnd::LoggedIn(session) => Some(session),
+    let _preauth_gauge = ctx.metrics.session("preauth", kind.name());
+    let preauth = PreAuth::new(id, stream, local, kind, peer, ctx, under_pressure);
+    let logged_in = preauth.run().await;
+    if logged_in.is_none() {
+        tracing::debug!("closed before login");
     }
+    logged_in
 }

@@ -29,9 +29,10 @@ use super::boundary::Boundary;
 use super::preauth::LoggedIn;
 use super::splice::{self, Pipe};
 use super::sweeper::proxy_row;
-use crate::limits::UserGuard;
+use super::Context as SessionContext;
+use crate::errors::Blame;
+use crate::limits::SessionPermit;
 use crate::registry::{Kick, Registration};
-use crate::server::Shared;
 use crate::stream::Stream;
 
 /// Size of a relay buffer: large reads when data flows.
@@ -80,6 +81,9 @@ struct Pump {
     /// through the pipe rather than the buffer.
     probe: bool,
     boundary: Boundary,
+    /// The last error was writing to the destination (not reading the source): whose fault it
+    /// is follows from it.
+    write_failed: bool,
 }
 
 /// Literals at least this long go through a pipe rather than a buffer, when both sides are
@@ -117,6 +121,7 @@ impl Pump {
             splice: !to_backend,
             probe: true,
             boundary,
+            write_failed: false,
         }
     }
 
@@ -140,7 +145,10 @@ impl Pump {
         counter: &AtomicU64,
     ) -> Poll<io::Result<()>> {
         loop {
-            ready!(self.poll_write_pending(cx, dst))?;
+            if let Err(e) = ready!(self.poll_write_pending(cx, dst)) {
+                self.write_failed = true;
+                return Poll::Ready(Err(e));
+            }
             if self.done {
                 return Poll::Ready(Ok(()));
             }
@@ -148,7 +156,10 @@ impl Pump {
                 // The client's half-close is passed on (the backend's last responses still
                 // flow); the backend's end ends the session, and closing the sockets says it.
                 if self.to_backend {
-                    ready!(Pin::new(&mut *dst).poll_shutdown(cx))?;
+                    if let Err(e) = ready!(Pin::new(&mut *dst).poll_shutdown(cx)) {
+                        self.write_failed = true;
+                        return Poll::Ready(Err(e));
+                    }
                 }
                 self.done = true;
                 return Poll::Ready(Ok(()));
@@ -288,10 +299,21 @@ impl Pump {
         Poll::Ready(Ok(()))
     }
 
+    /// Whose connection failed: the source's when reading, the destination's when writing.
+    fn failed_side(&self) -> Blame {
+        match (self.to_backend, self.write_failed) {
+            (true, false) | (false, true) => Blame::Client,
+            (true, true) | (false, false) => Blame::Backend,
+        }
+    }
+
     /// Nothing to read now: make sure what was written leaves (TLS may hold records back).
     fn poll_flush_idle(&mut self, cx: &mut Context<'_>, dst: &mut Stream) -> Poll<io::Result<()>> {
         if self.unflushed {
-            ready!(Pin::new(&mut *dst).poll_flush(cx))?;
+            if let Err(e) = ready!(Pin::new(&mut *dst).poll_flush(cx)) {
+                self.write_failed = true;
+                return Poll::Ready(Err(e));
+            }
             self.unflushed = false;
         }
         Poll::Pending
@@ -301,7 +323,8 @@ impl Pump {
 /// Why the relay stopped.
 enum Ending {
     Closed,
-    Error(io::Error),
+    /// A connection failed: whose, and how.
+    Error(Blame, io::Error),
     Kicked(Kick),
 }
 
@@ -314,7 +337,7 @@ pub struct Relay {
     c2s: Pump,
     s2c: Pump,
     registration: Registration,
-    _user_guard: UserGuard,
+    _permit: SessionPermit,
 }
 
 impl Relay {
@@ -324,8 +347,7 @@ impl Relay {
             client_pending,
             backend,
             registration,
-            user_guard,
-            ..
+            permit,
         } = session;
         Relay {
             client,
@@ -334,7 +356,7 @@ impl Relay {
             // What the backend sent right behind its OK is delivered (and tracked) by the relay.
             s2c: Pump::responses().with_pending(backend.pending),
             registration,
-            _user_guard: user_guard,
+            _permit: permit,
         }
     }
 
@@ -350,7 +372,8 @@ impl Relay {
             .s2c
             .poll(cx, &mut self.server, &mut self.client, &entry.from_backend);
         match (up, down) {
-            (Poll::Ready(Err(e)), _) | (_, Poll::Ready(Err(e))) => Poll::Ready(Ending::Error(e)),
+            (Poll::Ready(Err(e)), _) => Poll::Ready(Ending::Error(self.c2s.failed_side(), e)),
+            (_, Poll::Ready(Err(e))) => Poll::Ready(Ending::Error(self.s2c.failed_side(), e)),
             // The backend ended the session (LOGOUT, BYE, crash) and everything it sent has been
             // passed on: the session is over, whether or not the client closed its side.
             (_, Poll::Ready(Ok(()))) => Poll::Ready(Ending::Closed),
@@ -364,17 +387,27 @@ impl Relay {
     /// Not an `async fn`: its arguments would be stored twice in the future. The closing steps
     /// are boxed, so that their state is only allocated when the session ends.
     #[allow(clippy::manual_async_fn)] // on purpose: see above
-    pub fn run(mut self, shared: &Shared) -> impl std::future::Future<Output = ()> + Send + '_ {
+    pub fn run(
+        mut self,
+        ctx: &SessionContext,
+    ) -> impl std::future::Future<Output = ()> + Send + '_ {
         async move {
             let ending = poll_fn(|cx| self.poll(cx)).await;
-            Box::pin(self.close(ending, shared)).await;
+            Box::pin(self.close(ending, ctx)).await;
         }
     }
 
-    async fn close(mut self, ending: Ending, shared: &Shared) {
+    async fn close(mut self, ending: Ending, ctx: &SessionContext) {
+        let blame = match &ending {
+            Ending::Error(blame, _) => {
+                ctx.metrics.error(*blame, "relay");
+                Some(*blame)
+            }
+            _ => None,
+        };
         let reason = match &ending {
             Ending::Closed => "closed".to_string(),
-            Ending::Error(e) => format!("connection error: {e}"),
+            Ending::Error(blame, e) => format!("connection error ({blame}): {e}"),
             Ending::Kicked(Kick::Idle) => "idle timeout".to_string(),
             Ending::Kicked(Kick::Shutdown) => "gate shutting down".to_string(),
             Ending::Kicked(Kick::Disabled) => "mailbox disabled by reload".to_string(),
@@ -383,7 +416,7 @@ impl Relay {
         let bye = match ending {
             Ending::Kicked(Kick::Disabled) => Some(format!(
                 "* BYE {}\r\n",
-                shared.state.load().config.imap4.disabled_message
+                ctx.state.load().config.imap4.disabled_message
             )),
             Ending::Kicked(Kick::Admin) => {
                 Some("* BYE Session closed by the administrator.\r\n".to_string())
@@ -410,12 +443,13 @@ impl Relay {
         drop((self.client, self.server));
         let entry = self.registration.entry();
         let (c, b) = entry.unreported();
-        shared.metrics.relayed(c, b);
+        ctx.metrics.relayed(c, b);
         // No `relaying` row may follow the closing one.
         entry.last_row_ms.store(u64::MAX, Ordering::Relaxed);
-        proxy_row(&shared.protocol_log, entry, &format!("closed: {reason}"));
+        proxy_row(entry, &format!("closed: {reason}"));
         tracing::info!(
             ending = %reason,
+            blame = blame.map(Blame::as_str),
             bytes_from_client = entry.from_client.load(Ordering::Relaxed),
             bytes_from_backend = entry.from_backend.load(Ordering::Relaxed),
             seconds = entry.info.since.elapsed().map(|d| d.as_secs()).unwrap_or(0),

@@ -8,12 +8,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::protocol_log::{ProtocolLog, Row};
-use crate::registry::{session_id, Kick, SessionEntry};
-use crate::server::Shared;
+use super::Context;
+use crate::protocol_log::Entry;
+use crate::registry::{Kick, SessionEntry};
 
 /// Runs until the gate's runtime stops (the gate aborts it when it returns).
-pub async fn run(shared: Arc<Shared>) {
+pub async fn run(shared: Arc<Context>) {
     loop {
         let (idle, rows) = {
             let state = shared.state.load();
@@ -40,7 +40,7 @@ fn interval(idle: Duration, rows: Duration, logging: bool) -> Duration {
 
 /// One pass over the registry, `every` after the last one. Timeouts and rows fall due within
 /// half a pass of their time, rather than a whole pass late.
-pub fn sweep(shared: &Shared, idle: Duration, rows: Duration, every: Duration) {
+pub fn sweep(shared: &Context, idle: Duration, rows: Duration, every: Duration) {
     let registry = &shared.registry;
     let now = registry.now_ms();
     // Due within half a pass counts as due now.
@@ -71,26 +71,21 @@ pub fn sweep(shared: &Shared, idle: Duration, rows: Duration, every: Duration) {
                 .compare_exchange(last_row, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
-            proxy_row(&shared.protocol_log, &entry, "relaying");
+            proxy_row(&entry, "relaying");
         }
     }
     shared.metrics.relayed(from_client, from_backend);
 }
 
 /// A `proxy` row for a relayed session: while it relays, and when it closes.
-pub fn proxy_row(log: &ProtocolLog, entry: &SessionEntry, context: &str) {
-    if !log.enabled() {
+pub fn proxy_row(entry: &SessionEntry, context: &str) {
+    let Some(log) = &entry.log else {
         return;
-    }
+    };
     let info = &entry.info;
     let c = entry.from_client.load(Ordering::Relaxed);
     let b = entry.from_backend.load(Ordering::Relaxed);
-    log.log(Row {
-        time: std::time::SystemTime::now(),
-        session: session_id(info.id),
-        seq: entry.log_seq.fetch_add(1, Ordering::Relaxed),
-        server: info.server,
-        client: info.client,
+    log.row(Entry {
         user: info.user.clone(),
         duration_ms: 0,
         rq_size: c,

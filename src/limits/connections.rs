@@ -1,34 +1,24 @@
-//! Connection limits (Exchange's `MaxConnections`, `MaxConnectionFromSingleIP`,
-//! `MaxConnectionsPerUser`, plus a cap on one address's connections before login), logins in
-//! progress per address, the per-address penalty after failed logins, and the descriptor budget
-//! that `max_connections` must fit in.
+//! Connections (Exchange's `MaxConnections`, `MaxConnectionFromSingleIP`, plus a cap on one
+//! address's connections before login), logins in progress per address, and the descriptor
+//! budget that `max_connections` must fit in. All local to this gate: they protect its own
+//! descriptors and memory.
 //!
 //! Every count is held by an RAII guard, released on drop: whatever way a session ends (closed,
 //! timed out, cancelled by shutdown, panicked), the counters come back down. Locks are never held
-//! across an await, and a poisoned lock is recovered, so one panicking session cannot wedge the
-//! counters of all the others.
+//! across an await, and a poisoned lock is recovered.
 //!
 //! Pressure: when the gate holds `pressure_threshold` of its maximum connections, the
-//! [`Limits::pressure`] watch records a new episode, and sessions waiting before login shorten
-//! their deadline (as HAProxy and nginx do under load), so idle pre-login connections cannot hold
-//! it. The episode ends below 90% of the threshold.
+//! [`Connections::pressure`] watch records a new episode, and sessions waiting before login
+//! shorten their deadline (as HAProxy and nginx do under load), so idle pre-login connections
+//! cannot hold it. The episode ends below 90% of the threshold.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
 
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
-/// What was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Over {
-    Gate,
-    Address,
-    /// Too many connections from the address that have not logged in.
-    AddressBeforeLogin,
-    Mailbox,
-}
+use super::Over;
 
 /// The caps that apply to a new connection.
 #[derive(Debug, Clone, Copy)]
@@ -54,19 +44,18 @@ struct Counts {
     total: usize,
     per_ip: HashMap<IpAddr, usize>,
     preauth_per_ip: HashMap<IpAddr, usize>,
-    per_user: HashMap<String, usize>,
     pressure_at: usize,
 }
 
-pub struct Limits {
+pub struct Connections {
     counts: Mutex<Counts>,
     pressure: watch::Sender<Pressure>,
     logins: Mutex<HashMap<IpAddr, Arc<Semaphore>>>,
 }
 
-impl Default for Limits {
+impl Default for Connections {
     fn default() -> Self {
-        Limits {
+        Connections {
             counts: Mutex::default(),
             pressure: watch::channel(Pressure::default()).0,
             logins: Mutex::default(),
@@ -90,39 +79,21 @@ fn decrement(map: &mut HashMap<IpAddr, usize>, ip: &IpAddr) {
 /// One connection counted against the gate and its client address, and against the address's
 /// connections before login until [`ConnectionGuard::logged_in`].
 pub struct ConnectionGuard {
-    limits: Arc<Limits>,
+    limits: Arc<Connections>,
     ip: IpAddr,
     before_login: bool,
     /// The gate was under pressure when this connection came.
     under_pressure: bool,
 }
 
-/// One logged-in session counted against its mailbox.
-pub struct UserGuard {
-    limits: Arc<Limits>,
-    key: String,
-}
-
 /// One login in progress from an address.
 pub struct LoginSlot {
-    limits: Arc<Limits>,
+    limits: Arc<Connections>,
     ip: IpAddr,
     permit: Option<OwnedSemaphorePermit>,
 }
 
-/// Counter values, for tests and `imapgate sessions`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Usage {
-    pub connections: usize,
-    pub addresses: usize,
-    pub mailboxes: usize,
-    /// Addresses with connections that have not logged in.
-    pub addresses_before_login: usize,
-    /// Addresses with logins in progress.
-    pub addresses_logging_in: usize,
-}
-
-impl Limits {
+impl Connections {
     /// Counts a new connection from `ip`, unless that would pass one of `caps`.
     pub fn connect(
         self: &Arc<Self>,
@@ -164,20 +135,6 @@ impl Limits {
         })
     }
 
-    /// Counts a logged-in session of the mailbox `key`, unless it already has `max`.
-    pub fn login(self: &Arc<Self>, key: String, max: usize) -> Result<UserGuard, Over> {
-        let mut c = lock(&self.counts);
-        let n = c.per_user.get(&key).copied().unwrap_or(0);
-        if n >= max {
-            return Err(Over::Mailbox);
-        }
-        c.per_user.insert(key.clone(), n + 1);
-        Ok(UserGuard {
-            limits: self.clone(),
-            key,
-        })
-    }
-
     /// Waits until `ip` has fewer than `max` logins in progress, then holds one until dropped.
     pub async fn login_slot(self: &Arc<Self>, ip: IpAddr, max: usize) -> LoginSlot {
         let semaphore = lock(&self.logins)
@@ -198,15 +155,16 @@ impl Limits {
         self.pressure.subscribe()
     }
 
-    pub fn usage(&self) -> Usage {
+    /// Counter values: (connections, addresses, addresses with connections before login,
+    /// addresses with logins in progress).
+    pub fn counts(&self) -> (usize, usize, usize, usize) {
         let c = lock(&self.counts);
-        Usage {
-            connections: c.total,
-            addresses: c.per_ip.len(),
-            mailboxes: c.per_user.len(),
-            addresses_before_login: c.preauth_per_ip.len(),
-            addresses_logging_in: lock(&self.logins).len(),
-        }
+        (
+            c.total,
+            c.per_ip.len(),
+            c.preauth_per_ip.len(),
+            lock(&self.logins).len(),
+        )
     }
 }
 
@@ -238,18 +196,6 @@ impl Drop for ConnectionGuard {
             self.limits
                 .pressure
                 .send_if_modified(|p| std::mem::replace(&mut p.on, false));
-        }
-    }
-}
-
-impl Drop for UserGuard {
-    fn drop(&mut self) {
-        let mut c = lock(&self.limits.counts);
-        if let Some(n) = c.per_user.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                c.per_user.remove(&self.key);
-            }
         }
     }
 }
@@ -326,50 +272,10 @@ pub fn raise_nofile_limit() -> u64 {
     nofile_limit()
 }
 
-/// Failed logins per client address, forgotten after 15 minutes without a failure; the delay
-/// before the next login from there doubles per failure from `initial` up to `max` (Dovecot's
-/// "auth penalty": 2 s doubling to 15 s).
-pub struct Penalty {
-    failures: moka::sync::Cache<IpAddr, u32>,
-}
-
-impl Default for Penalty {
-    fn default() -> Self {
-        Penalty {
-            failures: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_idle(Duration::from_secs(15 * 60))
-                .build(),
-        }
-    }
-}
-
-impl Penalty {
-    /// The delay owed before the next login from `ip`.
-    pub fn delay(&self, ip: IpAddr, initial: Duration, max: Duration) -> Duration {
-        let failures = self.failures.get(&ip).unwrap_or(0);
-        if failures == 0 || initial.is_zero() {
-            return Duration::ZERO;
-        }
-        let factor = 1u32 << (failures - 1).min(16);
-        initial.saturating_mul(factor).min(max)
-    }
-
-    /// Failed logins counted for `ip` (forgotten after 15 minutes without one).
-    pub fn failures(&self, ip: IpAddr) -> u32 {
-        self.failures.get(&ip).unwrap_or(0)
-    }
-
-    pub fn failed(&self, ip: IpAddr) {
-        self.failures
-            .entry(ip)
-            .and_upsert_with(|n| n.map_or(1, |e| e.into_value().saturating_add(1)));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn caps(total: usize, per_ip: usize, preauth_per_ip: usize) -> ConnectionCaps {
         ConnectionCaps {
@@ -382,7 +288,7 @@ mod tests {
 
     #[test]
     fn guards_count_and_release() {
-        let l = Arc::new(Limits::default());
+        let l = Arc::new(Connections::default());
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let a = l.connect(ip, caps(3, 2, 9)).unwrap();
         let b = l.connect(ip, caps(3, 2, 9)).unwrap();
@@ -394,15 +300,13 @@ mod tests {
             l.connect("192.0.2.3".parse().unwrap(), caps(3, 2, 9)).err(),
             Some(Over::Gate)
         );
-        let u = l.login("main/user1".into(), 1).unwrap();
-        assert_eq!(l.login("main/user1".into(), 1).err(), Some(Over::Mailbox));
-        drop((a, b, other, u));
-        assert_eq!(l.usage(), Usage::default());
+        drop((a, b, other));
+        assert_eq!(l.counts(), (0, 0, 0, 0));
     }
 
     #[test]
     fn connections_before_login_are_capped_per_address() {
-        let l = Arc::new(Limits::default());
+        let l = Arc::new(Connections::default());
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let mut a = l.connect(ip, caps(9, 9, 2)).unwrap();
         let _b = l.connect(ip, caps(9, 9, 2)).unwrap();
@@ -413,12 +317,12 @@ mod tests {
         // Logged-in sessions count against the address's total only.
         a.logged_in();
         let _c = l.connect(ip, caps(9, 9, 2)).unwrap();
-        assert_eq!(l.usage().connections, 3);
+        assert_eq!(l.counts().0, 3);
     }
 
     #[test]
     fn pressure_starts_at_the_threshold_and_ends_below_ninety_percent() {
-        let l = Arc::new(Limits::default());
+        let l = Arc::new(Connections::default());
         let pressure = l.pressure();
         let c = ConnectionCaps {
             total: 100,
@@ -448,7 +352,7 @@ mod tests {
 
     #[tokio::test]
     async fn logins_in_progress_are_limited_per_address() {
-        let l = Arc::new(Limits::default());
+        let l = Arc::new(Connections::default());
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let a = l.login_slot(ip, 2).await;
         let _b = l.login_slot(ip, 2).await;
@@ -459,7 +363,7 @@ mod tests {
             .await
             .expect("a slot after one ended");
         let _other = l.login_slot("192.0.2.2".parse().unwrap(), 2).await;
-        assert_eq!(l.usage().addresses_logging_in, 2);
+        assert_eq!(l.counts().3, 2);
     }
 
     #[test]
@@ -467,19 +371,5 @@ mod tests {
         assert_eq!(descriptor_budget(1024, 2), Some((1024 - 144) / 2));
         assert_eq!(descriptor_budget(100, 2), Some(1));
         assert_eq!(descriptor_budget(u64::MAX, 2), None);
-    }
-
-    #[test]
-    fn penalty_doubles_up_to_the_cap() {
-        let p = Penalty::default();
-        let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        let (i, m) = (Duration::from_secs(2), Duration::from_secs(15));
-        assert_eq!(p.delay(ip, i, m), Duration::ZERO);
-        let mut seen = Vec::new();
-        for _ in 0..5 {
-            p.failed(ip);
-            seen.push(p.delay(ip, i, m).as_secs());
-        }
-        assert_eq!(seen, [2, 4, 8, 15, 15]);
     }
 }

@@ -1,4 +1,4 @@
-//! Safe edits of the mailboxes file: comments, order and formatting of everything else are kept
+//! Safe edits of the mailboxes file (the file source's writes): comments, order and formatting of everything else are kept
 //! (toml_edit); the result is validated like a reload would before it is written; the write is
 //! atomic (temporary file in the same directory, fsync, rename, fsync of the directory); and a
 //! lock on `<file>.lock` serializes concurrent editors, so no edit is lost.
@@ -9,95 +9,69 @@ use std::path::{Path, PathBuf};
 
 use toml_edit::{DocumentMut, Item, TableLike, Value};
 
-use crate::directory::{self, find_identity, MailboxView};
+use super::{file, find_identity, DirectoryError, Index, MailboxView, SetOutcome};
 
-#[derive(Debug, thiserror::Error)]
-pub enum EditError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    Directory(#[from] directory::DirectoryError),
-    #[error("{path}: {message}")]
-    Toml { path: PathBuf, message: String },
-    #[error("no mailbox matches {identity:?}; add --create to create one (with an email address or alias as identity)")]
-    NotFound { identity: String },
-    #[error("{identity:?} matches {} mailboxes; use a unique identity (email, UPN, alias or GUID):\n{}", .matches.len(), .matches.join("\n"))]
-    Ambiguous {
-        identity: String,
-        matches: Vec<String>,
-    },
-    #[error("--create needs an email address or an alias as identity, not {0:?}")]
-    CannotCreate(String),
-}
-
-/// What `set_imap_enabled` did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EditOutcome {
-    pub mailbox: MailboxView,
-    pub created: bool,
-    /// False when the file already said so (it was not rewritten).
-    pub changed: bool,
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> EditError + '_ {
-    move |source| EditError::Io {
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DirectoryError + '_ {
+    move |source| DirectoryError::Write {
         path: path.to_path_buf(),
         source,
     }
 }
 
+fn toml_err(path: &Path, message: impl Into<String>) -> DirectoryError {
+    DirectoryError::Parse {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
+}
+
 /// Sets `imap_enabled` on the one mailbox `identity` names (creating it with `create`), under the
-/// file lock. `backends` are the configured backend names, for validation.
+/// file lock. `backends` are the configured backend names, for validation. Returns what was
+/// done and, when the file was rewritten, the directory it now holds.
 pub fn set_imap_enabled(
     path: &Path,
     backends: &[&str],
     identity: &str,
     enabled: bool,
     create: bool,
-) -> Result<EditOutcome, EditError> {
+) -> Result<(SetOutcome, Option<Index>), DirectoryError> {
     let lock_path = lock_path(path);
     let lock = open_lock(&lock_path).map_err(io_err(&lock_path))?;
     lock.lock().map_err(io_err(&lock_path))?;
     let text = std::fs::read_to_string(path).map_err(io_err(path))?;
-    let views = directory::file::parse(path, &text, backends)?.views();
+    let views = file::parse(path, &text, backends)?.views();
     let matches = find_identity(&views, identity);
     let mut doc: DocumentMut = text
         .parse()
-        .map_err(|e: toml_edit::TomlError| EditError::Toml {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        .map_err(|e: toml_edit::TomlError| toml_err(path, e.to_string()))?;
     let created = match matches.as_slice() {
         [] if create => {
             append_mailbox(&mut doc, identity, enabled)?;
             true
         }
         [] => {
-            return Err(EditError::NotFound {
+            return Err(DirectoryError::NotFound {
                 identity: identity.into(),
             })
         }
         [one] => {
             if views[*one].imap_enabled == enabled {
                 let mailbox = views[*one].clone();
-                return Ok(EditOutcome {
+                let outcome = SetOutcome {
                     mailbox,
                     created: false,
                     changed: false,
-                });
+                };
+                return Ok((outcome, None));
             }
-            let table = mailbox_table(&mut doc, *one).ok_or_else(|| EditError::Toml {
-                path: path.to_path_buf(),
-                message: "the [[mailbox]] entries are not an array of tables".into(),
+            let table = mailbox_table(&mut doc, *one).ok_or_else(|| {
+                toml_err(path, "the [[mailbox]] entries are not an array of tables")
             })?;
             set_bool(table, "imap_enabled", enabled);
             false
         }
         many => {
-            return Err(EditError::Ambiguous {
+            return Err(DirectoryError::Ambiguous {
                 identity: identity.into(),
                 matches: many.iter().map(|&i| describe(&views[i])).collect(),
             })
@@ -105,21 +79,23 @@ pub fn set_imap_enabled(
     };
     let new_text = doc.to_string();
     // Never write what a reload would refuse.
-    let new_views = directory::file::parse(path, &new_text, backends)?.views();
-    let index = find_identity(&new_views, identity);
-    let mailbox = index
+    let written = file::parse(path, &new_text, backends)?;
+    let new_views = written.views();
+    let found = find_identity(&new_views, identity);
+    let mailbox = found
         .first()
         .map(|&i| new_views[i].clone())
-        .ok_or_else(|| EditError::NotFound {
+        .ok_or_else(|| DirectoryError::NotFound {
             identity: identity.into(),
         })?;
     write_atomically(path, new_text.as_bytes())?;
     drop(lock);
-    Ok(EditOutcome {
+    let outcome = SetOutcome {
         mailbox,
         created,
         changed: true,
-    })
+    };
+    Ok((outcome, Some(written)))
 }
 
 /// The lock file, never through a symbolic link (whoever can write the directory must not make
@@ -189,7 +165,11 @@ fn set_bool(table: &mut dyn TableLike, key: &str, value: bool) {
     }
 }
 
-fn append_mailbox(doc: &mut DocumentMut, identity: &str, enabled: bool) -> Result<(), EditError> {
+fn append_mailbox(
+    doc: &mut DocumentMut,
+    identity: &str,
+    enabled: bool,
+) -> Result<(), DirectoryError> {
     let key = if identity.contains('@') {
         "email"
     } else if identity
@@ -199,7 +179,7 @@ fn append_mailbox(doc: &mut DocumentMut, identity: &str, enabled: bool) -> Resul
     {
         "alias"
     } else {
-        return Err(EditError::CannotCreate(identity.into()));
+        return Err(DirectoryError::CannotCreate(identity.into()));
     };
     let mut table = toml_edit::Table::new();
     table.insert(key, toml_edit::value(identity));
@@ -208,7 +188,7 @@ fn append_mailbox(doc: &mut DocumentMut, identity: &str, enabled: bool) -> Resul
         Some(Item::ArrayOfTables(aot)) => aot.push(table),
         Some(Item::Value(Value::Array(array))) => array.push(table.into_inline_table()),
         Some(_) => {
-            return Err(EditError::CannotCreate(
+            return Err(DirectoryError::CannotCreate(
                 "the file's `mailbox` key is not a list of mailboxes".into(),
             ))
         }
@@ -224,7 +204,7 @@ fn append_mailbox(doc: &mut DocumentMut, identity: &str, enabled: bool) -> Resul
 /// Temporary file beside the real file (a symlinked `path` stays a symlink), created with the
 /// file's mode, owner and group (an edit made as root must not lock the daemon's user out), fsync,
 /// rename over it, fsync the directory.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), EditError> {
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), DirectoryError> {
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
     let real = std::fs::canonicalize(path).map_err(io_err(path))?;
     let meta = std::fs::metadata(&real).map_err(io_err(&real))?;
@@ -281,10 +261,12 @@ alias = "js2"
         std::fs::write(&path, FILE).unwrap();
         let e = set_imap_enabled(&path, &["main"], "john smith", false, false).unwrap_err();
         assert!(
-            matches!(e, EditError::Ambiguous { ref matches, .. } if matches.len() == 2),
+            matches!(e, DirectoryError::Ambiguous { ref matches, .. } if matches.len() == 2),
             "{e}"
         );
-        let out = set_imap_enabled(&path, &["main"], "JOHN@example.com", false, false).unwrap();
+        let out = set_imap_enabled(&path, &["main"], "JOHN@example.com", false, false)
+            .unwrap()
+            .0;
         assert!(out.changed && !out.mailbox.imap_enabled);
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(
@@ -292,20 +274,24 @@ alias = "js2"
             "{text}"
         );
         assert!(text.starts_with("# Directory of Contoso\n") && text.contains("# The boss"));
-        let out = set_imap_enabled(&path, &["main"], "js2", false, false).unwrap();
+        let out = set_imap_enabled(&path, &["main"], "js2", false, false)
+            .unwrap()
+            .0;
         assert!(out.changed);
         assert!(std::fs::read_to_string(&path)
             .unwrap()
             .contains("alias = \"js2\"\nimap_enabled = false"));
         assert!(matches!(
             set_imap_enabled(&path, &["main"], "new@example.com", false, false),
-            Err(EditError::NotFound { .. })
+            Err(DirectoryError::NotFound { .. })
         ));
-        let out = set_imap_enabled(&path, &["main"], "new@example.com", false, true).unwrap();
+        let out = set_imap_enabled(&path, &["main"], "new@example.com", false, true)
+            .unwrap()
+            .0;
         assert!(out.created && out.mailbox.email.as_deref() == Some("new@example.com"));
         assert!(matches!(
             set_imap_enabled(&path, &["main"], "two words", false, true),
-            Err(EditError::CannotCreate(_))
+            Err(DirectoryError::CannotCreate(_))
         ));
     }
 

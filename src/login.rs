@@ -1,0 +1,351 @@
+//! The Login service: everything a login does, in one place, after the pre-login dialogue has
+//! read the credentials.
+//!
+//! One address's slot (a few logins at a time), its failed-login penalty, the credentials'
+//! checks, the directory (through its cache), the backend login on the user's behalf, the
+//! `ImapEnabled` check, the mailbox's session limit, and the registration of the session. It
+//! knows nothing of sockets towards the client: it answers with an [`Outcome`] that the dialogue
+//! turns into words. Its seams are the [`Credentials`] enum, the [`crate::directory::Directory`]
+//! behind the state's cache, and the [`SessionLimiter`].
+//!
+//! Nobody without the password learns whether a mailbox exists or is disabled: a name the
+//! directory does not let in costs the same backend round trip as a wrong password (a decoy
+//! login, the client's password never sent), and only a password the backend accepted gets to
+//! hear `CONTACTADMIN` or `LIMIT`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::backend::{BackendSession, ClientInfo, LoginResult};
+use crate::credentials::{CredentialError, Credentials};
+use crate::errors::{Blame, Blamed};
+use crate::limits::{Connections, LoginSlot, Penalty, SessionLimiter, SessionPermit};
+use crate::metrics::Metrics;
+use crate::protocol_log::SessionLog;
+use crate::registry::{session_id, Registration, Registry, SessionInfo};
+use crate::state::State;
+
+/// Who is logging in, from where.
+#[derive(Debug, Clone)]
+pub struct Client {
+    /// The session's number (its id in logs is [`session_id`]).
+    pub id: u64,
+    pub peer: SocketAddr,
+    /// The gate's address the client reached.
+    pub local: SocketAddr,
+    /// `imap` or `imaps`.
+    pub listener: &'static str,
+    /// The client's ID parameters, already bounded.
+    pub id_parameters: Vec<(String, Option<String>)>,
+    pub log: Option<Arc<SessionLog>>,
+}
+
+/// The answer to a login.
+pub enum Outcome {
+    LoggedIn(Box<LoggedIn>),
+    Refused(Refusal),
+}
+
+/// Why a login was refused; each has one answer to the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Wrong credentials, a name the directory does not let in, or unusable credentials: the
+    /// same `AUTHENTICATIONFAILED`, counted as a failure of the address.
+    AuthFailed,
+    /// The backend accepted the password, but IMAP4 is disabled for the mailbox.
+    Disabled { message: String },
+    /// The backend accepted the password, but the mailbox has its share of sessions.
+    Limit,
+    /// Nobody could check the credentials (backend down or misbehaving, or the gate's own
+    /// set-up): no penalty, the client may try again.
+    Unavailable,
+}
+
+impl Outcome {
+    /// The outcome's name in logs, metrics and the protocol log.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Outcome::LoggedIn(_) => "ok",
+            Outcome::Refused(r) => r.name(),
+        }
+    }
+}
+
+impl Refusal {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Refusal::AuthFailed => "auth_failed",
+            Refusal::Disabled { .. } => "disabled",
+            Refusal::Limit => "limit",
+            Refusal::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// A session logged in on its backend, counted and registered: what the relay needs.
+pub struct LoggedIn {
+    pub backend: BackendSession,
+    /// Keeps the session in the registry until the relay ends.
+    pub registration: Registration,
+    /// Counts the session against `max_connections_per_user` until the relay ends.
+    pub permit: SessionPermit,
+    /// The name the client logged in with.
+    pub user: String,
+}
+
+pub struct Login {
+    state: Arc<ArcSwap<State>>,
+    sessions: Arc<dyn SessionLimiter>,
+    connections: Arc<Connections>,
+    penalty: Penalty,
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+}
+
+impl Login {
+    pub fn new(
+        state: Arc<ArcSwap<State>>,
+        sessions: Arc<dyn SessionLimiter>,
+        connections: Arc<Connections>,
+        registry: Arc<Registry>,
+        metrics: Arc<Metrics>,
+    ) -> Login {
+        Login {
+            state,
+            sessions,
+            connections,
+            penalty: Penalty::default(),
+            registry,
+            metrics,
+        }
+    }
+
+    /// The failed-login penalty, for `imapgate test-login` (through the control socket).
+    pub fn penalty(&self) -> &Penalty {
+        &self.penalty
+    }
+
+    /// The session limiter (usage figures).
+    pub fn sessions(&self) -> &Arc<dyn SessionLimiter> {
+        &self.sessions
+    }
+
+    /// Logs `client` in with `credentials`. Cancel-safe: dropped midway (the client's deadline,
+    /// a shutdown), it releases whatever it held.
+    pub async fn login(
+        &self,
+        credentials: Result<Credentials, CredentialError>,
+        client: &Client,
+    ) -> Outcome {
+        let state = self.state.load_full();
+        // One address, a few logins at a time: the penalty below then sees the failures of the
+        // logins before it, however many connections the address opened.
+        let _slot = self.slot(&state, client).await;
+        self.penalty_wait(&state, client).await;
+        let outcome = self.attempt(&state, credentials, client).await;
+        let name = outcome.name();
+        self.metrics.login(name);
+        if let Outcome::Refused(Refusal::AuthFailed) = outcome {
+            // Counted before the answer is sent.
+            self.penalty.failed(client.peer.ip());
+        }
+        outcome
+    }
+
+    async fn attempt(
+        &self,
+        state: &State,
+        credentials: Result<Credentials, CredentialError>,
+        client: &Client,
+    ) -> Outcome {
+        let creds = match credentials {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::info!(outcome = "auth_failed", blame = %Blame::Client, reason = %e, "login refused before the backend");
+                return Outcome::Refused(Refusal::AuthFailed);
+            }
+        };
+        #[cfg(feature = "fault-injection")]
+        if creds.user() == "fault-injection-panic" {
+            panic!("fault injection: this session panics");
+        }
+        let policy = match state.policies.resolve(creds.user()).await {
+            Ok(Some(p)) => p,
+            Ok(None) => return self.refuse_unknown(state, creds.user(), client).await,
+            Err(e) => {
+                self.unavailable(&e, "directory");
+                return Outcome::Refused(Refusal::Unavailable);
+            }
+        };
+        let Some(backend) = state.backends.get(&*policy.backend).cloned() else {
+            // Cannot happen with a validated directory; answered as an outage, not a panic.
+            tracing::error!(outcome = "unavailable", blame = %Blame::Gate, backend = %policy.backend, "mailbox names an unknown backend");
+            self.metrics.error(Blame::Gate, "login");
+            return Outcome::Refused(Refusal::Unavailable);
+        };
+        // The backend hears the mailbox's own login, never another spelling of it.
+        let backend_creds = creds.for_user(&policy.backend_login);
+        let started = std::time::Instant::now();
+        let result = backend
+            .login(&backend_creds, &client_info(client), &self.metrics)
+            .await;
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        let user = creds.user();
+        let session = match result {
+            Err(e) => {
+                tracing::warn!(outcome = "unavailable", blame = %e.blame(), user, backend = %backend.name, elapsed_ms, error = %e, "backend unavailable");
+                self.metrics.error(e.blame(), "login");
+                return Outcome::Refused(Refusal::Unavailable);
+            }
+            Ok(LoginResult::Rejected) => {
+                tracing::info!(outcome = "auth_failed", blame = %Blame::Client, user, backend = %backend.name, elapsed_ms, "login failed");
+                return Outcome::Refused(Refusal::AuthFailed);
+            }
+            Ok(LoginResult::LoggedIn(session)) => session,
+        };
+        let mailbox = policy.mailbox.as_deref().unwrap_or("-");
+        // Register first, then decide with the directory in force now: a reload during the
+        // backend login either came before this lookup or finds the session registered.
+        let registration = self.registry.register(
+            SessionInfo {
+                id: client.id,
+                user: user.to_string(),
+                mailbox: policy.mailbox.as_deref().map(String::from),
+                mailbox_key: policy.mailbox_key.to_string(),
+                backend_login: policy.backend_login.to_string(),
+                client: client.peer,
+                server: client.local,
+                listener: client.listener,
+                backend: backend.name.to_string(),
+                since: std::time::SystemTime::now(),
+            },
+            client.log.clone(),
+        );
+        let current = self.state.load_full();
+        let enabled = match current.policies.resolve(user).await {
+            Ok(now) => now.is_some_and(|p| p.imap_enabled),
+            Err(e) => {
+                self.unavailable(&e, "directory");
+                drop(registration);
+                session.logout().await;
+                return Outcome::Refused(Refusal::Unavailable);
+            }
+        };
+        if !enabled {
+            tracing::info!(outcome = "disabled", user, mailbox, backend = %backend.name, elapsed_ms, "IMAP4 is disabled for this mailbox");
+            drop(registration);
+            session.logout().await;
+            let message = current.config.imap4.disabled_message.clone();
+            return Outcome::Refused(Refusal::Disabled { message });
+        }
+        let limit = current.config.imap4.max_connections_per_user;
+        let permit = match self.sessions.acquire(&policy.mailbox_key, limit).await {
+            Ok(p) => p,
+            Err(_) => {
+                tracing::info!(outcome = "limit", user, mailbox, backend = %backend.name, limit, "too many sessions for this mailbox");
+                drop(registration);
+                session.logout().await;
+                return Outcome::Refused(Refusal::Limit);
+            }
+        };
+        tracing::Span::current().record("user", user);
+        tracing::info!(outcome = "ok", mailbox, backend = %backend.name, elapsed_ms, "logged in");
+        Outcome::LoggedIn(Box::new(LoggedIn {
+            backend: session,
+            registration,
+            permit,
+            user: user.to_string(),
+        }))
+    }
+
+    /// A name the directory does not let in: the same answer, after the same backend round trip,
+    /// as a wrong password. The default backend is asked to log in as the name typed (characters
+    /// that mean something to it replaced) with a random password, which it refuses as it
+    /// refuses a wrong one (with its own failure delay); the client's password never reaches it.
+    async fn refuse_unknown(&self, state: &State, user: &str, client: &Client) -> Outcome {
+        let policies = &state.policies;
+        let reason = if policies.has_refused_character(user) {
+            "the name has a character backends give a meaning to"
+        } else {
+            "the name is not in the directory"
+        };
+        let (_, default) = policies.source().defaults();
+        let Some(backend) = state.backends.get(&*default).cloned() else {
+            tracing::error!(outcome = "unavailable", blame = %Blame::Gate, backend = %default, "the default backend is not configured");
+            self.metrics.error(Blame::Gate, "login");
+            return Outcome::Refused(Refusal::Unavailable);
+        };
+        let decoy_user: String = user
+            .chars()
+            .map(|c| if policies.is_refused(c) { '_' } else { c })
+            .collect();
+        let decoy = Credentials::decoy(decoy_user);
+        match backend
+            .login(&decoy, &client_info(client), &self.metrics)
+            .await
+        {
+            // As a known name would meet the same outage.
+            Err(e) => {
+                tracing::warn!(outcome = "unavailable", blame = %e.blame(), backend = %backend.name, error = %e, "backend unavailable");
+                self.metrics.error(e.blame(), "login");
+                return Outcome::Refused(Refusal::Unavailable);
+            }
+            Ok(LoginResult::LoggedIn(session)) => session.logout().await,
+            Ok(LoginResult::Rejected) => {}
+        }
+        tracing::info!(outcome = "auth_failed", blame = %Blame::Client, reason, "login refused before the backend saw the password");
+        Outcome::Refused(Refusal::AuthFailed)
+    }
+
+    fn unavailable(&self, e: &dyn std::fmt::Display, what: &str) {
+        tracing::error!(outcome = "unavailable", blame = %Blame::Gate, error = %e, "{what} unavailable");
+        self.metrics.error(Blame::Gate, "login");
+    }
+
+    /// One of the address's `max_logins_in_progress_from_single_ip` login slots (trusted
+    /// networks have no such limit).
+    async fn slot(&self, state: &State, client: &Client) -> Option<LoginSlot> {
+        let imap4 = &state.config.imap4;
+        let ip = client.peer.ip();
+        if imap4.trusted_networks.iter().any(|n| n.contains(&ip)) {
+            return None;
+        }
+        let max = imap4.max_logins_in_progress_from_single_ip;
+        Some(self.connections.login_slot(ip, max).await)
+    }
+
+    /// Waits out the failed-login penalty of the client's address (none for trusted networks),
+    /// before anything else: every outcome of this login pays it alike.
+    async fn penalty_wait(&self, state: &State, client: &Client) {
+        let imap4 = &state.config.imap4;
+        let ip = client.peer.ip();
+        if imap4.trusted_networks.iter().any(|n| n.contains(&ip)) {
+            return;
+        }
+        let delay = self
+            .penalty
+            .delay(ip, imap4.auth_penalty_initial, imap4.auth_penalty_max);
+        if delay.is_zero() {
+            return;
+        }
+        tracing::info!(
+            address = %ip,
+            seconds = delay.as_secs_f64(),
+            failures = self.penalty.failures(ip),
+            "failed-login penalty: this login waits"
+        );
+        self.metrics.penalty_waits.inc();
+        self.metrics.penalty_seconds.inc_by(delay.as_secs_f64());
+        tokio::time::sleep(delay).await;
+    }
+}
+
+fn client_info(client: &Client) -> ClientInfo {
+    ClientInfo {
+        peer: Some(client.peer),
+        session_id: session_id(client.id),
+        id: client.id_parameters.clone(),
+    }
+}
