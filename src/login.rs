@@ -18,7 +18,9 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::backend::{BackendSession, ClientInfo, LoginResult};
+use async_trait::async_trait;
+
+use crate::backend::{BackendError, BackendSession, ClientInfo, LoginResult};
 use crate::credentials::{CredentialError, Credentials};
 use crate::errors::{Blame, Blamed};
 use crate::limits::{Connections, LoginSlot, Penalty, SessionLimiter, SessionPermit};
@@ -95,8 +97,44 @@ pub struct LoggedIn {
     pub user: String,
 }
 
+/// Where the credentials are checked: the configured backends (the gate's), or a stand-in.
+#[async_trait]
+pub trait Backends: Send + Sync {
+    /// Logs in on the backend named `backend` of `state`.
+    async fn login(
+        &self,
+        state: &State,
+        backend: &str,
+        creds: &Credentials,
+        client: &ClientInfo,
+    ) -> Result<LoginResult, BackendError>;
+}
+
+/// The backends of the configuration in force.
+pub struct Configured {
+    pub metrics: Arc<Metrics>,
+}
+
+#[async_trait]
+impl Backends for Configured {
+    async fn login(
+        &self,
+        state: &State,
+        backend: &str,
+        creds: &Credentials,
+        client: &ClientInfo,
+    ) -> Result<LoginResult, BackendError> {
+        // Cannot be missing with a validated directory; answered as an outage, not a panic.
+        let b = state.backends.get(backend).ok_or_else(|| {
+            BackendError::Configuration(format!("backend {backend:?} is not configured"))
+        })?;
+        b.login(creds, client, &self.metrics).await
+    }
+}
+
 pub struct Login {
     state: Arc<ArcSwap<State>>,
+    backends: Arc<dyn Backends>,
     sessions: Arc<dyn SessionLimiter>,
     connections: Arc<Connections>,
     penalty: Penalty,
@@ -107,6 +145,7 @@ pub struct Login {
 impl Login {
     pub fn new(
         state: Arc<ArcSwap<State>>,
+        backends: Arc<dyn Backends>,
         sessions: Arc<dyn SessionLimiter>,
         connections: Arc<Connections>,
         registry: Arc<Registry>,
@@ -114,6 +153,7 @@ impl Login {
     ) -> Login {
         Login {
             state,
+            backends,
             sessions,
             connections,
             penalty: Penalty::default(),
@@ -179,28 +219,24 @@ impl Login {
                 return Outcome::Refused(Refusal::Unavailable);
             }
         };
-        let Some(backend) = state.backends.get(&*policy.backend).cloned() else {
-            // Cannot happen with a validated directory; answered as an outage, not a panic.
-            tracing::error!(outcome = "unavailable", blame = %Blame::Gate, backend = %policy.backend, "mailbox names an unknown backend");
-            self.metrics.error(Blame::Gate, "login");
-            return Outcome::Refused(Refusal::Unavailable);
-        };
+        let backend = &policy.backend;
         // The backend hears the mailbox's own login, never another spelling of it.
         let backend_creds = creds.for_user(&policy.backend_login);
         let started = std::time::Instant::now();
-        let result = backend
-            .login(&backend_creds, &client_info(client), &self.metrics)
+        let result = self
+            .backends
+            .login(state, backend, &backend_creds, &client_info(client))
             .await;
         let elapsed_ms = started.elapsed().as_millis() as u64;
         let user = creds.user();
         let session = match result {
             Err(e) => {
-                tracing::warn!(outcome = "unavailable", blame = %e.blame(), user, backend = %backend.name, elapsed_ms, error = %e, "backend unavailable");
+                tracing::warn!(outcome = "unavailable", blame = %e.blame(), user, backend = %backend, elapsed_ms, error = %e, "backend unavailable");
                 self.metrics.error(e.blame(), "login");
                 return Outcome::Refused(Refusal::Unavailable);
             }
             Ok(LoginResult::Rejected) => {
-                tracing::info!(outcome = "auth_failed", blame = %Blame::Client, user, backend = %backend.name, elapsed_ms, "login failed");
+                tracing::info!(outcome = "auth_failed", blame = %Blame::Client, user, backend = %backend, elapsed_ms, "login failed");
                 return Outcome::Refused(Refusal::AuthFailed);
             }
             Ok(LoginResult::LoggedIn(session)) => session,
@@ -218,7 +254,7 @@ impl Login {
                 client: client.peer,
                 server: client.local,
                 listener: client.listener,
-                backend: backend.name.to_string(),
+                backend: backend.to_string(),
                 since: std::time::SystemTime::now(),
             },
             client.log.clone(),
@@ -234,7 +270,7 @@ impl Login {
             }
         };
         if !enabled {
-            tracing::info!(outcome = "disabled", user, mailbox, backend = %backend.name, elapsed_ms, "IMAP4 is disabled for this mailbox");
+            tracing::info!(outcome = "disabled", user, mailbox, backend = %backend, elapsed_ms, "IMAP4 is disabled for this mailbox");
             drop(registration);
             session.logout().await;
             let message = current.config.imap4.disabled_message.clone();
@@ -244,14 +280,14 @@ impl Login {
         let permit = match self.sessions.acquire(&policy.mailbox_key, limit).await {
             Ok(p) => p,
             Err(_) => {
-                tracing::info!(outcome = "limit", user, mailbox, backend = %backend.name, limit, "too many sessions for this mailbox");
+                tracing::info!(outcome = "limit", user, mailbox, backend = %backend, limit, "too many sessions for this mailbox");
                 drop(registration);
                 session.logout().await;
                 return Outcome::Refused(Refusal::Limit);
             }
         };
         tracing::Span::current().record("user", user);
-        tracing::info!(outcome = "ok", mailbox, backend = %backend.name, elapsed_ms, "logged in");
+        tracing::info!(outcome = "ok", mailbox, backend = %backend, elapsed_ms, "logged in");
         Outcome::LoggedIn(Box::new(LoggedIn {
             backend: session,
             registration,
@@ -271,24 +307,20 @@ impl Login {
         } else {
             "the name is not in the directory"
         };
-        let (_, default) = policies.source().defaults();
-        let Some(backend) = state.backends.get(&*default).cloned() else {
-            tracing::error!(outcome = "unavailable", blame = %Blame::Gate, backend = %default, "the default backend is not configured");
-            self.metrics.error(Blame::Gate, "login");
-            return Outcome::Refused(Refusal::Unavailable);
-        };
+        let (_, backend) = policies.source().defaults();
         let decoy_user: String = user
             .chars()
             .map(|c| if policies.is_refused(c) { '_' } else { c })
             .collect();
         let decoy = Credentials::decoy(decoy_user);
-        match backend
-            .login(&decoy, &client_info(client), &self.metrics)
+        match self
+            .backends
+            .login(state, &backend, &decoy, &client_info(client))
             .await
         {
             // As a known name would meet the same outage.
             Err(e) => {
-                tracing::warn!(outcome = "unavailable", blame = %e.blame(), backend = %backend.name, error = %e, "backend unavailable");
+                tracing::warn!(outcome = "unavailable", blame = %e.blame(), backend = %backend, error = %e, "backend unavailable");
                 self.metrics.error(e.blame(), "login");
                 return Outcome::Refused(Refusal::Unavailable);
             }
@@ -349,3 +381,6 @@ fn client_info(client: &Client) -> ClientInfo {
         id: client.id_parameters.clone(),
     }
 }
+
+#[cfg(test)]
+mod tests;

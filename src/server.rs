@@ -25,7 +25,7 @@ use crate::directory::{login_key, Filter, MailboxView, Page};
 use crate::lifecycle;
 use crate::limits::{Connections, LocalSessions, Usage};
 use crate::listener::{self, ListenerKind};
-use crate::login::Login;
+use crate::login::{Configured, Login};
 use crate::metrics::{Metrics, ResultLabels};
 pub use crate::phase::Phase;
 use crate::protocol_log::ProtocolLog;
@@ -131,6 +131,9 @@ impl Gate {
         let connections = Arc::new(Connections::default());
         let login = Login::new(
             state.clone(),
+            Arc::new(Configured {
+                metrics: metrics.clone(),
+            }),
             Arc::new(LocalSessions::default()),
             connections.clone(),
             registry.clone(),

@@ -717,3 +717,38 @@ async fn mailbox_set_does_not_follow_a_symlinked_lock_file() {
     let text = std::fs::read_to_string(dir.path().join("mailboxes.toml")).expect("read");
     assert_eq!(text, MAILBOXES, "the file was not changed");
 }
+
+/// A change made through the directory (as the admin center will make it) is in force at once:
+/// the cache forgets, the mailbox's open sessions close, the next login is refused; no reload.
+#[tokio::test]
+async fn a_change_through_the_directory_closes_the_mailboxs_sessions() {
+    let fake = FakeBackend::start(Script::default()).await;
+    let gate = GateConfig::new(&fake.address())
+        .mailboxes(MAILBOXES)
+        .start()
+        .await;
+    let mut john = gate.logged_in("jsmith", "pass1").await;
+    let mut jane = gate.logged_in("jane@example.com", "pass2").await;
+    let directory = gate.handle.state().policies.source().clone();
+    let outcome = directory
+        .set_imap_enabled("john.smith@example.com", false, false)
+        .await
+        .expect("set");
+    assert!(outcome.changed && !outcome.mailbox.imap_enabled);
+    assert_eq!(
+        john.line().await,
+        "* BYE IMAP4 access is disabled for this mailbox."
+    );
+    assert!(john.closed_within(Duration::from_secs(1)).await);
+    assert!(last(&jane.cmd("n", "NOOP").await).starts_with("n OK"));
+    assert!(common::login(&gate, "jsmith", "pass1")
+        .await
+        .starts_with("a NO [CONTACTADMIN]"));
+    // The file says so too: a reload keeps it.
+    let text = std::fs::read_to_string(gate.mailboxes_path()).expect("read");
+    assert!(
+        text.contains("imap_enabled = false   # flipped by the tests"),
+        "{text}"
+    );
+    gate.stop().await;
+}

@@ -198,3 +198,33 @@ async fn an_invalid_backend_certificate_is_refused_when_verification_is_on() {
     assert!(login(&gate, "user1", "pass1").await.starts_with("a OK"));
     gate.stop().await;
 }
+
+/// A backend that answers the gate's login `BAD` did not judge the password: the client hears
+/// `UNAVAILABLE` (not `AUTHENTICATIONFAILED`), its address is not penalized, and the error is the
+/// backend's in the metrics.
+#[tokio::test]
+async fn a_backend_bad_is_unavailable_without_penalty_and_blamed_on_the_backend() {
+    let fake = FakeBackend::start(Script {
+        login_reply: Some("BAD [PARSE] Unexpected argument".into()),
+        ..Script::default()
+    })
+    .await;
+    let gate = GateConfig::new(&fake.address())
+        .imap4("trusted_networks = []")
+        .start()
+        .await;
+    for _ in 0..2 {
+        assert_eq!(
+            login(&gate, "user1", "pass1").await,
+            "a NO [UNAVAILABLE] The mailbox server is not available; try again later."
+        );
+    }
+    let penalty = gate.handle.penalty_of("127.0.0.1".parse().expect("ip"));
+    assert_eq!((penalty.failures, penalty.delay_ms), (0, 0));
+    let metrics = gate.handle.metrics().encode();
+    assert!(
+        metrics.contains("imapgate_errors_total{blame=\"backend\",stage=\"login\"} 2"),
+        "{metrics}"
+    );
+    gate.stop().await;
+}
