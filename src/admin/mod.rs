@@ -11,3 +11,4 @@ pub mod check;
 pub mod cli;
 pub mod control;
 pub mod probe;
+mod show;
