@@ -11,51 +11,46 @@ use std::time::{Duration, Instant};
 use common::daemon::{cli, Daemon};
 use common::dovecot::dovecot;
 use common::fake::{FakeBackend, Script};
-use common::{last, Client, GateConfig};
+use common::fixtures::{files_with_fake, gate_with_fake, gate_with_fake_configured, CONTOSO};
+use common::{last, login_at as login, Client, GateConfig, TestGate};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const MAILBOXES: &str = r#"# Contoso directory: keep this comment
-[defaults]
-imap_enabled = true
-
-[[mailbox]]
-name = "John Smith"   # the boss
-email = "john.smith@example.com"
-alias = "jsmith"
-login = "user1"
-imap_enabled = true   # flipped by the tests
-
-[[mailbox]]
-name = "John Smith"
-email = "john.smith2@example.com"
-login = "user3"
-
-[[mailbox]]
-name = "Jane Doe"
-email = "jane@example.com"
-login = "user2"
-"#;
-
-/// Writes a configuration with a control socket; returns (dir, config path).
+/// The Contoso directory and a control socket, in front of `backend`: (directory, config path).
 fn setup(backend: &str) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().expect("tmp");
-    let mut config = GateConfig::new(backend);
-    config.extra = format!(
-        "[admin]\ncontrol_socket = {:?}\n",
-        dir.path().join("control.sock")
-    );
-    let path = dir.path().join("imapgate.toml");
-    std::fs::write(&path, config.render()).expect("config");
-    std::fs::write(dir.path().join("mailboxes.toml"), MAILBOXES).expect("mailboxes");
-    (dir, path)
+    GateConfig::new(backend)
+        .control_socket()
+        .mailboxes(CONTOSO)
+        .write()
 }
 
-async fn login(port: u16, user: &str, pass: &str) -> (Client, String) {
-    let mut c = Client::plain(([127, 0, 0, 1], port).into()).await;
-    c.greeting().await;
-    let r = c.cmd("a", &format!("LOGIN {user} {pass}")).await;
-    let reply = last(&r).to_string();
-    (c, reply)
+/// [`setup`] in front of a default fake backend.
+async fn setup_with_fake() -> (FakeBackend, tempfile::TempDir, PathBuf) {
+    files_with_fake(Script::default(), CONTOSO, GateConfig::control_socket).await
+}
+
+/// `imapgate mailbox set --identity IDENTITY --imap-enabled ENABLED FLAGS...`.
+async fn set_imap_enabled(
+    config: &Path,
+    identity: &str,
+    enabled: bool,
+    flags: &[&str],
+) -> (bool, String, String) {
+    let enabled = enabled.to_string();
+    let mut args = vec![
+        "mailbox",
+        "set",
+        "--identity",
+        identity,
+        "--imap-enabled",
+        &enabled,
+    ];
+    args.extend_from_slice(flags);
+    cli(config, &args).await
+}
+
+/// `imapgate mailbox get --identity IDENTITY`.
+async fn get(config: &Path, identity: &str) -> (bool, String, String) {
+    cli(config, &["mailbox", "get", "--identity", identity]).await
 }
 
 #[tokio::test]
@@ -77,18 +72,7 @@ async fn the_seed_procedure_is_one_command_and_one_check_against_dovecot() {
 
     // Set-CASMailbox -Identity john.smith@example.com -ImapEnabled $false
     let started = Instant::now();
-    let (ok, out, err) = cli(
-        &config,
-        &[
-            "mailbox",
-            "set",
-            "--identity",
-            "john.smith@example.com",
-            "--imap-enabled",
-            "false",
-        ],
-    )
-    .await;
+    let (ok, out, err) = set_imap_enabled(&config, "john.smith@example.com", false, &[]).await;
     assert!(ok, "{out}{err}");
     assert!(
         out.contains("IMAP4 set to Disabled") && out.contains("reloaded"),
@@ -118,7 +102,7 @@ async fn the_seed_procedure_is_one_command_and_one_check_against_dovecot() {
         .await
         .1
         .starts_with("a NO [CONTACTADMIN]"));
-    let (ok, out, _) = cli(&config, &["mailbox", "get", "--identity", "jsmith"]).await;
+    let (ok, out, _) = get(&config, "jsmith").await;
     assert!(ok);
     assert_eq!(out.lines().last(), Some("IMAP4: Disabled"), "{out}");
     let text = std::fs::read_to_string(dir.path().join("mailboxes.toml")).expect("read");
@@ -133,46 +117,18 @@ async fn the_seed_procedure_is_one_command_and_one_check_against_dovecot() {
     );
 
     // And back.
-    let (ok, out, err) = cli(
-        &config,
-        &[
-            "mailbox",
-            "set",
-            "--identity",
-            "JSMITH",
-            "--imap-enabled",
-            "true",
-        ],
-    )
-    .await;
+    let (ok, out, err) = set_imap_enabled(&config, "JSMITH", true, &[]).await;
     assert!(ok, "{out}{err}");
     assert!(login(port, "jsmith", "pass1").await.1.starts_with("a OK"));
-    let (_, out, _) = cli(
-        &config,
-        &["mailbox", "get", "--identity", "john.smith@example.com"],
-    )
-    .await;
+    let (_, out, _) = get(&config, "john.smith@example.com").await;
     assert_eq!(out.lines().last(), Some("IMAP4: Enabled"), "{out}");
 }
 
 #[tokio::test]
 async fn ambiguous_and_unknown_identities_are_refused() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let (dir, config) = setup(&fake.address());
+    let (_fake, dir, config) = setup_with_fake().await;
     let before = std::fs::read_to_string(dir.path().join("mailboxes.toml")).expect("read");
-    let (ok, _, err) = cli(
-        &config,
-        &[
-            "mailbox",
-            "set",
-            "--identity",
-            "john smith",
-            "--imap-enabled",
-            "false",
-            "--no-reload",
-        ],
-    )
-    .await;
+    let (ok, _, err) = set_imap_enabled(&config, "john smith", false, &["--no-reload"]).await;
     assert!(!ok);
     assert!(
         err.contains("matches 2 mailboxes")
@@ -180,91 +136,40 @@ async fn ambiguous_and_unknown_identities_are_refused() {
             && err.contains("john.smith2@example.com"),
         "{err}"
     );
-    let (ok, _, err) = cli(
-        &config,
-        &[
-            "mailbox",
-            "set",
-            "--identity",
-            "nobody@example.com",
-            "--imap-enabled",
-            "false",
-            "--no-reload",
-        ],
-    )
-    .await;
+    let (ok, _, err) =
+        set_imap_enabled(&config, "nobody@example.com", false, &["--no-reload"]).await;
     assert!(!ok && err.contains("--create"), "{err}");
     assert_eq!(
         std::fs::read_to_string(dir.path().join("mailboxes.toml")).expect("read"),
         before
     );
     // With --create the entry is added (no daemon running: the change applies at start).
-    let (ok, out, err) = cli(
-        &config,
-        &[
-            "mailbox",
-            "set",
-            "--identity",
-            "nobody@example.com",
-            "--imap-enabled",
-            "false",
-            "--create",
-        ],
-    )
-    .await;
+    let (ok, out, err) =
+        set_imap_enabled(&config, "nobody@example.com", false, &["--create"]).await;
     assert!(ok, "{err}");
     assert!(
         out.contains("created") && out.contains("not running"),
         "{out}"
     );
-    let (_, out, _) = cli(
-        &config,
-        &["mailbox", "get", "--identity", "nobody@example.com"],
-    )
-    .await;
+    let (_, out, _) = get(&config, "nobody@example.com").await;
     assert_eq!(out.lines().last(), Some("IMAP4: Disabled"), "{out}");
 }
 
 #[tokio::test]
 async fn concurrent_edits_from_several_processes_lose_nothing() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let (dir, config) = setup(&fake.address());
+    let (_fake, dir, config) = setup_with_fake().await;
     let mut runs = Vec::new();
     for i in 0..12 {
         let config = config.clone();
         runs.push(tokio::spawn(async move {
             let id = format!("user{i}@example.com");
-            cli(
-                &config,
-                &[
-                    "mailbox",
-                    "set",
-                    "--identity",
-                    &id,
-                    "--imap-enabled",
-                    "false",
-                    "--create",
-                    "--no-reload",
-                ],
-            )
-            .await
+            set_imap_enabled(&config, &id, false, &["--create", "--no-reload"]).await
         }));
     }
     // Meanwhile, flips of an existing mailbox.
-    for enabled in ["false", "true", "false"] {
-        let (ok, _, err) = cli(
-            &config,
-            &[
-                "mailbox",
-                "set",
-                "--identity",
-                "jane@example.com",
-                "--imap-enabled",
-                enabled,
-                "--no-reload",
-            ],
-        )
-        .await;
+    for enabled in [false, true, false] {
+        let (ok, _, err) =
+            set_imap_enabled(&config, "jane@example.com", enabled, &["--no-reload"]).await;
         assert!(ok, "{err}");
     }
     for r in runs {
@@ -303,38 +208,17 @@ async fn concurrent_edits_from_several_processes_lose_nothing() {
 
 #[tokio::test]
 async fn get_says_when_the_file_differs_from_what_is_in_force() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let (_dir, config) = setup(&fake.address());
+    let (_fake, _dir, config) = setup_with_fake().await;
     let (_daemon, port) = Daemon::start(&config).await;
-    let (ok, out, _) = cli(
-        &config,
-        &["mailbox", "get", "--identity", "jane@example.com"],
-    )
-    .await;
+    let (ok, out, _) = get(&config, "jane@example.com").await;
     assert!(ok && !out.contains("differs"), "{out}");
     assert!(
         out.contains("Source            : the running gate"),
         "{out}"
     );
-    let (ok, _, _) = cli(
-        &config,
-        &[
-            "mailbox",
-            "set",
-            "--identity",
-            "jane@example.com",
-            "--imap-enabled",
-            "false",
-            "--no-reload",
-        ],
-    )
-    .await;
+    let (ok, _, _) = set_imap_enabled(&config, "jane@example.com", false, &["--no-reload"]).await;
     assert!(ok);
-    let (_, out, _) = cli(
-        &config,
-        &["mailbox", "get", "--identity", "jane@example.com"],
-    )
-    .await;
+    let (_, out, _) = get(&config, "jane@example.com").await;
     assert!(out.contains("on disk differs from in force"), "{out}");
     assert_eq!(
         out.lines().last(),
@@ -354,7 +238,7 @@ async fn get_says_when_the_file_differs_from_what_is_in_force() {
         .starts_with("a OK"));
     let (ok, out, _) = cli(&config, &["reload"]).await;
     assert!(ok && out.contains("reloaded"), "{out}");
-    let (_, out, _) = cli(&config, &["mailbox", "get", "--identity", "Jane Doe"]).await;
+    let (_, out, _) = get(&config, "Jane Doe").await;
     assert!(!out.contains("differs"), "{out}");
     assert_eq!(out.lines().last(), Some("IMAP4: Disabled"));
     assert!(login(port, "jane@example.com", "pass2")
@@ -379,8 +263,7 @@ async fn raw_request(socket: &Path, bytes: &[u8]) -> String {
 
 #[tokio::test]
 async fn the_control_socket_is_owner_only_and_refuses_malformed_requests() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let (dir, config) = setup(&fake.address());
+    let (_fake, dir, config) = setup_with_fake().await;
     let (_daemon, port) = Daemon::start(&config).await;
     let socket = dir.path().join("control.sock");
     let mode = std::fs::metadata(&socket)
@@ -426,8 +309,7 @@ async fn the_control_socket_is_owner_only_and_refuses_malformed_requests() {
 
 #[tokio::test]
 async fn sessions_lists_and_kick_closes() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let (_dir, config) = setup(&fake.address());
+    let (_fake, _dir, config) = setup_with_fake().await;
     let (_daemon, port) = Daemon::start(&config).await;
     let (mut john, _) = login(port, "jsmith", "pass1").await;
     let (mut jane, _) = login(port, "jane@example.com", "pass2").await;
@@ -459,53 +341,38 @@ async fn sessions_lists_and_kick_closes() {
 
 #[tokio::test]
 async fn a_kick_mid_literal_or_after_compress_closes_without_a_bye_line() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let gate = GateConfig::new(&fake.address())
-        .mailboxes(MAILBOXES)
-        .start()
-        .await;
+    let (_fake, gate) = gate_with_fake(Script::default(), CONTOSO).await;
     // Mid-literal: the response stream is inside a FETCH literal.
     let mut c = gate.logged_in("jsmith", "pass1").await;
     c.send(b"f XHALF 1000\r\n").await;
     assert_eq!(c.line().await, "* 1 FETCH (BODY[] {1000}");
     let half = c.read_exact(500).await;
     assert!(half.starts_with(b"abc"));
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let n = disable_all(&gate);
+    let n =
+        kick_all_and_see_a_silent_close(&gate, &mut c, "closed, with no BYE inside the literal")
+            .await;
     assert_eq!(n, 1);
-    assert_eq!(
-        c.try_line(Duration::from_secs(2)).await,
-        Ok(None),
-        "closed, with no BYE inside the literal"
-    );
     // After COMPRESS the stream is deflate: no plaintext line may be injected.
     let mut c = gate.logged_in("jsmith", "pass1").await;
     assert_eq!(
         c.cmd("z", "COMPRESS DEFLATE").await,
         vec!["z OK COMPRESS done"]
     );
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    disable_all(&gate);
-    assert_eq!(c.try_line(Duration::from_secs(2)).await, Ok(None));
+    kick_all_and_see_a_silent_close(&gate, &mut c, "closed, no line").await;
     gate.stop().await;
 }
 
 #[tokio::test]
 async fn a_reload_during_a_login_in_flight_is_not_missed() {
-    let fake = FakeBackend::start(Script {
-        login_delay: Duration::from_millis(700),
-        ..Script::default()
-    })
+    let (_fake, gate) = gate_with_fake(
+        Script::with_login_delay(Duration::from_millis(700)),
+        CONTOSO,
+    )
     .await;
-    let gate = GateConfig::new(&fake.address())
-        .mailboxes(MAILBOXES)
-        .start()
-        .await;
-    let mut c = gate.plain().await;
-    c.greeting().await;
+    let mut c = gate.greeted().await;
     c.send(b"a LOGIN jsmith pass1\r\n").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    gate.write_mailboxes(&MAILBOXES.replace(
+    gate.write_mailboxes(&CONTOSO.replace(
         "imap_enabled = true   # flipped",
         "imap_enabled = false   # flipped",
     ));
@@ -517,17 +384,15 @@ async fn a_reload_during_a_login_in_flight_is_not_missed() {
 
 #[tokio::test]
 async fn reload_moves_mailboxes_between_backends_and_removed_ones_get_defaults() {
-    let one = FakeBackend::start(Script::default()).await;
     let two = FakeBackend::start(Script::default()).await;
-    let base = MAILBOXES.replace(
+    let base = CONTOSO.replace(
         "imap_enabled = true\n\n",
         "imap_enabled = true\nbackend = \"main\"\n\n",
     );
-    let gate = GateConfig::new(&one.address())
-        .backend("two", &format!("address = \"{}\"", two.address()))
-        .mailboxes(&base)
-        .start()
-        .await;
+    let (one, gate) = gate_with_fake_configured(Script::default(), &base, |config| {
+        config.backend("two", &format!("address = \"{}\"", two.address()))
+    })
+    .await;
     let _first = gate.logged_in("jsmith", "pass1").await;
     assert_eq!(one.named("AUTHENTICATE").len(), 1);
     // Move John Smith to backend "two".
@@ -549,8 +414,7 @@ async fn reload_moves_mailboxes_between_backends_and_removed_ones_get_defaults()
             .expect("split"),
     );
     gate.handle.reload().await.expect("reload");
-    let mut c = gate.plain().await;
-    c.greeting().await;
+    let mut c = gate.greeted().await;
     let r = c.cmd("a", "LOGIN jane@example.com pass2").await;
     assert!(
         last(&r).starts_with("a NO [AUTHENTICATIONFAILED]"),
@@ -563,39 +427,27 @@ async fn reload_moves_mailboxes_between_backends_and_removed_ones_get_defaults()
 async fn bytes_right_behind_the_login_ok_count_for_the_bye_decision() {
     // The backend's OK is followed at once by the start of a literal; a kick must not put a BYE
     // inside it.
-    let fake = FakeBackend::start(Script {
-        after_login: b"* 1 FETCH (BODY[] {10}\r\nabc".to_vec(),
-        ..Script::default()
-    })
+    let (_fake, gate) = gate_with_fake(
+        Script {
+            after_login: b"* 1 FETCH (BODY[] {10}\r\nabc".to_vec(),
+            ..Script::default()
+        },
+        CONTOSO,
+    )
     .await;
-    let gate = GateConfig::new(&fake.address())
-        .mailboxes(MAILBOXES)
-        .start()
-        .await;
-    let mut c = gate.plain().await;
-    c.greeting().await;
+    let mut c = gate.greeted().await;
     c.send(b"a LOGIN jsmith pass1\r\n").await;
     let l = c.line().await;
     assert!(l.starts_with("a OK"), "{l}");
     assert_eq!(c.line().await, "* 1 FETCH (BODY[] {10}");
     assert_eq!(c.read_exact(3).await, b"abc");
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    disable_all(&gate);
-    assert_eq!(
-        c.try_line(Duration::from_secs(2)).await,
-        Ok(None),
-        "closed without a BYE"
-    );
+    kick_all_and_see_a_silent_close(&gate, &mut c, "closed without a BYE").await;
     gate.stop().await;
 }
 
 #[tokio::test]
 async fn compress_after_a_refused_literal_is_still_seen() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let gate = GateConfig::new(&fake.address())
-        .mailboxes(MAILBOXES)
-        .start()
-        .await;
+    let (_fake, gate) = gate_with_fake(Script::default(), CONTOSO).await;
     let mut c = gate.logged_in("jsmith", "pass1").await;
     // The backend refuses the literal: no data follows the announcement.
     let r = c.cmd("b", "APPEND INBOX {100000}").await;
@@ -604,13 +456,7 @@ async fn compress_after_a_refused_literal_is_still_seen() {
         c.cmd("z", "COMPRESS DEFLATE").await,
         vec!["z OK COMPRESS done"]
     );
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    disable_all(&gate);
-    assert_eq!(
-        c.try_line(Duration::from_secs(2)).await,
-        Ok(None),
-        "no plaintext BYE after COMPRESS"
-    );
+    kick_all_and_see_a_silent_close(&gate, &mut c, "no plaintext BYE after COMPRESS").await;
     gate.stop().await;
 }
 
@@ -618,11 +464,7 @@ async fn compress_after_a_refused_literal_is_still_seen() {
 async fn after_large_literals_a_kick_still_finds_the_line_boundary() {
     // Literals this large go through a pipe (splice) between two plain sockets, unseen by the
     // gate; its tracker must still know where the response lines end.
-    let fake = FakeBackend::start(Script::default()).await;
-    let gate = GateConfig::new(&fake.address())
-        .mailboxes(MAILBOXES)
-        .start()
-        .await;
+    let (_fake, gate) = gate_with_fake(Script::default(), CONTOSO).await;
     let mut c = gate.logged_in("jsmith", "pass1").await;
     let pattern = b"abcdefghijklmnopqrstuvwxyz\r\n";
     for (i, n) in [3_000_000usize, 65_537, 1_048_576].into_iter().enumerate() {
@@ -647,27 +489,33 @@ async fn after_large_literals_a_kick_still_finds_the_line_boundary() {
     c.send(b"f XHALF 3000000\r\n").await;
     assert_eq!(c.line().await, "* 1 FETCH (BODY[] {3000000}");
     assert_eq!(c.read_exact(1_500_000).await.len(), 1_500_000);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    disable_all(&gate);
-    assert_eq!(c.try_line(Duration::from_secs(2)).await, Ok(None));
+    kick_all_and_see_a_silent_close(&gate, &mut c, "closed, no line").await;
     gate.stop().await;
 }
 
 /// Closes every relayed session as a reload that disabled their mailboxes would; how many.
-fn disable_all(gate: &common::TestGate) -> usize {
+fn disable_all(gate: &TestGate) -> usize {
     gate.handle
         .registry()
         .kick_where(imapgate::registry::Kick::Disabled, |_| true)
 }
 
+/// Once what was sent has settled, closes every relayed session as [`disable_all`] does, and
+/// asserts that `c` then sees the end of the stream, no line before it (`why`); how many closed.
+async fn kick_all_and_see_a_silent_close(gate: &TestGate, c: &mut Client, why: &str) -> usize {
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let closed = disable_all(gate);
+    assert_eq!(c.try_line(Duration::from_secs(2)).await, Ok(None), "{why}");
+    closed
+}
+
 #[tokio::test]
 async fn mailbox_get_shows_what_is_enforced_when_the_file_is_broken() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let (dir, config) = setup(&fake.address());
+    let (_fake, dir, config) = setup_with_fake().await;
     let (_daemon, _port) = Daemon::start(&config).await;
-    let broken = MAILBOXES.replace("name = \"Jane Doe\"", "name = \"Jane Doe");
+    let broken = CONTOSO.replace("name = \"Jane Doe\"", "name = \"Jane Doe");
     std::fs::write(dir.path().join("mailboxes.toml"), broken).expect("write");
-    let (ok, out, err) = cli(&config, &["mailbox", "get", "--identity", "jsmith"]).await;
+    let (ok, out, err) = get(&config, "jsmith").await;
     assert!(ok, "{out}{err}");
     assert_eq!(out.lines().last(), Some("IMAP4: Enabled"), "{out}");
     assert!(out.contains("Name              : John Smith"), "{out}");
@@ -684,8 +532,7 @@ async fn mailbox_get_shows_what_is_enforced_when_the_file_is_broken() {
 
 #[tokio::test]
 async fn kick_of_an_identity_nobody_has_is_an_error() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let (_dir, config) = setup(&fake.address());
+    let (_fake, _dir, config) = setup_with_fake().await;
     let (_daemon, _port) = Daemon::start(&config).await;
     let (ok, out, err) = cli(&config, &["kick", "--identity", "nosuch"]).await;
     assert!(!ok, "{out}{err}");
@@ -715,18 +562,14 @@ async fn mailbox_set_does_not_follow_a_symlinked_lock_file() {
     assert!(err.contains("symbolic link"), "{err}");
     assert!(!target.exists());
     let text = std::fs::read_to_string(dir.path().join("mailboxes.toml")).expect("read");
-    assert_eq!(text, MAILBOXES, "the file was not changed");
+    assert_eq!(text, CONTOSO, "the file was not changed");
 }
 
 /// A change made through the directory (as the admin center will make it) is in force at once:
 /// the cache forgets, the mailbox's open sessions close, the next login is refused; no reload.
 #[tokio::test]
 async fn a_change_through_the_directory_closes_the_mailboxs_sessions() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let gate = GateConfig::new(&fake.address())
-        .mailboxes(MAILBOXES)
-        .start()
-        .await;
+    let (_fake, gate) = gate_with_fake(Script::default(), CONTOSO).await;
     let mut john = gate.logged_in("jsmith", "pass1").await;
     let mut jane = gate.logged_in("jane@example.com", "pass2").await;
     let directory = gate.handle.state().policies.source().clone();

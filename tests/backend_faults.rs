@@ -6,57 +6,38 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::fake::{FakeBackend, Greeting, Script};
+use common::fixtures::{gate_for, gate_with_fake, gate_with_fake_configured, FAKE_USERS};
 use common::{closed_port, last, login, GateConfig};
 
 #[tokio::test]
 async fn unreachable_or_broken_backends_get_unavailable_promptly() {
     let unavailable = "a NO [UNAVAILABLE] The mailbox server is not available; try again later.";
-    let closed = format!("127.0.0.1:{}", closed_port());
-    let never = FakeBackend::start(Script {
-        greeting: Greeting::Never,
-        ..Script::default()
-    })
-    .await;
-    let garbage = FakeBackend::start(Script {
-        greeting: Greeting::Garbage,
-        ..Script::default()
-    })
-    .await;
-    let bye = FakeBackend::start(Script {
-        greeting: Greeting::Bye,
-        ..Script::default()
-    })
-    .await;
-    let closes = FakeBackend::start(Script {
-        close_during_login: true,
-        ..Script::default()
-    })
-    .await;
-    let slow = FakeBackend::start(Script {
-        login_delay: Duration::from_secs(30),
-        ..Script::default()
-    })
-    .await;
-    for (what, address) in [
-        ("refused", closed),
-        ("never greets", never.address()),
-        ("garbage greeting", garbage.address()),
-        ("BYE greeting", bye.address()),
-        ("closes during login", closes.address()),
-        ("slow login", slow.address()),
+    let mut backends = vec![("refused", format!("127.0.0.1:{}", closed_port()))];
+    for (what, script) in [
+        ("never greets", Script::with_greeting(Greeting::Never)),
+        ("garbage greeting", Script::with_greeting(Greeting::Garbage)),
+        ("BYE greeting", Script::with_greeting(Greeting::Bye)),
+        (
+            "closes during login",
+            Script {
+                close_during_login: true,
+                ..Script::default()
+            },
+        ),
+        (
+            "slow login",
+            Script::with_login_delay(Duration::from_secs(30)),
+        ),
     ] {
+        backends.push((what, FakeBackend::start(script).await.address()));
+    }
+    for (what, address) in backends {
         let gate = GateConfig::new(&address)
-            .backend(
-                "main",
-                &format!(
-                    "address = \"{address}\"\nconnect_timeout = \"1s\"\nlogin_timeout = \"1s\""
-                ),
-            )
+            .main_backend("connect_timeout = \"1s\"\nlogin_timeout = \"1s\"")
             .start()
             .await;
         let started = Instant::now();
-        let mut c = gate.plain().await;
-        c.greeting().await;
+        let mut c = gate.greeted().await;
         let r = c.cmd("a", "LOGIN user1 pass1").await;
         assert_eq!(last(&r), unavailable, "{what}");
         assert!(
@@ -76,8 +57,7 @@ async fn unreachable_or_broken_backends_get_unavailable_promptly() {
 
 #[tokio::test]
 async fn backend_dying_mid_fetch_gives_the_client_what_arrived_then_closes() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let gate = GateConfig::new(&fake.address()).start().await;
+    let (_fake, gate) = gate_with_fake(Script::default(), FAKE_USERS).await;
     let mut c = gate.logged_in("user1", "pass1").await;
     c.send(b"f XDIE 100000\r\n").await;
     assert_eq!(c.line().await, "* 1 FETCH (BODY[] {100000}");
@@ -96,12 +76,7 @@ async fn backend_dying_mid_fetch_gives_the_client_what_arrived_then_closes() {
 
 #[tokio::test]
 async fn a_backend_trickling_lines_cannot_stretch_a_login() {
-    let fake = FakeBackend::start(Script {
-        greeting: Greeting::Trickle,
-        ..Script::default()
-    })
-    .await;
-    let gate = GateConfig::new(&fake.address()).start().await;
+    let (_fake, gate) = gate_with_fake(Script::with_greeting(Greeting::Trickle), FAKE_USERS).await;
     let started = Instant::now();
     let r = login(&gate, "user1", "pass1").await;
     assert!(r.starts_with("a NO [UNAVAILABLE]"), "{r}");
@@ -115,12 +90,11 @@ async fn a_backend_trickling_lines_cannot_stretch_a_login() {
 
 #[tokio::test]
 async fn a_backend_saying_unavailable_is_reported_as_unavailable() {
-    let fake = FakeBackend::start(Script {
-        login_reply: Some("NO [UNAVAILABLE] Maintenance".into()),
-        ..Script::default()
-    })
+    let (_fake, gate) = gate_with_fake(
+        Script::with_login_reply("NO [UNAVAILABLE] Maintenance"),
+        FAKE_USERS,
+    )
     .await;
-    let gate = GateConfig::new(&fake.address()).start().await;
     assert!(login(&gate, "user1", "pass1")
         .await
         .starts_with("a NO [UNAVAILABLE]"));
@@ -129,20 +103,13 @@ async fn a_backend_saying_unavailable_is_reported_as_unavailable() {
 
 #[tokio::test]
 async fn shutdown_during_a_backend_login_says_bye() {
-    let fake = FakeBackend::start(Script {
-        login_delay: Duration::from_secs(30),
-        ..Script::default()
-    })
+    let (_fake, gate) = gate_with_fake_configured(
+        Script::with_login_delay(Duration::from_secs(30)),
+        FAKE_USERS,
+        |config| config.main_backend("login_timeout = \"60s\""),
+    )
     .await;
-    let gate = GateConfig::new(&fake.address())
-        .backend(
-            "main",
-            &format!("address = \"{}\"\nlogin_timeout = \"60s\"", fake.address()),
-        )
-        .start()
-        .await;
-    let mut c = gate.plain().await;
-    c.greeting().await;
+    let mut c = gate.greeted().await;
     c.send(b"a LOGIN user1 pass1\r\n").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let handle = gate.handle.clone();
@@ -152,6 +119,14 @@ async fn shutdown_during_a_backend_login_says_bye() {
     stopping.await.expect("stopped");
 }
 
+/// One login as user1 through a new gate whose backend `main` is `body`: the tagged answer.
+async fn login_through(fake: &FakeBackend, body: &str) -> String {
+    let gate = gate_for(fake, FAKE_USERS, |config| config.backend("main", body)).await;
+    let reply = login(&gate, "user1", "pass1").await;
+    gate.stop().await;
+    reply
+}
+
 #[tokio::test]
 async fn an_invalid_backend_certificate_is_refused_when_verification_is_on() {
     let fake = FakeBackend::start(Script {
@@ -159,44 +134,21 @@ async fn an_invalid_backend_certificate_is_refused_when_verification_is_on() {
         ..Script::default()
     })
     .await;
+    let port = fake.addr.port();
     // System roots only: the development certificate is not trusted.
-    let gate = GateConfig::new(&fake.address())
-        .backend(
-            "main",
-            &format!(
-                "address = \"localhost:{}\"\ntls = \"tls\"",
-                fake.addr.port()
-            ),
-        )
-        .start()
-        .await;
-    assert!(login(&gate, "user1", "pass1")
+    let body = format!("address = \"localhost:{port}\"\ntls = \"tls\"");
+    assert!(login_through(&fake, &body)
         .await
         .starts_with("a NO [UNAVAILABLE]"));
-    gate.stop().await;
     // Trusted CA, wrong name: refused too.
     let ca = common::certs().join("ca.pem");
-    let gate = GateConfig::new(&fake.address())
-        .backend("main", &format!("address = \"127.0.0.1:{}\"\ntls = \"tls\"\nca = {ca:?}\nserver_name = \"imap.example.com\"", fake.addr.port()))
-        .start()
-        .await;
-    assert!(login(&gate, "user1", "pass1")
+    let body = format!("address = \"127.0.0.1:{port}\"\ntls = \"tls\"\nca = {ca:?}\nserver_name = \"imap.example.com\"");
+    assert!(login_through(&fake, &body)
         .await
         .starts_with("a NO [UNAVAILABLE]"));
-    gate.stop().await;
     // The control: trusted CA and the right name.
-    let gate = GateConfig::new(&fake.address())
-        .backend(
-            "main",
-            &format!(
-                "address = \"localhost:{}\"\ntls = \"tls\"\nca = {ca:?}",
-                fake.addr.port()
-            ),
-        )
-        .start()
-        .await;
-    assert!(login(&gate, "user1", "pass1").await.starts_with("a OK"));
-    gate.stop().await;
+    let body = format!("address = \"localhost:{port}\"\ntls = \"tls\"\nca = {ca:?}");
+    assert!(login_through(&fake, &body).await.starts_with("a OK"));
 }
 
 /// A backend that answers the gate's login `BAD` did not judge the password: the client hears
@@ -204,15 +156,12 @@ async fn an_invalid_backend_certificate_is_refused_when_verification_is_on() {
 /// backend's in the metrics.
 #[tokio::test]
 async fn a_backend_bad_is_unavailable_without_penalty_and_blamed_on_the_backend() {
-    let fake = FakeBackend::start(Script {
-        login_reply: Some("BAD [PARSE] Unexpected argument".into()),
-        ..Script::default()
-    })
+    let (_fake, gate) = gate_with_fake_configured(
+        Script::with_login_reply("BAD [PARSE] Unexpected argument"),
+        FAKE_USERS,
+        |config| config.imap4("trusted_networks = []"),
+    )
     .await;
-    let gate = GateConfig::new(&fake.address())
-        .imap4("trusted_networks = []")
-        .start()
-        .await;
     for _ in 0..2 {
         assert_eq!(
             login(&gate, "user1", "pass1").await,

@@ -5,8 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::fake::{FakeBackend, Script};
-use common::GateConfig;
+use common::fake::Script;
+use common::fixtures::{gate_with_fake, FAKE_USERS};
 
 /// What the gate must answer, and whether the session survives it.
 struct Case {
@@ -162,11 +162,9 @@ fn cases() -> Vec<Case> {
 
 #[tokio::test]
 async fn every_bad_input_gets_a_clear_answer() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let gate = GateConfig::new(&fake.address()).start().await;
+    let (fake, gate) = gate_with_fake(Script::default(), FAKE_USERS).await;
     for case in cases() {
-        let mut c = gate.plain().await;
-        c.greeting().await;
+        let mut c = gate.greeted().await;
         eprintln!("case: {}", case.what);
         c.send(&case.send).await;
         let got = c

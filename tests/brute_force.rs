@@ -6,28 +6,14 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::fake::{FakeBackend, Script};
-use common::{last, login, GateConfig};
-
-const MAILBOXES: &str = r#"
-[[mailbox]]
-name = "John Smith"
-email = "john.smith@example.com"
-login = "user1"
-
-[[mailbox]]
-name = "Jane Doe"
-email = "jane@example.com"
-login = "user2"
-imap_enabled = false
-"#;
+use common::fake::Script;
+use common::fixtures::{gate_with_fake, gate_with_settings, FAKE_USERS, JOHN_AND_JANE};
+use common::{last, login};
 
 #[tokio::test]
 async fn four_failed_logins_end_the_connection() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let gate = GateConfig::new(&fake.address()).start().await;
-    let mut c = gate.plain().await;
-    c.greeting().await;
+    let (_fake, gate) = gate_with_fake(Script::default(), FAKE_USERS).await;
+    let mut c = gate.greeted().await;
     for tag in ["a", "b", "c"] {
         let r = c.cmd(tag, "LOGIN user1 nope").await;
         assert_eq!(
@@ -44,11 +30,7 @@ async fn four_failed_logins_end_the_connection() {
 
 #[tokio::test]
 async fn wrong_password_unknown_user_and_disabled_with_wrong_password_look_the_same() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let gate = GateConfig::new(&fake.address())
-        .mailboxes(MAILBOXES)
-        .start()
-        .await;
+    let (_fake, gate) = gate_with_fake(Script::default(), JOHN_AND_JANE).await;
     let failed = "a NO [AUTHENTICATIONFAILED] LOGIN failed.";
     assert_eq!(login(&gate, "user1", "wrong").await, failed);
     assert_eq!(login(&gate, "nobody", "pass1").await, failed);
@@ -59,13 +41,12 @@ async fn wrong_password_unknown_user_and_disabled_with_wrong_password_look_the_s
 
 #[tokio::test]
 async fn failures_from_an_address_make_its_next_logins_wait_longer() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let gate = GateConfig::new(&fake.address())
-        .imap4("trusted_networks = []")
-        .imap4("auth_penalty_initial = \"200ms\"")
-        .imap4("auth_penalty_max = \"500ms\"")
-        .start()
-        .await;
+    let (_fake, gate) = gate_with_settings(&[
+        "trusted_networks = []",
+        "auth_penalty_initial = \"200ms\"",
+        "auth_penalty_max = \"500ms\"",
+    ])
+    .await;
     let mut waits = Vec::new();
     for _ in 0..4 {
         let started = Instant::now();
@@ -97,12 +78,11 @@ async fn failures_from_an_address_make_its_next_logins_wait_longer() {
 
 #[tokio::test]
 async fn trusted_networks_are_exempt_from_the_penalty() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let gate = GateConfig::new(&fake.address())
-        .imap4("trusted_networks = [\"127.0.0.0/8\"]")
-        .imap4("auth_penalty_initial = \"2s\"")
-        .start()
-        .await;
+    let (_fake, gate) = gate_with_settings(&[
+        "trusted_networks = [\"127.0.0.0/8\"]",
+        "auth_penalty_initial = \"2s\"",
+    ])
+    .await;
     for _ in 0..3 {
         login(&gate, "user1", "wrong").await;
     }
@@ -118,15 +98,11 @@ async fn trusted_networks_are_exempt_from_the_penalty() {
 
 #[tokio::test]
 async fn unknown_wrong_and_disabled_take_the_same_time() {
-    let fake = FakeBackend::start(Script {
-        login_delay: Duration::from_millis(50),
-        ..Script::default()
-    })
+    let (_fake, gate) = gate_with_fake(
+        Script::with_login_delay(Duration::from_millis(50)),
+        JOHN_AND_JANE,
+    )
     .await;
-    let gate = GateConfig::new(&fake.address())
-        .mailboxes(MAILBOXES)
-        .start()
-        .await;
     let mut means = Vec::new();
     for user in [
         "nobody@example.com",

@@ -2,27 +2,27 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::daemon::{Daemon, BIN};
 use common::fake::{FakeBackend, Script};
-use common::{last, Client, GateConfig};
+use common::fixtures::{files_with_fake, john_alone};
+use common::{last, login_at, Client, GateConfig};
 use tokio::process::Command;
 
-fn mailboxes(enabled: bool) -> String {
-    format!("# operators' comment\n[[mailbox]]\nname = \"John Smith\"\nemail = \"john@example.com\"\nlogin = \"user1\"\nimap_enabled = {enabled}\n")
-}
+/// The daemon's own runtime settings, read before it starts serving.
+const RUNTIME: &str = "[runtime]\nworker_threads = 1\n";
 
-fn write_files(dir: &Path, backend: &str) -> std::path::PathBuf {
-    let mut config = GateConfig::new(backend);
-    // The daemon's own runtime settings are read before it starts serving.
-    config.extra = "[runtime]\nworker_threads = 1\n".into();
-    let config = config.render();
-    let path = dir.join("imapgate.toml");
-    std::fs::write(&path, config).expect("config");
-    std::fs::write(dir.join("mailboxes.toml"), mailboxes(true)).expect("mailboxes");
-    path
+/// A default fake backend, and the daemon's files in front of it (John Smith alone, enabled),
+/// adjusted by `configure`: (fake, directory, configuration path).
+async fn files(
+    configure: impl FnOnce(GateConfig) -> GateConfig,
+) -> (FakeBackend, tempfile::TempDir, PathBuf) {
+    files_with_fake(Script::default(), &john_alone(true), |config| {
+        configure(config.section(RUNTIME))
+    })
+    .await
 }
 
 async fn check_config(path: &Path) -> (bool, String) {
@@ -42,8 +42,10 @@ async fn check_config(path: &Path) -> (bool, String) {
 
 #[tokio::test]
 async fn check_config_accepts_good_files_and_names_what_is_wrong() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let path = write_files(dir.path(), "127.0.0.1:1993");
+    let (dir, path) = GateConfig::new("127.0.0.1:1993")
+        .mailboxes(&john_alone(true))
+        .section(RUNTIME)
+        .write();
     let (ok, text) = check_config(&path).await;
     assert!(ok, "{text}");
     assert!(text.contains("OK (1 mailboxes, 1 backends)"), "{text}");
@@ -62,21 +64,18 @@ async fn check_config_accepts_good_files_and_names_what_is_wrong() {
     assert!(!ok && text.contains("missing.toml"), "{text}");
 }
 
+/// A login with user1's password on a new connection to the daemon: the tagged answer.
 async fn login(port: u16, user: &str) -> String {
-    let mut c = Client::plain(([127, 0, 0, 1], port).into()).await;
-    c.greeting().await;
-    last(&c.cmd("a", &format!("LOGIN {user} pass1")).await).to_string()
+    login_at(port, user, "pass1").await.1
 }
 
 #[tokio::test]
 async fn sighup_reloads_and_a_broken_reload_keeps_serving() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let dir = tempfile::tempdir().expect("tmp");
-    let config = write_files(dir.path(), &fake.address());
+    let (_fake, dir, config) = files(|config| config).await;
     let (mut d, port) = Daemon::start(&config).await;
     assert!(login(port, "john@example.com").await.starts_with("a OK"));
 
-    std::fs::write(dir.path().join("mailboxes.toml"), mailboxes(false)).expect("w");
+    std::fs::write(dir.path().join("mailboxes.toml"), john_alone(false)).expect("w");
     d.signal("-HUP");
     d.wait_for("reload complete").await;
     assert!(login(port, "john@example.com")
@@ -97,33 +96,22 @@ async fn sighup_reloads_and_a_broken_reload_keeps_serving() {
         "old directory stays"
     );
 
-    std::fs::write(dir.path().join("mailboxes.toml"), mailboxes(true)).expect("w");
+    std::fs::write(dir.path().join("mailboxes.toml"), john_alone(true)).expect("w");
     d.signal("-HUP");
     d.wait_for("reload complete").await;
     assert!(login(port, "john@example.com").await.starts_with("a OK"));
     d.signal("-TERM");
-    let status = tokio::time::timeout(Duration::from_secs(10), d.child.wait())
-        .await
-        .expect("exits")
-        .expect("status");
-    assert!(status.success(), "{status:?}");
+    d.exits_zero_within(Duration::from_secs(10), "exits").await;
 }
 
 #[tokio::test]
 async fn sigterm_says_bye_before_login_lets_relays_finish_and_exits_zero() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let dir = tempfile::tempdir().expect("tmp");
-    let config = write_files(dir.path(), &fake.address());
-    let text = std::fs::read_to_string(&config)
-        .expect("r")
-        .replace("shutdown_grace = \"500ms\"", "shutdown_grace = \"3s\"");
-    std::fs::write(&config, text).expect("w");
+    let (_fake, _dir, config) = files(|config| config.imap4("shutdown_grace = \"3s\"")).await;
     let (mut d, port) = Daemon::start(&config).await;
     let mut waiting = Client::plain(([127, 0, 0, 1], port).into()).await;
     waiting.greeting().await;
-    let mut relayed = Client::plain(([127, 0, 0, 1], port).into()).await;
-    relayed.greeting().await;
-    assert!(last(&relayed.cmd("a", "LOGIN user1 pass1").await).starts_with("a OK"));
+    let (mut relayed, r) = login_at(port, "user1", "pass1").await;
+    assert!(r.starts_with("a OK"), "{r}");
 
     d.signal("-TERM");
     assert_eq!(
@@ -139,46 +127,33 @@ async fn sigterm_says_bye_before_login_lets_relays_finish_and_exits_zero() {
     // The relayed session still works during the grace period, then is closed.
     assert_eq!(relayed.cmd("b", "NOOP").await, vec!["b OK NOOP done"]);
     assert!(relayed.closed_within(Duration::from_secs(6)).await);
-    let status = tokio::time::timeout(Duration::from_secs(10), d.child.wait())
-        .await
-        .expect("exits")
-        .expect("status");
-    assert!(status.success(), "{status:?}");
+    d.exits_zero_within(Duration::from_secs(10), "exits").await;
 }
 
 #[tokio::test]
 async fn a_second_sigterm_closes_relayed_sessions_at_once() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let dir = tempfile::tempdir().expect("tmp");
-    let config = write_files(dir.path(), &fake.address());
-    let text = std::fs::read_to_string(&config)
-        .expect("r")
-        .replace("shutdown_grace = \"500ms\"", "shutdown_grace = \"1h\"");
-    std::fs::write(&config, text).expect("w");
+    let (_fake, _dir, config) = files(|config| config.imap4("shutdown_grace = \"1h\"")).await;
     let (mut d, port) = Daemon::start(&config).await;
-    let mut relayed = Client::plain(([127, 0, 0, 1], port).into()).await;
-    relayed.greeting().await;
-    assert!(last(&relayed.cmd("a", "LOGIN user1 pass1").await).starts_with("a OK"));
+    let (mut relayed, r) = login_at(port, "user1", "pass1").await;
+    assert!(r.starts_with("a OK"), "{r}");
     d.signal("-TERM");
     d.wait_for("shutting down").await;
     // The grace period runs: the session still works.
     assert_eq!(relayed.cmd("b", "NOOP").await, vec!["b OK NOOP done"]);
     d.signal("-TERM");
     assert!(relayed.closed_within(Duration::from_secs(3)).await);
-    let status = tokio::time::timeout(Duration::from_secs(5), d.child.wait())
-        .await
-        .expect("exits at once, not after the hour of grace")
-        .expect("status");
-    assert!(status.success(), "{status:?}");
+    d.exits_zero_within(
+        Duration::from_secs(5),
+        "exits at once, not after the hour of grace",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn reload_without_a_control_socket_signals_the_unit_main_pid() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let dir = tempfile::tempdir().expect("tmp");
-    let config = write_files(dir.path(), &fake.address());
+    let (_fake, dir, config) = files(|config| config).await;
     let (mut d, port) = Daemon::start(&config).await;
-    std::fs::write(dir.path().join("mailboxes.toml"), mailboxes(false)).expect("w");
+    std::fs::write(dir.path().join("mailboxes.toml"), john_alone(false)).expect("w");
     // Outside systemd there is nobody to signal.
     let out = Command::new(BIN)
         .args(["reload", "--config"])
@@ -208,14 +183,12 @@ async fn reload_without_a_control_socket_signals_the_unit_main_pid() {
 
 #[tokio::test]
 async fn a_syntax_error_is_logged_as_one_line_and_the_penalty_wait_too() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let dir = tempfile::tempdir().expect("tmp");
-    let config = write_files(dir.path(), &fake.address());
-    let text = std::fs::read_to_string(&config).expect("r").replace(
-        "trusted_networks = [\"127.0.0.0/8\", \"::1/128\"]",
-        "auth_penalty_initial = \"200ms\"",
-    );
-    std::fs::write(&config, &text).expect("w");
+    let (_fake, dir, config) = files(|config| {
+        config
+            .imap4("trusted_networks = []")
+            .imap4("auth_penalty_initial = \"200ms\"")
+    })
+    .await;
     let (mut d, port) = Daemon::start(&config).await;
     std::fs::write(dir.path().join("mailboxes.toml"), "[[mailbox]\nname = 1\n").expect("w");
     d.signal("-HUP");
@@ -248,9 +221,7 @@ async fn files_others_could_change_are_refused() {
     let chmod = |p: &Path, mode: u32| {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod")
     };
-    let fake = FakeBackend::start(Script::default()).await;
-    let dir = tempfile::tempdir().expect("tmp");
-    let config = write_files(dir.path(), &fake.address());
+    let (_fake, dir, config) = files(|config| config).await;
     let mailboxes_file = dir.path().join("mailboxes.toml");
     // The audit's set-up: everything 0666 in a 0777 directory.
     chmod(dir.path(), 0o777);
@@ -301,7 +272,7 @@ async fn files_others_could_change_are_refused() {
     // A running gate refuses a reload once the mailboxes file becomes world-writable.
     let (mut d, port) = Daemon::start(&config).await;
     chmod(&mailboxes_file, 0o666);
-    std::fs::write(&mailboxes_file, mailboxes(false)).expect("w");
+    std::fs::write(&mailboxes_file, john_alone(false)).expect("w");
     d.signal("-HUP");
     let line = d.wait_for("reload refused").await;
     assert!(line.contains("0666"), "{line}");

@@ -7,42 +7,9 @@ mod common;
 use std::process::Output;
 
 use common::dovecot::dovecot;
+use common::fixtures::dovecot_demo;
 use common::{certs, last, GateConfig, TestGate};
 use tokio::process::Command;
-
-fn mailboxes(user1_enabled: bool) -> String {
-    format!(
-        r#"
-# Demo directory for the interop tests.
-[defaults]
-imap_enabled = true
-backend = "starttls"
-
-[[mailbox]]
-name = "John Smith"
-alias = "jsmith"
-email = "john.smith@example.com"
-login = "user1"
-imap_enabled = {user1_enabled}
-
-[[mailbox]]
-name = "Jane Doe"
-email = "jane.doe@example.com"
-login = "user2"
-imap_enabled = false
-
-[[mailbox]]
-alias = "user3"
-domain_account = "EXAMPLE\\user3"
-login = "user3"
-backend = "imaps"
-
-[[mailbox]]
-alias = "utf8"
-backend = "plain"
-"#
-    )
-}
 
 async fn gate(dir_port: u16, tls_port: u16) -> TestGate {
     let ca = certs().join("ca.pem");
@@ -61,7 +28,7 @@ async fn gate(dir_port: u16, tls_port: u16) -> TestGate {
             &format!("address = \"localhost:{tls_port}\"\ntls = \"tls\"\nca = {ca:?}"),
         )
         .backend("plain", &format!("address = \"127.0.0.1:{dir_port}\""))
-        .mailboxes(&mailboxes(true))
+        .mailboxes(&dovecot_demo(true))
         .start()
         .await
 }
@@ -75,6 +42,17 @@ async fn curl(url: &str, user: &str, starttls: bool) -> Output {
         cmd.arg("--ssl-reqd");
     }
     cmd.output().await.expect("run curl")
+}
+
+/// Asserts that curl fetches `url` as `user` (`name:password`) and prints `text` of it.
+async fn curl_reads(url: &str, user: &str, starttls: bool, text: &str) {
+    let out = curl(url, user, starttls).await;
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && body.contains(text),
+        "{body} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Runs imaplib: log in (AUTHENTICATE PLAIN for a non-ASCII password), select INBOX, fetch message 1's subject, log out. Prints OK:<subject>
@@ -124,31 +102,21 @@ async fn curl_reads_mail_over_implicit_tls_and_starttls() {
     let Some(d) = dovecot() else { return };
     let gate = gate(d.port, d.tls_port).await;
     let tls = gate.tls.expect("tls").port();
-    let out = curl(
+    curl_reads(
         &format!("imaps://localhost:{tls}/INBOX;UID=1"),
         "john.smith@example.com:pass1",
         false,
+        "Subject: Hello 1",
     )
     .await;
-    let body = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && body.contains("Subject: Hello 1"),
-        "{body} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let plain = gate.plain.port();
-    let out = curl(
+    curl_reads(
         &format!("imap://localhost:{plain}/INBOX;UID=2"),
         "jsmith:pass1",
         true,
+        "Subject: Hello 2",
     )
     .await;
-    let body = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && body.contains("Subject: Hello 2"),
-        "{body} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     // The disabled mailbox: curl reports a refused login (exit 67).
     let out = curl(
         &format!("imaps://localhost:{tls}/INBOX;UID=1"),
@@ -212,7 +180,7 @@ async fn reload_flips_a_mailbox_and_a_broken_file_changes_nothing() {
         "OK:Subject: Hello 1"
     );
     // Disable John Smith: after the reload the very next login is refused.
-    gate.write_mailboxes(&mailboxes(false));
+    gate.write_mailboxes(&dovecot_demo(false));
     gate.handle.reload().await.expect("reload");
     let r = imaplib(tls, "ssl", "jsmith", "pass1").await;
     assert!(r.contains("[CONTACTADMIN]"), "{r}");
@@ -232,7 +200,7 @@ async fn reload_flips_a_mailbox_and_a_broken_file_changes_nothing() {
     let r = imaplib(tls, "ssl", "jsmith", "pass1").await;
     assert!(r.contains("[CONTACTADMIN]"), "still disabled: {r}");
     // Enable again.
-    gate.write_mailboxes(&mailboxes(true));
+    gate.write_mailboxes(&dovecot_demo(true));
     gate.handle.reload().await.expect("reload");
     assert_eq!(
         imaplib(tls, "ssl", "jsmith", "pass1").await,
@@ -241,43 +209,36 @@ async fn reload_flips_a_mailbox_and_a_broken_file_changes_nothing() {
     gate.stop().await;
 }
 
+/// One login as user1 over implicit TLS through a new gate whose backend `main` is `body`: the
+/// answer.
+async fn login_through(body: &str) -> Vec<String> {
+    let gate = GateConfig::new("unused:1")
+        .backend("main", body)
+        .start()
+        .await;
+    let mut c = gate.greeted_tls().await;
+    let r = c.cmd("a", "LOGIN user1 pass1").await;
+    gate.stop().await;
+    r
+}
+
 #[tokio::test]
 async fn backend_certificates_are_verified() {
     let Some(d) = dovecot() else { return };
+    let port = d.tls_port;
     // Same Dovecot, but trusting only the system roots: the development certificate is refused.
-    let gate = GateConfig::new("unused:1")
-        .backend(
-            "main",
-            &format!("address = \"localhost:{}\"\ntls = \"tls\"", d.tls_port),
-        )
-        .start()
-        .await;
-    let mut c = gate.implicit_tls().await;
-    c.greeting().await;
-    let r = c.cmd("a", "LOGIN user1 pass1").await;
+    let r = login_through(&format!("address = \"localhost:{port}\"\ntls = \"tls\"")).await;
     assert!(last(&r).starts_with("a NO [UNAVAILABLE]"), "{r:?}");
-    gate.stop().await;
     // Trusting the development CA but expecting another name: refused too.
     let ca = certs().join("ca.pem");
-    let gate = GateConfig::new("unused:1")
-        .backend("main", &format!("address = \"127.0.0.1:{}\"\ntls = \"tls\"\nca = {ca:?}\nserver_name = \"mail.example.com\"", d.tls_port))
-        .start()
-        .await;
-    let mut c = gate.implicit_tls().await;
-    c.greeting().await;
-    let r = c.cmd("a", "LOGIN user1 pass1").await;
+    let r = login_through(&format!("address = \"127.0.0.1:{port}\"\ntls = \"tls\"\nca = {ca:?}\nserver_name = \"mail.example.com\"")).await;
     assert!(last(&r).starts_with("a NO [UNAVAILABLE]"), "{r:?}");
-    gate.stop().await;
     // The control: the same backend with the right CA and name works.
-    let gate = GateConfig::new("unused:1")
-        .backend("main", &format!("address = \"127.0.0.1:{}\"\ntls = \"tls\"\nca = {ca:?}\nserver_name = \"localhost\"", d.tls_port))
-        .start()
-        .await;
-    let mut c = gate.implicit_tls().await;
-    c.greeting().await;
-    let r = c.cmd("a", "LOGIN user1 pass1").await;
+    let r = login_through(&format!(
+        "address = \"127.0.0.1:{port}\"\ntls = \"tls\"\nca = {ca:?}\nserver_name = \"localhost\""
+    ))
+    .await;
     assert!(last(&r).starts_with("a OK"), "{r:?}");
-    gate.stop().await;
 }
 
 /// A greeted plain connection from a chosen loopback source address.
@@ -326,8 +287,7 @@ async fn spellings_the_backend_accepts_do_not_bypass_a_disabled_mailbox() {
         assert_eq!(last(&r), failed, "{user}");
     }
     // The names in the directory work, and reach the backend as the mailbox's own login.
-    let mut c = gate.implicit_tls().await;
-    c.greeting().await;
+    let mut c = gate.greeted_tls().await;
     assert!(last(&c.cmd("a", "LOGIN JSMITH pass1").await).starts_with("a OK"));
     gate.stop().await;
 }
@@ -378,8 +338,7 @@ async fn a_right_password_after_wrong_ones_is_not_reported_unavailable() {
 async fn compress_behind_a_long_tag_is_seen() {
     let Some(d) = dovecot() else { return };
     let gate = gate(d.port, d.tls_port).await;
-    let mut c = gate.implicit_tls().await;
-    c.greeting().await;
+    let mut c = gate.greeted_tls().await;
     assert!(last(&c.cmd("a", "LOGIN jsmith pass1").await).starts_with("a OK"));
     let tag = "t".repeat(45);
     let r = c.cmd(&tag, "COMPRESS DEFLATE").await;

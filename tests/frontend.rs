@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use base64::Engine;
 use common::fake::{FakeBackend, Script};
-use common::{last, GateConfig};
+use common::fixtures::{gate_for, gate_with_fake, gate_with_settings, FAKE_USERS};
+use common::last;
 
 fn caps_of(line: &str) -> Vec<String> {
     let start = line.find("CAPABILITY ").map(|i| i + 11).unwrap_or(0);
@@ -36,10 +37,10 @@ async fn capabilities_follow_login_type_and_tls() {
             vec!["LOGINDISABLED"],
         ),
     ] {
-        let gate = GateConfig::new(&fake.address())
-            .imap4(&format!("login_type = \"{login_type}\""))
-            .start()
-            .await;
+        let gate = gate_for(&fake, FAKE_USERS, |config| {
+            config.imap4(&format!("login_type = \"{login_type}\""))
+        })
+        .await;
         let mut c = gate.plain().await;
         let greeting = c.greeting().await;
         assert!(
@@ -83,13 +84,8 @@ async fn capabilities_follow_login_type_and_tls() {
 
 #[tokio::test]
 async fn secure_login_refuses_credentials_before_tls_without_contacting_the_backend() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let gate = GateConfig::new(&fake.address())
-        .imap4("login_type = \"secure-login\"")
-        .start()
-        .await;
-    let mut c = gate.plain().await;
-    c.greeting().await;
+    let (fake, gate) = gate_with_settings(&["login_type = \"secure-login\""]).await;
+    let mut c = gate.greeted().await;
     let r = c.cmd("a", "LOGIN user1 pass1").await;
     assert!(last(&r).starts_with("a NO [PRIVACYREQUIRED]"), "{r:?}");
     let r = c.cmd("b", "AUTHENTICATE PLAIN AHVzZXIxAHBhc3Mx").await;
@@ -108,10 +104,8 @@ async fn secure_login_refuses_credentials_before_tls_without_contacting_the_back
 
 #[tokio::test]
 async fn noop_logout_and_bad_commands() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let gate = GateConfig::new(&fake.address()).start().await;
-    let mut c = gate.plain().await;
-    c.greeting().await;
+    let (_fake, gate) = gate_with_fake(Script::default(), FAKE_USERS).await;
+    let mut c = gate.greeted().await;
     assert_eq!(c.cmd("a", "NOOP").await, vec!["a OK NOOP completed."]);
     let r = c.cmd("b", "SELECT INBOX").await;
     assert_eq!(last(&r), "b BAD Command is not valid before login.");
@@ -127,13 +121,8 @@ async fn noop_logout_and_bad_commands() {
 
 #[tokio::test]
 async fn too_many_bad_commands_end_the_session() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let gate = GateConfig::new(&fake.address())
-        .imap4("max_bad_commands = 3")
-        .start()
-        .await;
-    let mut c = gate.plain().await;
-    c.greeting().await;
+    let (_fake, gate) = gate_with_settings(&["max_bad_commands = 3"]).await;
+    let mut c = gate.greeted().await;
     c.cmd("a", "FROB").await;
     c.cmd("b", "FROB").await;
     let r = c.cmd("c", "FROB").await;
@@ -145,10 +134,8 @@ async fn too_many_bad_commands_end_the_session() {
 
 #[tokio::test]
 async fn id_is_answered_and_forwarded_with_the_client_address() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let gate = GateConfig::new(&fake.address()).start().await;
-    let mut c = gate.plain().await;
-    c.greeting().await;
+    let (fake, gate) = gate_with_fake(Script::default(), FAKE_USERS).await;
+    let mut c = gate.greeted().await;
     let r = c
         .cmd(
             "a",
@@ -177,12 +164,10 @@ async fn id_is_answered_and_forwarded_with_the_client_address() {
 
 #[tokio::test]
 async fn literals_sync_and_literal_plus_carry_utf8_passwords() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let gate = GateConfig::new(&fake.address()).start().await;
+    let (_fake, gate) = gate_with_fake(Script::default(), FAKE_USERS).await;
     let password = "pässwörd✓";
     // Synchronizing: the gate must say `+` before the client sends the literal.
-    let mut c = gate.plain().await;
-    c.greeting().await;
+    let mut c = gate.greeted().await;
     c.send(format!("a LOGIN utf8 {{{}}}\r\n", password.len()).as_bytes())
         .await;
     assert!(c.line().await.starts_with("+ "), "continuation expected");
@@ -190,8 +175,7 @@ async fn literals_sync_and_literal_plus_carry_utf8_passwords() {
     let r = c.until_tag("a").await;
     assert!(last(&r).starts_with("a OK [CAPABILITY"), "{r:?}");
     // LITERAL+: no continuation, everything in one write.
-    let mut c = gate.plain().await;
-    c.greeting().await;
+    let mut c = gate.greeted().await;
     c.send(
         format!(
             "b LOGIN {{4+}}\r\nutf8 {{{}+}}\r\n{password}\r\n",
@@ -205,13 +189,11 @@ async fn literals_sync_and_literal_plus_carry_utf8_passwords() {
     assert!(last(&r).starts_with("b OK"), "{r:?}");
     // UTF-8 inside a quoted string (8-bit quoted strings are outside IMAP4rev1, but clients send
     // them and servers such as Dovecot accept them).
-    let mut c = gate.plain().await;
-    c.greeting().await;
+    let mut c = gate.greeted().await;
     let r = c.cmd("u", &format!("LOGIN utf8 \"{password}\"")).await;
     assert!(last(&r).starts_with("u OK"), "{r:?}");
     // Quotes, backslashes and braces in a quoted password.
-    let mut c = gate.plain().await;
-    c.greeting().await;
+    let mut c = gate.greeted().await;
     let r = c.cmd("c", r#"LOGIN tricky "p\"a\\ss {3}""#).await;
     assert!(last(&r).starts_with("c OK"), "{r:?}");
     gate.stop().await;
@@ -219,10 +201,8 @@ async fn literals_sync_and_literal_plus_carry_utf8_passwords() {
 
 #[tokio::test]
 async fn a_literal_over_the_limit_is_refused_before_it_is_sent() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let gate = GateConfig::new(&fake.address()).start().await;
-    let mut c = gate.plain().await;
-    c.greeting().await;
+    let (_fake, gate) = gate_with_fake(Script::default(), FAKE_USERS).await;
+    let mut c = gate.greeted().await;
     c.send(b"a LOGIN user1 {20000}\r\n").await;
     assert_eq!(
         c.line().await,
@@ -242,10 +222,8 @@ async fn a_literal_over_the_limit_is_refused_before_it_is_sent() {
 
 #[tokio::test]
 async fn a_command_line_over_the_limit_is_answered_and_the_session_goes_on() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let gate = GateConfig::new(&fake.address()).start().await;
-    let mut c = gate.plain().await;
-    c.greeting().await;
+    let (fake, gate) = gate_with_fake(Script::default(), FAKE_USERS).await;
+    let mut c = gate.greeted().await;
     // ImapTest's `id` script: an ID of 31,807 bytes, over the 10,240-byte default, with a
     // LITERAL+ literal inside (skipped by count, whatever it holds) and a command behind it.
     let mut id = b"a ID (".to_vec();
@@ -289,11 +267,9 @@ async fn a_command_line_over_the_limit_is_answered_and_the_session_goes_on() {
 
 #[tokio::test]
 async fn authenticate_plain_with_and_without_initial_response() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let gate = GateConfig::new(&fake.address()).start().await;
+    let (fake, gate) = gate_with_fake(Script::default(), FAKE_USERS).await;
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    let mut c = gate.plain().await;
-    c.greeting().await;
+    let mut c = gate.greeted().await;
     let r = c
         .cmd(
             "a",
@@ -305,8 +281,7 @@ async fn authenticate_plain_with_and_without_initial_response() {
         "{r:?}"
     );
 
-    let mut c = gate.plain().await;
-    c.greeting().await;
+    let mut c = gate.greeted().await;
     c.send(b"b AUTHENTICATE PLAIN\r\n").await;
     assert_eq!(c.line().await, "+ ");
     c.send(format!("{}\r\n", b64("user1\0user1\0pass1")).as_bytes())
@@ -314,8 +289,7 @@ async fn authenticate_plain_with_and_without_initial_response() {
     let r = c.until_tag("b").await;
     assert!(last(&r).starts_with("b OK"), "{r:?}");
 
-    let mut c = gate.plain().await;
-    c.greeting().await;
+    let mut c = gate.greeted().await;
     c.send(b"c AUTHENTICATE PLAIN\r\n").await;
     assert_eq!(c.line().await, "+ ");
     c.send(b"*\r\n").await;
@@ -347,10 +321,8 @@ async fn authenticate_plain_with_and_without_initial_response() {
 
 #[tokio::test]
 async fn an_empty_literal_waits_for_the_rest_of_the_command() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let gate = GateConfig::new(&fake.address()).start().await;
-    let mut c = gate.plain().await;
-    c.greeting().await;
+    let (_fake, gate) = gate_with_fake(Script::default(), FAKE_USERS).await;
+    let mut c = gate.greeted().await;
     c.send(b"a LOGIN user1 {0}\r\n").await;
     assert!(c.line().await.starts_with("+ "));
     // Exactly one continuation, then silence until the command is complete.
@@ -362,10 +334,8 @@ async fn an_empty_literal_waits_for_the_rest_of_the_command() {
 
 #[tokio::test]
 async fn a_bad_command_carrying_a_literal_ends_the_session_instead_of_running_its_data() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let gate = GateConfig::new(&fake.address()).start().await;
-    let mut c = gate.plain().await;
-    c.greeting().await;
+    let (_fake, gate) = gate_with_fake(Script::default(), FAKE_USERS).await;
+    let mut c = gate.greeted().await;
     // The literal holds something that looks like a command; it must not run.
     c.send(b"d LOGIN {14}\r\n").await;
     assert!(c.line().await.starts_with("+ "));
@@ -377,8 +347,7 @@ async fn a_bad_command_carrying_a_literal_ends_the_session_instead_of_running_it
     );
     assert!(c.closed_within(Duration::from_secs(2)).await);
     // A bad line arriving in pieces is answered once, and the next command still runs.
-    let mut c = gate.plain().await;
-    c.greeting().await;
+    let mut c = gate.greeted().await;
     c.send(b"a FROB").await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     c.send(b" x y\r\nb NOOP\r\n").await;

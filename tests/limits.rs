@@ -6,19 +6,13 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::fake::{FakeBackend, Script};
-use common::{last, Client, GateConfig, TestGate};
+use common::fake::Script;
+use common::fixtures::{
+    files_with_fake, gate_with_fake_configured, gate_with_settings, CONTOSO, FAKE_USERS,
+};
+use common::{last, Client, TestGate};
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpSocket, TcpStream};
-
-const MAILBOXES: &str = "[[mailbox]]\nname = \"John Smith\"\nalias = \"jsmith\"\nemail = \"john.smith@example.com\"\nlogin = \"user1\"\n\n[[mailbox]]\nalias = \"user2\"\n";
-
-/// Connects from a chosen loopback source address (127.0.0.0/8 is all loopback on Linux).
-async fn connect_from(source: [u8; 4], to: SocketAddr) -> TcpStream {
-    let socket = TcpSocket::new_v4().expect("socket");
-    socket.bind((source, 0).into()).expect("bind source");
-    socket.connect(to).await.expect("connect")
-}
+use tokio::net::TcpStream;
 
 async fn wait_for_zero(gate: &TestGate) {
     for _ in 0..200 {
@@ -41,16 +35,11 @@ async fn wait_for_zero(gate: &TestGate) {
 
 #[tokio::test]
 async fn the_whole_gate_and_one_address_are_limited() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let gate = GateConfig::new(&fake.address())
-        .imap4("max_connections = 4")
-        .imap4("max_connections_from_single_ip = 2")
-        .start()
-        .await;
+    let (_fake, gate) =
+        gate_with_settings(&["max_connections = 4", "max_connections_from_single_ip = 2"]).await;
     let mut held = Vec::new();
     for _ in 0..2 {
-        let mut c = gate.plain().await;
-        c.greeting().await;
+        let c = gate.greeted().await;
         held.push(c);
     }
     let mut third = gate.plain().await;
@@ -59,12 +48,11 @@ async fn the_whole_gate_and_one_address_are_limited() {
     // Another address still gets in, up to the gate's limit.
     let mut others = Vec::new();
     for source in [[127, 0, 0, 2], [127, 0, 0, 3]] {
-        let tcp = connect_from(source, gate.plain).await;
-        let mut c = Client::from_tcp(tcp);
+        let mut c = Client::plain_from(source, gate.plain).await;
         c.greeting().await;
         others.push(c);
     }
-    let mut fifth = Client::from_tcp(connect_from([127, 0, 0, 4], gate.plain).await);
+    let mut fifth = Client::plain_from([127, 0, 0, 4], gate.plain).await;
     assert_eq!(fifth.line().await, "* BYE [LIMIT] Too many connections.");
     // On the implicit-TLS port an over-limit connection is closed without a handshake.
     let tls = TcpStream::connect(gate.tls.expect("tls"))
@@ -75,8 +63,7 @@ async fn the_whole_gate_and_one_address_are_limited() {
     // Closing one makes room.
     drop(held.pop());
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut again = gate.plain().await;
-    again.greeting().await;
+    let again = gate.greeted().await;
     drop((held, others, again));
     wait_for_zero(&gate).await;
     gate.stop().await;
@@ -84,25 +71,23 @@ async fn the_whole_gate_and_one_address_are_limited() {
 
 #[tokio::test]
 async fn one_mailbox_is_limited_across_names_and_addresses() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let gate = GateConfig::new(&fake.address())
-        .imap4("max_connections_per_user = 2")
-        .mailboxes(MAILBOXES)
-        .start()
-        .await;
+    let (_fake, gate) = gate_with_fake_configured(Script::default(), CONTOSO, |config| {
+        config.imap4("max_connections_per_user = 2")
+    })
+    .await;
     let mut sessions = Vec::new();
     for (source, name) in [
         ([127, 0, 0, 1], "jsmith"),
         ([127, 0, 0, 2], "john.smith@example.com"),
     ] {
-        let mut c = Client::from_tcp(connect_from(source, gate.plain).await);
+        let mut c = Client::plain_from(source, gate.plain).await;
         c.greeting().await;
         assert!(last(&c.cmd("a", &format!("LOGIN {name} pass1")).await).starts_with("a OK"));
         sessions.push(c);
     }
     // The third, under the backend's own name and from a third address: refused after the
     // password was checked (without the password nobody learns the mailbox is busy).
-    let mut third = Client::from_tcp(connect_from([127, 0, 0, 3], gate.plain).await);
+    let mut third = Client::plain_from([127, 0, 0, 3], gate.plain).await;
     third.greeting().await;
     let r = third.cmd("a", "LOGIN user1 wrong").await;
     assert_eq!(last(&r), "a NO [AUTHENTICATIONFAILED] LOGIN failed.");
@@ -126,12 +111,11 @@ async fn one_mailbox_is_limited_across_names_and_addresses() {
 
 #[tokio::test]
 async fn thousands_of_connections_ending_every_way_leave_every_counter_at_zero() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let gate = GateConfig::new(&fake.address())
-        .imap4("max_connections_per_user = 100000")
-        .imap4("tls_handshake_timeout = \"2s\"")
-        .start()
-        .await;
+    let (_fake, gate) = gate_with_settings(&[
+        "max_connections_per_user = 100000",
+        "tls_handshake_timeout = \"2s\"",
+    ])
+    .await;
     let (plain, tls) = (gate.plain, gate.tls.expect("tls"));
     for batch in 0..20 {
         let mut tasks = Vec::new();
@@ -186,27 +170,23 @@ async fn thousands_of_connections_ending_every_way_leave_every_counter_at_zero()
 /// before login, and other addresses still log in.
 #[tokio::test]
 async fn one_address_cannot_hold_the_gate_before_login() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let gate = GateConfig::new(&fake.address())
-        .imap4("max_preauth_connections_from_single_ip = 20")
-        .start()
-        .await;
+    let (_fake, gate) = gate_with_settings(&["max_preauth_connections_from_single_ip = 20"]).await;
     let mut idle = Vec::new();
     for _ in 0..20 {
-        let mut c = Client::from_tcp(connect_from([127, 0, 0, 9], gate.plain).await);
+        let mut c = Client::plain_from([127, 0, 0, 9], gate.plain).await;
         c.greeting().await;
         idle.push(c);
     }
-    let mut over = Client::from_tcp(connect_from([127, 0, 0, 9], gate.plain).await);
+    let mut over = Client::plain_from([127, 0, 0, 9], gate.plain).await;
     assert_eq!(over.line().await, "* BYE [LIMIT] Too many connections.");
     assert!(over.closed_within(Duration::from_secs(1)).await);
     // Another address logs in; a logged-in session no longer counts before login.
-    let mut other = Client::from_tcp(connect_from([127, 0, 0, 10], gate.plain).await);
+    let mut other = Client::plain_from([127, 0, 0, 10], gate.plain).await;
     other.greeting().await;
     assert!(last(&other.cmd("a", "LOGIN user1 pass1").await).starts_with("a OK"));
     let mut first = idle.remove(0);
     assert!(last(&first.cmd("a", "LOGIN user2 pass2").await).starts_with("a OK"));
-    let mut again = Client::from_tcp(connect_from([127, 0, 0, 9], gate.plain).await);
+    let mut again = Client::plain_from([127, 0, 0, 9], gate.plain).await;
     again.greeting().await;
     drop((idle, over, other, first, again));
     wait_for_zero(&gate).await;
@@ -217,16 +197,15 @@ async fn one_address_cannot_hold_the_gate_before_login() {
 /// pre-login timeout; below it, the normal one.
 #[tokio::test]
 async fn under_pressure_idle_connections_before_login_are_cut_early() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let gate = GateConfig::new(&fake.address())
-        .imap4("max_connections = 10")
-        .imap4("pressure_threshold = 0.5")
-        .imap4("preauthenticated_connection_timeout_under_pressure = \"1s\"")
-        .start()
-        .await;
+    let (_fake, gate) = gate_with_settings(&[
+        "max_connections = 10",
+        "pressure_threshold = 0.5",
+        "preauthenticated_connection_timeout_under_pressure = \"1s\"",
+    ])
+    .await;
     let mut held = Vec::new();
     for i in 0..4u8 {
-        let mut c = Client::from_tcp(connect_from([127, 0, 0, 20 + i], gate.plain).await);
+        let mut c = Client::plain_from([127, 0, 0, 20 + i], gate.plain).await;
         c.greeting().await;
         held.push(c);
     }
@@ -237,7 +216,7 @@ async fn under_pressure_idle_connections_before_login_are_cut_early() {
     }
     // The fifth makes five of ten: every waiting connection older than 1 s is cut now.
     let started = Instant::now();
-    let mut fifth = Client::from_tcp(connect_from([127, 0, 0, 30], gate.plain).await);
+    let mut fifth = Client::plain_from([127, 0, 0, 30], gate.plain).await;
     fifth.greeting().await;
     for c in held.iter_mut() {
         assert_eq!(c.line().await, "* BYE Timed out waiting for login.");
@@ -264,11 +243,8 @@ async fn under_pressure_idle_connections_before_login_are_cut_early() {
 /// out of descriptors.
 #[tokio::test]
 async fn the_connection_limit_follows_the_open_file_limit() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let dir = tempfile::tempdir().expect("tmp");
-    let config = dir.path().join("imapgate.toml");
-    std::fs::write(&config, GateConfig::new(&fake.address()).render()).expect("config");
-    std::fs::write(dir.path().join("mailboxes.toml"), common::FAKE_USERS).expect("mailboxes");
+    let (_fake, _dir, config) =
+        files_with_fake(Script::default(), FAKE_USERS, |config| config).await;
     let mut child = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(format!(
@@ -311,7 +287,7 @@ async fn the_connection_limit_follows_the_open_file_limit() {
     let mut refused = 0;
     for i in 0..limit + 40 {
         let source = [127, 0, 2 + (i / 50) as u8, 1 + (i % 50) as u8];
-        let mut c = Client::from_tcp(connect_from(source, addr).await);
+        let mut c = Client::plain_from(source, addr).await;
         let first = c.line().await;
         if first.starts_with("* BYE [LIMIT]") {
             refused += 1;
@@ -324,7 +300,7 @@ async fn the_connection_limit_follows_the_open_file_limit() {
     // Room again after some leave; a login works.
     held.truncate(limit - 5);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut c = Client::from_tcp(connect_from([127, 0, 9, 1], addr).await);
+    let mut c = Client::plain_from([127, 0, 9, 1], addr).await;
     c.greeting().await;
     assert!(last(&c.cmd("a", "LOGIN user1 pass1").await).starts_with("a OK"));
     drop((held, c));
@@ -346,18 +322,16 @@ async fn the_connection_limit_follows_the_open_file_limit() {
 /// in progress at a time, and each waits for the failures of those before it.
 #[tokio::test]
 async fn parallel_wrong_passwords_from_one_address_are_paced() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let gate = GateConfig::new(&fake.address())
-        .imap4("trusted_networks = []")
-        .imap4("auth_penalty_initial = \"300ms\"")
-        .imap4("auth_penalty_max = \"1s\"")
-        .start()
-        .await;
+    let (_fake, gate) = gate_with_settings(&[
+        "trusted_networks = []",
+        "auth_penalty_initial = \"300ms\"",
+        "auth_penalty_max = \"1s\"",
+    ])
+    .await;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut clients = Vec::new();
     for _ in 0..100 {
-        let mut c = gate.plain().await;
-        c.greeting().await;
+        let c = gate.greeted().await;
         clients.push(c);
     }
     let started = Instant::now();

@@ -3,22 +3,20 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::Command;
 
-use common::fake::{FakeBackend, Script};
-use common::{last, Client, GateConfig};
+use common::fake::Script;
+use common::fixtures::{files_with_fake, gate_with_settings, FAKE_USERS};
+use common::{last, Client};
 use imapgate::Gate;
 
 #[tokio::test]
 async fn ipv4_and_ipv6_listeners_both_serve() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let config = GateConfig::new(&fake.address())
-        .imap4("unencrypted_or_tls_bindings = [\"127.0.0.1:0\", \"[::1]:0\"]")
-        .imap4("ssl_bindings = [\"127.0.0.1:0\", \"[::1]:0\"]");
-    let dir = tempfile::tempdir().expect("tmp");
-    let path = dir.path().join("imapgate.toml");
-    std::fs::write(&path, config.render()).expect("w");
-    std::fs::write(dir.path().join("mailboxes.toml"), common::FAKE_USERS).expect("w");
+    let (_fake, _dir, path) = files_with_fake(Script::default(), FAKE_USERS, |config| {
+        config
+            .imap4("unencrypted_or_tls_bindings = [\"127.0.0.1:0\", \"[::1]:0\"]")
+            .imap4("ssl_bindings = [\"127.0.0.1:0\", \"[::1]:0\"]")
+    })
+    .await;
     let gate = Gate::bind(&path).await.expect("bind");
     let (plain, tls) = (gate.plain_addrs(), gate.tls_addrs());
     assert_eq!(plain.len(), 2);
@@ -65,36 +63,9 @@ fn identity_for(
         dir.join("other.csr"),
         dir.join("ext"),
     );
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .output()
-            .expect("openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
     let p = |p: &std::path::Path| p.to_string_lossy().into_owned();
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=other test CA",
-        "-keyout",
-        &p(&ca_key),
-        "-out",
-        &p(&ca),
-    ]);
-    run(&[
+    common::self_signed(&ca, &ca_key, "/CN=other test CA", &[]);
+    common::openssl(&[
         "req",
         "-newkey",
         "ec",
@@ -113,7 +84,7 @@ fn identity_for(
         format!("subjectAltName=DNS:{name}\nbasicConstraints=CA:FALSE\n"),
     )
     .expect("ext");
-    run(&[
+    common::openssl(&[
         "x509",
         "-req",
         "-in",
@@ -163,16 +134,15 @@ fn trusting(pem: &std::path::Path) -> tokio_rustls::TlsConnector {
 
 #[tokio::test]
 async fn reload_swaps_the_certificate_and_keeps_the_old_one_when_the_new_is_broken() {
-    let fake = FakeBackend::start(Script::default()).await;
     let dir = tempfile::tempdir().expect("tmp");
     let (cert, key) = (dir.path().join("gate.pem"), dir.path().join("gate.key"));
     std::fs::copy(common::certs().join("localhost.pem"), &cert).expect("copy");
     std::fs::copy(common::dev_key(), &key).expect("copy");
-    let gate = GateConfig::new(&fake.address())
-        .imap4(&format!("certificate = {cert:?}"))
-        .imap4(&format!("private_key = {key:?}"))
-        .start()
-        .await;
+    let (_fake, gate) = gate_with_settings(&[
+        format!("certificate = {cert:?}"),
+        format!("private_key = {key:?}"),
+    ])
+    .await;
     let tls = gate.tls.expect("tls");
     assert!(handshake_ok(tls).await);
     // A broken certificate file: reload refused, the old certificate keeps serving.
@@ -196,15 +166,12 @@ async fn reload_swaps_the_certificate_and_keeps_the_old_one_when_the_new_is_brok
 
 #[tokio::test]
 async fn sni_picks_the_certificate_for_the_name_asked() {
-    let fake = FakeBackend::start(Script::default()).await;
     let dir = tempfile::tempdir().expect("tmp");
     let (ca, cert, key) = identity_for(dir.path(), "imap.example.org");
-    let gate = GateConfig::new(&fake.address())
-        .imap4(&format!(
-            "sni_certificates = [{{ name = \"IMAP.example.org\", certificate = {cert:?}, private_key = {key:?} }}]"
-        ))
-        .start()
-        .await;
+    let (_fake, gate) = gate_with_settings(&[format!(
+        "sni_certificates = [{{ name = \"IMAP.example.org\", certificate = {cert:?}, private_key = {key:?} }}]"
+    )])
+    .await;
     let tls = gate.tls.expect("tls");
     assert!(
         handshake_as(tls, trusting(&ca), "imap.example.org").await,

@@ -4,34 +4,15 @@
 mod common;
 
 use common::fake::{FakeBackend, Script};
-use common::{last, login, GateConfig};
+use common::fixtures::{
+    gate_for, gate_with_fake, gate_with_fake_configured, FAKE_USERS, JOHN_AND_JANE,
+};
+use common::{last, login};
 use std::time::Duration;
-
-const MAILBOXES: &str = r#"
-[defaults]
-imap_enabled = true
-
-[[mailbox]]
-name = "John Smith"
-alias = "jsmith"
-email = "john.smith@example.com"
-domain_account = "CORP\\jsmith"
-login = "user1"
-
-[[mailbox]]
-name = "Jane Doe"
-email = "jane@example.com"
-login = "user2"
-imap_enabled = false
-"#;
 
 #[tokio::test]
 async fn disabled_mailbox_with_the_right_password_is_told_and_logged_out_of_the_backend() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let gate = GateConfig::new(&fake.address())
-        .mailboxes(MAILBOXES)
-        .start()
-        .await;
+    let (fake, gate) = gate_with_fake(Script::default(), JOHN_AND_JANE).await;
     // "user2" is the name the backend knows her by: it must not bypass the flag.
     for name in ["jane@example.com", "JANE@EXAMPLE.COM", "user2"] {
         assert_eq!(
@@ -48,12 +29,11 @@ async fn disabled_mailbox_with_the_right_password_is_told_and_logged_out_of_the_
 
 #[tokio::test]
 async fn disabled_text_is_configurable() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let gate = GateConfig::new(&fake.address())
-        .imap4("disabled_message = \"IMAP is off for you; see https://help.example.com/imap\"")
-        .mailboxes(MAILBOXES)
-        .start()
-        .await;
+    let (_fake, gate) = gate_with_fake_configured(Script::default(), JOHN_AND_JANE, |config| {
+        config
+            .imap4("disabled_message = \"IMAP is off for you; see https://help.example.com/imap\"")
+    })
+    .await;
     assert_eq!(
         login(&gate, "user2", "pass2").await,
         "a NO [CONTACTADMIN] IMAP is off for you; see https://help.example.com/imap"
@@ -63,11 +43,7 @@ async fn disabled_text_is_configurable() {
 
 #[tokio::test]
 async fn every_identity_form_maps_to_the_backend_login() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let gate = GateConfig::new(&fake.address())
-        .mailboxes(MAILBOXES)
-        .start()
-        .await;
+    let (fake, gate) = gate_with_fake(Script::default(), JOHN_AND_JANE).await;
     for name in [
         "jsmith",
         "John.Smith@Example.com",
@@ -94,15 +70,12 @@ async fn login_without_auth_plain_uses_quoted_strings_or_literals() {
         caps: "IMAP4rev1 ID".into(),
         ..Script::default()
     };
-    let fake = FakeBackend::start(script).await;
-    let gate = GateConfig::new(&fake.address()).start().await;
+    let (fake, gate) = gate_with_fake(script, FAKE_USERS).await;
     assert!(login(&gate, "user1", "pass1").await.starts_with("a OK"));
-    let mut c = gate.plain().await;
-    c.greeting().await;
+    let mut c = gate.greeted().await;
     let r = c.cmd("b", r#"LOGIN tricky "p\"a\\ss {3}""#).await;
     assert!(last(&r).starts_with("b OK"), "{r:?}");
-    let mut c = gate.plain().await;
-    c.greeting().await;
+    let mut c = gate.greeted().await;
     let pw = "pässwörd✓";
     c.send(format!("c LOGIN utf8 {{{}+}}\r\n{pw}\r\n", pw.len()).as_bytes())
         .await;
@@ -127,10 +100,8 @@ async fn login_without_auth_plain_uses_quoted_strings_or_literals() {
 
 #[tokio::test]
 async fn success_relays_everything_after_the_tagged_ok() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let gate = GateConfig::new(&fake.address()).start().await;
-    let mut c = gate.plain().await;
-    c.greeting().await;
+    let (_fake, gate) = gate_with_fake(Script::default(), FAKE_USERS).await;
+    let mut c = gate.greeted().await;
     // A command pipelined behind LOGIN reaches the backend after the login.
     c.send(b"a LOGIN user1 pass1\r\nb NOOP\r\n").await;
     assert_eq!(
@@ -160,12 +131,14 @@ async fn success_relays_everything_after_the_tagged_ok() {
 
 #[tokio::test]
 async fn capabilities_are_fetched_when_the_backend_ok_lacks_them() {
-    let fake = FakeBackend::start(Script {
-        caps_in_ok: false,
-        ..Script::default()
-    })
+    let (_fake, gate) = gate_with_fake(
+        Script {
+            caps_in_ok: false,
+            ..Script::default()
+        },
+        FAKE_USERS,
+    )
     .await;
-    let gate = GateConfig::new(&fake.address()).start().await;
     assert_eq!(
         login(&gate, "user1", "pass1").await,
         "a OK [CAPABILITY IMAP4rev1 IDLE COMPRESS=DEFLATE X-FAKE-POSTLOGIN] Logged in"
@@ -175,15 +148,16 @@ async fn capabilities_are_fetched_when_the_backend_ok_lacks_them() {
 
 #[tokio::test]
 async fn untagged_lines_and_response_codes_of_the_backend_reach_the_client() {
-    let fake = FakeBackend::start(Script {
-        login_ok: Some("OK [ALERT] Your password expires in 3 days".into()),
-        login_untagged: vec!["* OK [ALERT] Maintenance tonight".into()],
-        ..Script::default()
-    })
+    let (_fake, gate) = gate_with_fake(
+        Script {
+            login_ok: Some("OK [ALERT] Your password expires in 3 days".into()),
+            login_untagged: vec!["* OK [ALERT] Maintenance tonight".into()],
+            ..Script::default()
+        },
+        FAKE_USERS,
+    )
     .await;
-    let gate = GateConfig::new(&fake.address()).start().await;
-    let mut c = gate.plain().await;
-    c.greeting().await;
+    let mut c = gate.greeted().await;
     let r = c.cmd("a", "LOGIN user1 pass1").await;
     assert_eq!(
         r,
@@ -198,13 +172,8 @@ async fn untagged_lines_and_response_codes_of_the_backend_reach_the_client() {
 
 #[tokio::test]
 async fn names_without_a_mailbox_never_enter_the_cache_and_long_names_are_refused() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let gate = GateConfig::new(&fake.address())
-        .mailboxes(MAILBOXES)
-        .start()
-        .await;
-    let mut c = gate.plain().await;
-    c.greeting().await;
+    let (fake, gate) = gate_with_fake(Script::default(), JOHN_AND_JANE).await;
+    let mut c = gate.greeted().await;
     for i in 0..3 {
         let r = c
             .cmd(&format!("t{i}"), &format!("LOGIN nobody{i}@example.com x"))
@@ -230,10 +199,8 @@ async fn names_without_a_mailbox_never_enter_the_cache_and_long_names_are_refuse
 
 #[tokio::test]
 async fn id_towards_the_backend_stays_within_30_pairs() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let gate = GateConfig::new(&fake.address()).start().await;
-    let mut c = gate.plain().await;
-    c.greeting().await;
+    let (fake, gate) = gate_with_fake(Script::default(), FAKE_USERS).await;
+    let mut c = gate.greeted().await;
     let pairs: Vec<String> = (0..30).map(|i| format!("\"k{i}\" \"v{i}\"")).collect();
     c.cmd("i", &format!("ID ({})", pairs.join(" "))).await;
     assert!(last(&c.cmd("a", "LOGIN user1 pass1").await).starts_with("a OK"));
@@ -248,8 +215,7 @@ async fn id_towards_the_backend_stays_within_30_pairs() {
 async fn a_large_literal_waits_for_a_slow_client_and_arrives_whole() {
     // 16 MB cannot fit in the sockets' buffers: the gate must wait for the client to read, with
     // part of the literal held in its pipe (plain to plain) and go on where it stopped.
-    let fake = FakeBackend::start(Script::default()).await;
-    let gate = GateConfig::new(&fake.address()).start().await;
+    let (_fake, gate) = gate_with_fake(Script::default(), FAKE_USERS).await;
     let mut c = gate.logged_in("user1", "pass1").await;
     let n = 16 * 1024 * 1024;
     c.send(format!("f XBIG {n}\r\n").as_bytes()).await;
@@ -276,8 +242,7 @@ async fn a_large_literal_waits_for_a_slow_client_and_arrives_whole() {
 async fn a_client_half_close_reaches_the_backend_and_its_last_replies_the_client() {
     // The client sends a command and closes its sending side: the gate passes the end on, the
     // backend still answers, then ends the session itself, which the client sees as end of stream.
-    let fake = FakeBackend::start(Script::default()).await;
-    let gate = GateConfig::new(&fake.address()).start().await;
+    let (_fake, gate) = gate_with_fake(Script::default(), FAKE_USERS).await;
     let mut c = gate.logged_in("user1", "pass1").await;
     c.send(b"n NOOP\r\n").await;
     c.close_write().await;
@@ -311,11 +276,7 @@ fn plain_logins(fake: &FakeBackend) -> Vec<(String, String)> {
 /// mailbox reaches it as the mailbox's own login; a master-user name is refused before it.
 #[tokio::test]
 async fn only_the_directory_decides_which_names_log_in() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let gate = GateConfig::new(&fake.address())
-        .mailboxes(MAILBOXES)
-        .start()
-        .await;
+    let (fake, gate) = gate_with_fake(Script::default(), JOHN_AND_JANE).await;
     let failed = "a NO [AUTHENTICATIONFAILED] LOGIN failed.";
     // user3 exists on the backend, but not in the directory.
     assert_eq!(login(&gate, "user3", "pass3").await, failed);
@@ -337,11 +298,10 @@ async fn only_the_directory_decides_which_names_log_in() {
     );
     gate.stop().await;
     // The opt-out: names outside the directory get [defaults] and go to the backend as typed.
-    let gate = GateConfig::new(&fake.address())
-        .mailboxes(MAILBOXES)
-        .extra_directory("unknown_names = \"defaults\"")
-        .start()
-        .await;
+    let gate = gate_for(&fake, JOHN_AND_JANE, |config| {
+        config.extra_directory("unknown_names = \"defaults\"")
+    })
+    .await;
     assert!(login(&gate, "user3", "pass3").await.starts_with("a OK"));
     assert_eq!(
         plain_logins(&fake).last(),

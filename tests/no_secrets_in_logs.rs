@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 
 use base64::Engine;
 use common::fake::{FakeBackend, Script};
-use common::{last, GateConfig};
+use common::fixtures::{gate_for, FAKE_USERS};
+use common::last;
 
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<u8>>>);
@@ -89,18 +90,18 @@ async fn trace_output_never_contains_passwords_or_sasl_blobs() {
         let mailboxes = format!(
             "[defaults]\nbackend = \"main\"\n\n[[mailbox]]\nalias = \"{alias}\"\nlogin = \"user1\"\nbackend = \"{backend}\"\nimap_enabled = {enabled}\n\n[[mailbox]]\nalias = \"down\"\nbackend = \"down\"\n"
         );
-        let gate = GateConfig::new(&main.address())
-            .backend(backend, &format!("address = \"{address}\""))
-            .backend("down", &format!("address = \"{}\"", down.address()))
-            .mailboxes(&mailboxes)
-            .start()
-            .await;
+        let gate = gate_for(&main, &mailboxes, |config| {
+            config
+                .backend(backend, &format!("address = \"{address}\""))
+                .backend("down", &format!("address = \"{}\"", down.address()))
+        })
+        .await;
         gates.push((alias, gate));
     }
-    let secure = GateConfig::new(&main.address())
-        .imap4("login_type = \"secure-login\"")
-        .start()
-        .await;
+    let secure = gate_for(&main, FAKE_USERS, |config| {
+        config.imap4("login_type = \"secure-login\"")
+    })
+    .await;
 
     for (alias, gate) in &gates {
         // LOGIN with a synchronizing literal, through STARTTLS: right, and wrong.
@@ -115,8 +116,7 @@ async fn trace_output_never_contains_passwords_or_sasl_blobs() {
             ),
             ("wrong-Zq7-pw", "NO [AUTHENTICATIONFAILED]"),
         ] {
-            let mut c = gate.plain().await;
-            c.greeting().await;
+            let c = gate.greeted().await;
             let mut c = c.starttls().await;
             c.send(format!("a LOGIN {alias} {{{}}}\r\n", pass.len()).as_bytes())
                 .await;
@@ -130,19 +130,16 @@ async fn trace_output_never_contains_passwords_or_sasl_blobs() {
         }
         // AUTHENTICATE with SASL-IR and with a continuation, on the implicit-TLS port.
         let blob = b64(&format!("\0{alias}\0{SECRET}"));
-        let mut c = gate.implicit_tls().await;
-        c.greeting().await;
+        let mut c = gate.greeted_tls().await;
         let r = c.cmd("b", &format!("AUTHENTICATE PLAIN {blob}")).await;
         assert!(last(&r).starts_with("b "), "{r:?}");
-        let mut c = gate.implicit_tls().await;
-        c.greeting().await;
+        let mut c = gate.greeted_tls().await;
         c.send(b"c AUTHENTICATE PLAIN\r\n").await;
         assert_eq!(c.line().await, "+ ");
         c.send(format!("{blob}\r\n").as_bytes()).await;
         c.until_tag("c").await;
         // The backend that is down, malformed SASL, and a malformed LOGIN carrying the secret.
-        let mut c = gate.plain().await;
-        c.greeting().await;
+        let mut c = gate.greeted().await;
         let r = c
             .cmd(
                 "d",
@@ -165,8 +162,7 @@ async fn trace_output_never_contains_passwords_or_sasl_blobs() {
         assert!(last(&r).starts_with("g BAD"), "{r:?}");
     }
     // Credentials before TLS under secure-login.
-    let mut c = secure.plain().await;
-    c.greeting().await;
+    let mut c = secure.greeted().await;
     let r = c
         .cmd("p", &format!("LOGIN user1 \"{}\"", &SECRET[..10]))
         .await;

@@ -7,13 +7,26 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::daemon::{cli, BIN};
-use common::fake::{FakeBackend, Script};
-use common::{last, GateConfig};
+use common::fake::Script;
+use common::fixtures::{files_with_fake, gate_with_fake_configured, FAKE_USERS, JOHN_AND_JANE};
+use common::{last, GateConfig, TestGate};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixDatagram;
 use tokio::process::Command;
 
-const MAILBOXES: &str = "[[mailbox]]\nname = \"Jane Doe\"\nemail = \"jane@example.com\"\nlogin = \"user2\"\nimap_enabled = false\n\n[[mailbox]]\nalias = \"user1\"\n";
+/// `[metrics]` on a port of its own.
+const METRICS: &str = "[metrics]\nlisten = \"127.0.0.1:0\"\n";
+
+/// A gate in front of a default fake backend, writing its protocol log in `plog` beside its
+/// configuration; `more` lines of `[protocol_log]`.
+async fn gate_with_protocol_log(more: &str) -> TestGate {
+    let section = format!("[protocol_log]\nenabled = true\ndirectory = \"plog\"\n{more}");
+    let (_fake, gate) = gate_with_fake_configured(Script::default(), FAKE_USERS, |config| {
+        config.section(&section)
+    })
+    .await;
+    gate
+}
 
 /// The unit exactly as shipped, checked by the systemd of this machine (Debian 12: 252) in a
 /// root holding the unit, the binary where the unit expects it, and systemd's own units.
@@ -101,16 +114,8 @@ async fn notified(socket: &UnixDatagram, needle: &str) -> String {
 
 #[tokio::test]
 async fn sd_notify_ready_reloading_watchdog_status_and_stopping() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let dir = tempfile::tempdir().expect("tmp");
-    let mut config = GateConfig::new(&fake.address());
-    config.extra = format!(
-        "[admin]\ncontrol_socket = {:?}\n",
-        dir.path().join("control.sock")
-    );
-    let config_path = dir.path().join("imapgate.toml");
-    std::fs::write(&config_path, config.render()).expect("config");
-    std::fs::write(dir.path().join("mailboxes.toml"), MAILBOXES).expect("mailboxes");
+    let (_fake, dir, config_path) =
+        files_with_fake(Script::default(), JOHN_AND_JANE, GateConfig::control_socket).await;
     let notify_path = dir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&notify_path).expect("notify socket");
     let mut child = Command::new(BIN)
@@ -178,52 +183,35 @@ fn value(metrics: &str, series: &str) -> f64 {
 
 #[tokio::test]
 async fn metrics_are_scraped() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let mut config = GateConfig::new(&fake.address()).mailboxes(MAILBOXES);
-    config.extra = "[metrics]\nlisten = \"127.0.0.1:0\"\n".into();
-    let gate = config.imap4("login_type = \"secure-login\"").start().await;
+    let (_fake, gate) = gate_with_fake_configured(Script::default(), JOHN_AND_JANE, |config| {
+        config
+            .section(METRICS)
+            .imap4("login_type = \"secure-login\"")
+    })
+    .await;
     let addr = gate.metrics.expect("metrics endpoint");
-    let mut ok = gate.implicit_tls().await;
-    ok.greeting().await;
+    let mut ok = gate.greeted_tls().await;
     assert!(last(&ok.cmd("a", "LOGIN user1 pass1").await).starts_with("a OK"));
     ok.cmd("n", "NOOP").await;
-    let mut other = gate.implicit_tls().await;
-    other.greeting().await;
+    let mut other = gate.greeted_tls().await;
     other.cmd("a", "LOGIN user1 wrong").await;
     other.cmd("b", "LOGIN jane@example.com pass2").await;
     // Plain text on the plain port is refused (secure-login).
-    let mut plain = gate.plain().await;
-    plain.greeting().await;
+    let mut plain = gate.greeted().await;
     plain.cmd("a", "LOGIN user1 pass1").await;
     let m = scrape(addr).await;
-    assert_eq!(value(&m, "imapgate_logins_total{outcome=\"ok\"}"), 1.0);
-    assert_eq!(
-        value(&m, "imapgate_logins_total{outcome=\"auth_failed\"}"),
-        1.0
-    );
-    assert_eq!(
-        value(&m, "imapgate_logins_total{outcome=\"disabled\"}"),
-        1.0
-    );
-    assert_eq!(
-        value(&m, "imapgate_logins_total{outcome=\"privacy_required\"}"),
-        1.0
-    );
-    assert_eq!(
-        value(&m, "imapgate_sessions{phase=\"relay\",listener=\"imaps\"}"),
-        1.0
-    );
-    assert_eq!(
-        value(
-            &m,
-            "imapgate_sessions{phase=\"preauth\",listener=\"imaps\"}"
-        ),
-        1.0
-    );
-    assert_eq!(
-        value(&m, "imapgate_sessions{phase=\"preauth\",listener=\"imap\"}"),
-        1.0
-    );
+    // One login of each outcome, and one session still open in each phase and listener.
+    for series in [
+        "imapgate_logins_total{outcome=\"ok\"}",
+        "imapgate_logins_total{outcome=\"auth_failed\"}",
+        "imapgate_logins_total{outcome=\"disabled\"}",
+        "imapgate_logins_total{outcome=\"privacy_required\"}",
+        "imapgate_sessions{phase=\"relay\",listener=\"imaps\"}",
+        "imapgate_sessions{phase=\"preauth\",listener=\"imaps\"}",
+        "imapgate_sessions{phase=\"preauth\",listener=\"imap\"}",
+    ] {
+        assert_eq!(value(&m, series), 1.0, "{series}");
+    }
     assert!(
         value(
             &m,
@@ -238,9 +226,9 @@ async fn metrics_are_scraped() {
     // user1 and Jane Doe (names outside the directory would not be cached).
     assert_eq!(value(&m, "imapgate_policy_cache_entries"), 2.0);
     // A reload that closes the open session of a newly disabled mailbox, and one refused.
-    gate.write_mailboxes(&MAILBOXES.replace(
-        "alias = \"user1\"\n",
-        "alias = \"user1\"\nimap_enabled = false\n",
+    gate.write_mailboxes(&JOHN_AND_JANE.replace(
+        "login = \"user1\"\n",
+        "login = \"user1\"\nimap_enabled = false\n",
     ));
     gate.handle.reload().await.expect("reload");
     assert!(ok.closed_within(Duration::from_secs(2)).await);
@@ -273,12 +261,8 @@ async fn metrics_are_scraped() {
 
 #[tokio::test]
 async fn the_protocol_log_has_exchange_rows_and_no_password() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let mut config = GateConfig::new(&fake.address());
-    config.extra = "[protocol_log]\nenabled = true\ndirectory = \"plog\"\n".into();
-    let gate = config.start().await;
-    let mut c = gate.plain().await;
-    c.greeting().await;
+    let gate = gate_with_protocol_log("").await;
+    let mut c = gate.greeted().await;
     c.cmd("a", "CAPABILITY").await;
     c.cmd("b", "LOGIN user1 wrong-Secret-9").await;
     assert!(last(&c.cmd("c", "LOGIN user1 pass1").await).starts_with("c OK"));
@@ -334,13 +318,10 @@ async fn the_protocol_log_has_exchange_rows_and_no_password() {
 
 #[tokio::test]
 async fn json_logs_and_test_login() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let dir = tempfile::tempdir().expect("tmp");
-    let mut config = GateConfig::new(&fake.address()).mailboxes(MAILBOXES);
-    config.extra = "[log]\nformat = \"json\"\n".into();
-    let path = dir.path().join("imapgate.toml");
-    std::fs::write(&path, config.render()).expect("config");
-    std::fs::write(dir.path().join("mailboxes.toml"), MAILBOXES).expect("mailboxes");
+    let (_fake, dir, path) = files_with_fake(Script::default(), JOHN_AND_JANE, |config| {
+        config.section("[log]\nformat = \"json\"\n")
+    })
+    .await;
     let mut child = Command::new(BIN)
         .arg("--config")
         .arg(&path)
@@ -423,12 +404,7 @@ async fn check_config_leaves_a_running_gates_ports_alone_and_names_what_is_wrong
     let dir = tempfile::tempdir().expect("tmp");
     let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = busy.local_addr().expect("addr").port();
-    let write = |config: GateConfig| -> std::path::PathBuf {
-        let path = dir.path().join("imapgate.toml");
-        std::fs::write(&path, config.render()).expect("config");
-        std::fs::write(dir.path().join("mailboxes.toml"), "").expect("mailboxes");
-        path
-    };
+    let write = |config: GateConfig| config.mailboxes("").write_to(dir.path());
     // Edit, check, reload: the gate holding its port does not fail the check...
     let path = write(GateConfig::new("127.0.0.1:1993").imap4(&format!(
         "unencrypted_or_tls_bindings = [\"127.0.0.1:{port}\"]"
@@ -476,27 +452,7 @@ async fn check_config_leaves_a_running_gates_ports_alone_and_names_what_is_wrong
     );
     // The development key with another certificate.
     let other = dir.path().join("other.pem");
-    let made = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=x",
-            "-keyout",
-        ])
-        .arg(dir.path().join("other.key"))
-        .arg("-out")
-        .arg(&other)
-        .output()
-        .expect("openssl");
-    assert!(made.status.success());
+    common::self_signed(&other, &dir.path().join("other.key"), "/CN=x", &[]);
     let path = write(GateConfig::new("127.0.0.1:1993").imap4(&format!("certificate = {other:?}")));
     let (ok, _, err) = cli(&path, &["check-config"]).await;
     assert!(!ok && err.contains("usable TLS identity"), "{err}");
@@ -566,12 +522,7 @@ async fn every_option_has_a_help_text() {
 
 #[tokio::test]
 async fn relayed_sessions_write_proxy_rows_while_they_last() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let mut config = GateConfig::new(&fake.address());
-    config.extra =
-        "[protocol_log]\nenabled = true\ndirectory = \"plog\"\nproxy_row_interval = \"1s\"\n"
-            .into();
-    let gate = config.start().await;
+    let gate = gate_with_protocol_log("proxy_row_interval = \"1s\"\n").await;
     let mut c = gate.logged_in("user1", "pass1").await;
     c.cmd("n", "NOOP").await;
     tokio::time::sleep(Duration::from_millis(3500)).await;
@@ -621,11 +572,12 @@ async fn relayed_sessions_write_proxy_rows_while_they_last() {
 #[tokio::test]
 async fn bytes_of_open_sessions_reach_the_metrics_while_they_relay() {
     // The sweeper reports what open sessions moved; it passes every eighth of the idle timeout.
-    let fake = FakeBackend::start(Script::default()).await;
-    let mut config =
-        GateConfig::new(&fake.address()).imap4("authenticated_connection_timeout = \"2s\"");
-    config.extra = "[metrics]\nlisten = \"127.0.0.1:0\"\n".into();
-    let gate = config.start().await;
+    let (_fake, gate) = gate_with_fake_configured(Script::default(), FAKE_USERS, |config| {
+        config
+            .imap4("authenticated_connection_timeout = \"2s\"")
+            .section(METRICS)
+    })
+    .await;
     let addr = gate.metrics.expect("metrics endpoint");
     let mut c = gate.logged_in("user1", "pass1").await;
     assert_eq!(c.cmd("n", "NOOP").await, vec!["n OK NOOP done"]);
@@ -662,48 +614,27 @@ async fn bytes_of_open_sessions_reach_the_metrics_while_they_relay() {
 /// A self-signed certificate as `openssl req -x509` makes it (a CA certificate) for `name`.
 fn self_signed(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
     let (cert, key) = (dir.join("self.pem"), dir.join("self.key"));
-    let made = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-        ])
-        .args(["-nodes", "-days", "1", "-subj", &format!("/CN={name}")])
-        .args(["-addext", &format!("subjectAltName=DNS:{name}"), "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl");
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    let san = format!("subjectAltName=DNS:{name}");
+    common::self_signed(&cert, &key, &format!("/CN={name}"), &["-addext", &san]);
     (cert, key)
 }
 
 #[tokio::test]
 async fn test_login_names_the_failing_step_and_shows_the_penalty() {
-    let fake = FakeBackend::start(Script::default()).await;
     let dir = tempfile::tempdir().expect("tmp");
     // The development certificate by default; a self-signed one for another name.
     let (cert, key) = self_signed(dir.path(), "self.example");
-    let mut config = GateConfig::new(&fake.address())
-        .imap4(&format!(
-            "sni_certificates = [{{ name = \"self.example\", certificate = {cert:?}, private_key = {key:?} }}]"
-        ))
-        .imap4("trusted_networks = []")
-        .imap4("auth_penalty_initial = \"300ms\"")
-        .imap4("auth_penalty_max = \"1s\"");
-    config.extra = format!(
-        "[admin]\ncontrol_socket = {:?}\n",
-        dir.path().join("control.sock")
-    );
-    let gate = config.start().await;
+    let (_fake, gate) = gate_with_fake_configured(Script::default(), FAKE_USERS, |config| {
+        config
+            .imap4(&format!(
+                "sni_certificates = [{{ name = \"self.example\", certificate = {cert:?}, private_key = {key:?} }}]"
+            ))
+            .imap4("trusted_networks = []")
+            .imap4("auth_penalty_initial = \"300ms\"")
+            .imap4("auth_penalty_max = \"1s\"")
+            .control_socket()
+    })
+    .await;
     let pw = dir.path().join("pw");
     std::fs::write(&pw, "pass1\n").expect("pw");
     let probe = |extra: &[&str]| {
@@ -781,12 +712,8 @@ async fn test_login_names_the_failing_step_and_shows_the_penalty() {
 /// protocol log: every line of the file is a header or one whole row.
 #[tokio::test]
 async fn a_user_name_cannot_forge_protocol_log_rows() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let mut config = GateConfig::new(&fake.address());
-    config.extra = "[protocol_log]\nenabled = true\ndirectory = \"plog\"\n".into();
-    let gate = config.start().await;
-    let mut c = gate.plain().await;
-    c.greeting().await;
+    let gate = gate_with_protocol_log("").await;
+    let mut c = gate.greeted().await;
     let forged = "x\r\n2026-12-02T00:00:00.000Z,00000001,1,127.0.0.1:143,10.0.0.1:1,ceo@example.com,0,1,1,LOGIN,ceo@example.com *****,ok\r\n#Fields: forged";
     c.send(format!("a LOGIN {{{}+}}\r\n{forged} pw\r\n", forged.len()).as_bytes())
         .await;

@@ -5,18 +5,17 @@ mod common;
 
 use std::time::Duration;
 
-use common::fake::{FakeBackend, Script};
-use common::{last, GateConfig};
+use common::fake::Script;
+use common::fixtures::{gate_with_fake, FAKE_USERS};
+use common::last;
 
 #[tokio::test]
 async fn a_panicking_session_ends_alone() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let gate = GateConfig::new(&fake.address()).start().await;
+    let (_fake, gate) = gate_with_fake(Script::default(), FAKE_USERS).await;
     let mut other = gate.logged_in("user1", "pass1").await;
 
     for _ in 0..3 {
-        let mut doomed = gate.plain().await;
-        doomed.greeting().await;
+        let mut doomed = gate.greeted().await;
         doomed.send(b"a LOGIN fault-injection-panic pw\r\n").await;
         assert!(
             doomed.closed_within(Duration::from_secs(2)).await,
@@ -27,8 +26,7 @@ async fn a_panicking_session_ends_alone() {
         last(&other.cmd("b", "NOOP").await).starts_with("b OK"),
         "others go on"
     );
-    let mut fresh = gate.plain().await;
-    fresh.greeting().await;
+    let mut fresh = gate.greeted().await;
     assert!(
         last(&fresh.cmd("a", "LOGIN user2 pass2").await).starts_with("a OK"),
         "new sessions work"

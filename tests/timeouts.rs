@@ -5,20 +5,15 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::fake::{FakeBackend, Script};
-use common::{last, GateConfig};
+use common::fixtures::gate_with_settings;
+use common::last;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 #[tokio::test]
 async fn a_slowloris_client_is_cut_at_the_pre_login_deadline() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let gate = GateConfig::new(&fake.address())
-        .imap4("preauthenticated_connection_timeout = \"2s\"")
-        .start()
-        .await;
-    let mut c = gate.plain().await;
-    c.greeting().await;
+    let (_fake, gate) = gate_with_settings(&["preauthenticated_connection_timeout = \"2s\""]).await;
+    let mut c = gate.greeted().await;
     let started = Instant::now();
     // One byte every 200 ms: the command would take 4 s to arrive.
     let line = b"a LOGIN user1 pass1\r\n";
@@ -45,11 +40,7 @@ async fn a_slowloris_client_is_cut_at_the_pre_login_deadline() {
 
 #[tokio::test]
 async fn a_silent_tls_client_is_cut_at_the_handshake_deadline() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let gate = GateConfig::new(&fake.address())
-        .imap4("tls_handshake_timeout = \"1s\"")
-        .start()
-        .await;
+    let (_fake, gate) = gate_with_settings(&["tls_handshake_timeout = \"1s\""]).await;
     let started = Instant::now();
     let mut s = TcpStream::connect(gate.tls.expect("tls"))
         .await
@@ -65,8 +56,7 @@ async fn a_silent_tls_client_is_cut_at_the_handshake_deadline() {
         started.elapsed()
     );
     // STARTTLS, then silence: the same deadline.
-    let mut c = gate.plain().await;
-    c.greeting().await;
+    let mut c = gate.greeted().await;
     c.send(b"s STARTTLS\r\n").await;
     assert_eq!(c.line().await, "s OK Begin TLS negotiation now.");
     assert!(c.closed_within(Duration::from_secs(2)).await);
@@ -76,11 +66,7 @@ async fn a_silent_tls_client_is_cut_at_the_handshake_deadline() {
 
 #[tokio::test]
 async fn idle_relayed_sessions_are_closed_and_active_ones_are_not() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let gate = GateConfig::new(&fake.address())
-        .imap4("authenticated_connection_timeout = \"1s\"")
-        .start()
-        .await;
+    let (_fake, gate) = gate_with_settings(&["authenticated_connection_timeout = \"1s\""]).await;
     let mut idle = gate.logged_in("user1", "pass1").await;
     let mut active = gate.logged_in("user2", "pass2").await;
     let started = Instant::now();

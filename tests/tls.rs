@@ -5,8 +5,8 @@ mod common;
 
 use std::process::Stdio;
 
-use common::fake::{FakeBackend, Script};
-use common::GateConfig;
+use common::fake::Script;
+use common::fixtures::{gate_with_fake, FAKE_USERS};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
@@ -43,8 +43,7 @@ async fn s_client(port: u16, args: &[&str]) -> String {
 
 #[tokio::test]
 async fn only_tls_1_2_and_1_3_are_accepted() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let gate = GateConfig::new(&fake.address()).start().await;
+    let (_fake, gate) = gate_with_fake(Script::default(), FAKE_USERS).await;
     let port = gate.tls.expect("tls").port();
     let ok12 = s_client(port, &["-tls1_2"]).await;
     assert!(
@@ -74,10 +73,8 @@ async fn only_tls_1_2_and_1_3_are_accepted() {
 
 #[tokio::test]
 async fn starttls_discards_commands_pipelined_behind_it() {
-    let fake = FakeBackend::start(Script::default()).await;
-    let gate = GateConfig::new(&fake.address()).start().await;
-    let mut c = gate.plain().await;
-    c.greeting().await;
+    let (fake, gate) = gate_with_fake(Script::default(), FAKE_USERS).await;
+    let mut c = gate.greeted().await;
     // The injected LOGIN rides in the same packet as STARTTLS.
     c.send(b"a STARTTLS\r\nx LOGIN user1 pass1\r\n").await;
     assert_eq!(c.line().await, "a OK Begin TLS negotiation now.");

@@ -56,6 +56,15 @@ impl Daemon {
             .unwrap_or_else(|| panic!("log line with {needle:?} not seen"))
     }
 
+    /// Waits up to `wait` for the daemon to exit (`expect`s `what` otherwise): it must exit 0.
+    pub async fn exits_zero_within(&mut self, wait: Duration, what: &str) {
+        let status = tokio::time::timeout(wait, self.child.wait())
+            .await
+            .expect(what)
+            .expect("status");
+        assert!(status.success(), "{status:?}");
+    }
+
     pub fn signal(&self, sig: &str) {
         let pid = self.child.id().expect("pid").to_string();
         let ok = std::process::Command::new("kill")

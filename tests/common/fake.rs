@@ -1,10 +1,16 @@
 //! A scriptable fake IMAP backend for faults and for checking exactly what the gate sends.
+//!
+//! Commands are framed with the gate's own literal detection (`imapgate::wire`), and the
+//! credentials of LOGIN and AUTHENTICATE read with imap-codec, which the gate encodes them with.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use base64::Engine;
+use imap_codec::decode::Decoder;
+use imap_codec::imap_types::auth::AuthenticateData;
+use imap_codec::imap_types::command::CommandBody;
+use imap_codec::{AuthenticateDataCodec, CommandCodec};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
@@ -66,6 +72,33 @@ impl Default for Script {
             login_untagged: Vec::new(),
             tls: false,
             after_login: Vec::new(),
+        }
+    }
+}
+
+impl Script {
+    /// The default script with another greeting.
+    pub fn with_greeting(greeting: Greeting) -> Script {
+        Script {
+            greeting,
+            ..Script::default()
+        }
+    }
+
+    /// The default script, answering every login after `delay` (or not at all, when the gate
+    /// gives up first).
+    pub fn with_login_delay(delay: Duration) -> Script {
+        Script {
+            login_delay: delay,
+            ..Script::default()
+        }
+    }
+
+    /// The default script, answering every login `tag <reply>` (e.g. `NO [UNAVAILABLE] ...`).
+    pub fn with_login_reply(reply: &str) -> Script {
+        Script {
+            login_reply: Some(reply.into()),
+            ..Script::default()
         }
     }
 }
@@ -139,13 +172,24 @@ fn dev_acceptor() -> tokio_rustls::TlsAcceptor {
     tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config))
 }
 
-/// What `read_command` returns for a command it already refused.
-const REFUSED: &[u8] = b"\0refused";
+/// Synchronizing literals above this size are refused with `NO [TOOBIG]` (as a server refuses an
+/// APPEND over its size limit): the client then sends no data.
+const MAX_SYNC_LITERAL: u64 = 50_000;
 
 type Reader = BufReader<Box<dyn super::Io>>;
 
-/// Reads one command, answering `+` to synchronizing literals; returns the raw bytes (CRLF cut).
-async fn read_command(r: &mut Reader) -> std::io::Result<Option<Vec<u8>>> {
+/// One command read off the connection.
+enum Read {
+    /// The command's bytes, literals included, without the final CRLF.
+    Command(Vec<u8>),
+    /// A synchronizing literal over [`MAX_SYNC_LITERAL`], already answered `NO [TOOBIG]`.
+    Refused,
+}
+
+/// Reads one command line by line, framed as the gate frames them: a line ending in a literal's
+/// announcement (`imapgate::wire::literal_announcement`) goes on after that many bytes. Answers
+/// `+` to synchronizing literals; `None` at end of stream.
+async fn read_command(r: &mut Reader) -> std::io::Result<Option<Read>> {
     let mut cmd = Vec::new();
     loop {
         let mut line = Vec::new();
@@ -153,79 +197,59 @@ async fn read_command(r: &mut Reader) -> std::io::Result<Option<Vec<u8>>> {
             return Ok(None);
         }
         cmd.extend_from_slice(&line);
-        let trimmed = line.strip_suffix(b"\r\n").unwrap_or(&line);
-        if let Some(open) = trimmed.iter().rposition(|&b| b == b'{') {
-            if trimmed.ends_with(b"}") {
-                let inner = &trimmed[open + 1..trimmed.len() - 1];
-                let (digits, plus) = match inner.strip_suffix(b"+") {
-                    Some(d) => (d, true),
-                    None => (inner, false),
-                };
-                if let Some(n) = std::str::from_utf8(digits)
-                    .ok()
-                    .and_then(|d| d.parse::<usize>().ok())
-                {
-                    if !plus && n > 50_000 {
-                        // Refuse big synchronizing literals: the client sends no data then.
-                        let tag = String::from_utf8_lossy(
-                            cmd.split(|&b| b == b' ').next().unwrap_or_default(),
-                        )
-                        .into_owned();
-                        r.get_mut()
-                            .write_all(format!("{tag} NO [TOOBIG] literal too big\r\n").as_bytes())
-                            .await?;
-                        return Ok(Some(REFUSED.to_vec()));
-                    }
-                    if !plus {
-                        r.get_mut().write_all(b"+ go ahead\r\n").await?;
-                    }
-                    let mut data = vec![0; n];
-                    r.read_exact(&mut data).await?;
-                    cmd.extend_from_slice(&data);
-                    continue;
-                }
+        let Some((length, non_sync)) = imapgate::wire::literal_announcement(&line) else {
+            while matches!(cmd.last(), Some(b'\r' | b'\n')) {
+                cmd.pop();
             }
+            return Ok(Some(Read::Command(cmd)));
+        };
+        if !non_sync && length > MAX_SYNC_LITERAL {
+            let tag = cmd.split(|&b| b == b' ').next().unwrap_or_default();
+            let tag = String::from_utf8_lossy(tag);
+            r.get_mut()
+                .write_all(format!("{tag} NO [TOOBIG] literal too big\r\n").as_bytes())
+                .await?;
+            return Ok(Some(Read::Refused));
         }
-        while matches!(cmd.last(), Some(b'\r' | b'\n')) {
-            cmd.pop();
+        if !non_sync {
+            r.get_mut().write_all(b"+ go ahead\r\n").await?;
         }
-        return Ok(Some(cmd));
+        // Taken as it arrives: a LITERAL+ length may be anything.
+        if (&mut *r).take(length).read_to_end(&mut cmd).await? as u64 != length {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
     }
 }
 
-/// Parses one IMAP astring at the start of `s`: atom, quoted (with escapes) or literal.
-fn astring(s: &[u8]) -> Option<(Vec<u8>, &[u8])> {
-    match s.first()? {
-        b'"' => {
-            let mut out = Vec::new();
-            let mut i = 1;
-            while i < s.len() {
-                match s[i] {
-                    b'\\' => {
-                        out.push(*s.get(i + 1)?);
-                        i += 2;
-                    }
-                    b'"' => return Some((out, &s[i + 1..])),
-                    b => {
-                        out.push(b);
-                        i += 1;
-                    }
-                }
-            }
-            None
-        }
-        b'{' => {
-            let close = s.iter().position(|&b| b == b'}')?;
-            let digits = s[1..close].strip_suffix(b"+").unwrap_or(&s[1..close]);
-            let n: usize = std::str::from_utf8(digits).ok()?.parse().ok()?;
-            let start = close + 3; // "}\r\n"
-            Some((s.get(start..start + n)?.to_vec(), &s[start + n..]))
-        }
-        _ => {
-            let end = s.iter().position(|&b| b == b' ').unwrap_or(s.len());
-            Some((s[..end].to_vec(), &s[end..]))
-        }
+/// What a LOGIN or AUTHENTICATE command carries, as imap-codec reads it.
+enum Login {
+    /// (user, password); `None` when there are none to read.
+    Credentials(Option<(Vec<u8>, Vec<u8>)>),
+    /// An AUTHENTICATE without an initial response: the SASL message comes after a `+`.
+    AwaitsMessage,
+}
+
+/// Reads a command (its bytes as [`read_command`] returns them) with imap-codec's command codec.
+fn login_of(cmd: &[u8]) -> Login {
+    let wire = [cmd, b"\r\n"].concat();
+    match CommandCodec::default().decode(&wire).map(|(_, c)| c.body) {
+        Ok(CommandBody::Login { username, password }) => Login::Credentials(Some((
+            username.as_ref().to_vec(),
+            password.declassify().as_ref().to_vec(),
+        ))),
+        Ok(CommandBody::Authenticate {
+            initial_response: Some(message),
+            ..
+        }) => Login::Credentials(sasl_plain(message.declassify())),
+        Ok(CommandBody::Authenticate { .. }) => Login::AwaitsMessage,
+        _ => Login::Credentials(None),
     }
+}
+
+/// (user, password) of a SASL PLAIN message `authzid NUL user NUL password`.
+fn sasl_plain(message: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+    let parts: Vec<&[u8]> = message.splitn(3, |&b| b == 0).collect();
+    (parts.len() == 3).then(|| (parts[1].to_vec(), parts[2].to_vec()))
 }
 
 async fn serve(
@@ -262,10 +286,8 @@ async fn serve(
         },
     }
     let mut user: Option<String> = None;
-    while let Some(cmd) = read_command(&mut r).await? {
-        if cmd == REFUSED {
-            continue;
-        }
+    while let Some(read) = read_command(&mut r).await? {
+        let Read::Command(cmd) = read else { continue };
         log.lock()
             .expect("lock")
             .push(String::from_utf8_lossy(&cmd).into_owned());
@@ -289,32 +311,22 @@ async fn serve(
                     .await?
             }
             "LOGIN" | "AUTHENTICATE" => {
-                let creds = if name == "LOGIN" {
-                    astring(&args).and_then(|(u, rest)| {
-                        let (p, _) = astring(rest.strip_prefix(b" ")?)?;
-                        Some((u, p))
-                    })
-                } else {
-                    let ir = match args.strip_prefix(b"PLAIN ") {
-                        Some(ir) => ir.to_vec(),
-                        None => {
-                            w.write_all(b"+ \r\n").await?;
-                            let mut line = Vec::new();
-                            r.read_until(b'\n', &mut line).await?;
-                            log.lock()
-                                .expect("lock")
-                                .push(String::from_utf8_lossy(&line).trim_end().to_string());
-                            line.truncate(line.len().saturating_sub(2));
-                            line
+                let creds = match login_of(&cmd) {
+                    Login::Credentials(creds) => creds,
+                    Login::AwaitsMessage => {
+                        w.write_all(b"+ \r\n").await?;
+                        let mut line = Vec::new();
+                        r.read_until(b'\n', &mut line).await?;
+                        log.lock()
+                            .expect("lock")
+                            .push(String::from_utf8_lossy(&line).trim_end().to_string());
+                        match AuthenticateDataCodec::default().decode(&line) {
+                            Ok((_, AuthenticateData::Continue(message))) => {
+                                sasl_plain(message.declassify())
+                            }
+                            _ => None,
                         }
-                    };
-                    base64::engine::general_purpose::STANDARD
-                        .decode(ir)
-                        .ok()
-                        .and_then(|m| {
-                            let parts: Vec<&[u8]> = m.splitn(3, |&b| b == 0).collect();
-                            (parts.len() == 3).then(|| (parts[1].to_vec(), parts[2].to_vec()))
-                        })
+                    }
                 };
                 let w = r.get_mut();
                 tokio::time::sleep(script.login_delay).await;

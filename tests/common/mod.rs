@@ -5,9 +5,10 @@
 pub mod daemon;
 pub mod dovecot;
 pub mod fake;
+pub mod fixtures;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,39 +43,25 @@ pub fn dev_key() -> PathBuf {
     .clone()
 }
 
-/// The fake backend's users as mailboxes of their own (backend login = alias): names outside
-/// the directory are refused by default.
-pub const FAKE_USERS: &str = r#"# The fake backend's users.
-[[mailbox]]
-alias = "user1"
-
-[[mailbox]]
-alias = "user2"
-
-[[mailbox]]
-alias = "user3"
-
-[[mailbox]]
-alias = "utf8"
-
-[[mailbox]]
-alias = "tricky"
-"#;
-
 /// A gate configuration under construction: `[imap4]` lines, backends and the mailboxes file.
 pub struct GateConfig {
+    /// The address of the backend `main`.
+    pub backend_address: String,
     pub imap4: Vec<String>,
     /// Extra lines of `[directory]`.
     pub directory: Vec<String>,
     pub backends: Vec<(String, String)>,
     pub mailboxes: String,
+    /// Sections after the backends (`[admin]`, `[metrics]`, ...).
     pub extra: String,
 }
 
 impl GateConfig {
-    /// One backend named `main` at `address` (plain), login over plain text allowed, dev cert.
+    /// One backend named `main` at `address` (plain), login over plain text allowed, dev cert,
+    /// the fake backend's users as the directory ([`fixtures::FAKE_USERS`]).
     pub fn new(backend_address: &str) -> GateConfig {
         GateConfig {
+            backend_address: backend_address.into(),
             directory: Vec::new(),
             imap4: vec![
                 "unencrypted_or_tls_bindings = [\"127.0.0.1:0\"]".into(),
@@ -90,7 +77,7 @@ impl GateConfig {
                 "main".into(),
                 format!("address = \"{backend_address}\"\nconnect_timeout = \"2s\"\nlogin_timeout = \"2s\""),
             )],
-            mailboxes: FAKE_USERS.into(),
+            mailboxes: fixtures::FAKE_USERS.into(),
             extra: String::new(),
         }
     }
@@ -115,6 +102,24 @@ impl GateConfig {
         self
     }
 
+    /// The backend `main` at the same address with other settings (`connect_timeout = ...`)
+    /// in place of the default timeouts.
+    pub fn main_backend(self, settings: &str) -> Self {
+        let body = format!("address = \"{}\"\n{settings}", self.backend_address);
+        self.backend("main", &body)
+    }
+
+    /// A section of its own after the backends, e.g. `"[metrics]\nlisten = ...\n"`.
+    pub fn section(mut self, text: &str) -> Self {
+        self.extra.push_str(text);
+        self
+    }
+
+    /// `[admin] control_socket`: `control.sock` beside the configuration file.
+    pub fn control_socket(self) -> Self {
+        self.section("[admin]\ncontrol_socket = \"control.sock\"\n")
+    }
+
     /// Prepends `[defaults] backend = NAME` to the mailboxes file (needed with several backends).
     pub fn extra_defaults(mut self, backend: &str) -> Self {
         self.mailboxes = format!("[defaults]\nbackend = \"{backend}\"\n\n{}", self.mailboxes);
@@ -135,13 +140,24 @@ impl GateConfig {
         s
     }
 
+    /// Writes `imapgate.toml` and its `mailboxes.toml` into `dir`; the configuration's path.
+    pub fn write_to(&self, dir: &Path) -> PathBuf {
+        let config_path = dir.join("imapgate.toml");
+        std::fs::write(&config_path, self.render()).expect("write config");
+        std::fs::write(dir.join("mailboxes.toml"), &self.mailboxes).expect("write mailboxes");
+        config_path
+    }
+
+    /// The files in a new directory, for the `imapgate` binary: (directory, configuration path).
+    pub fn write(&self) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_path = self.write_to(dir.path());
+        (dir, config_path)
+    }
+
     /// Writes the files and starts the gate on this test's runtime.
     pub async fn start(self) -> TestGate {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config_path = dir.path().join("imapgate.toml");
-        std::fs::write(&config_path, self.render()).expect("write config");
-        std::fs::write(dir.path().join("mailboxes.toml"), &self.mailboxes)
-            .expect("write mailboxes");
+        let (dir, config_path) = self.write();
         let gate = Gate::bind(&config_path).await.expect("gate starts");
         let plain = gate.plain_addrs()[0];
         let metrics = gate.metrics_addr();
@@ -183,10 +199,23 @@ impl TestGate {
         Client::plain(self.plain).await
     }
 
-    /// A new plain connection, logged in as `user` (the login must succeed).
-    pub async fn logged_in(&self, user: &str, pass: &str) -> Client {
+    /// A new plain connection, its greeting read (an OK).
+    pub async fn greeted(&self) -> Client {
         let mut c = self.plain().await;
         c.greeting().await;
+        c
+    }
+
+    /// A new implicit-TLS connection, its greeting read (an OK).
+    pub async fn greeted_tls(&self) -> Client {
+        let mut c = self.implicit_tls().await;
+        c.greeting().await;
+        c
+    }
+
+    /// A new plain connection, logged in as `user` (the login must succeed).
+    pub async fn logged_in(&self, user: &str, pass: &str) -> Client {
+        let mut c = self.greeted().await;
         let r = c.cmd("a", &format!("LOGIN {user} {pass}")).await;
         assert!(last(&r).starts_with("a OK"), "login as {user}: {r:?}");
         c
@@ -257,22 +286,27 @@ impl Client {
     pub async fn tls_from(source: [u8; 4], addr: SocketAddr) -> Client {
         let socket = tokio::net::TcpSocket::new_v4().expect("socket");
         socket.bind((source, 0).into()).expect("bind source");
-        let tcp = socket.connect(addr).await.expect("connect");
-        let tls = dev_connector()
-            .connect(ServerName::try_from("localhost").expect("name"), tcp)
-            .await
-            .expect("tls handshake");
-        Client {
-            io: BufReader::new(Box::new(tls)),
-        }
+        Client::tls_over(
+            socket.connect(addr).await.expect("connect"),
+            "tls handshake",
+        )
+        .await
     }
 
     pub async fn tls(addr: SocketAddr) -> Client {
-        let tcp = TcpStream::connect(addr).await.expect("connect");
+        Client::tls_over(
+            TcpStream::connect(addr).await.expect("connect"),
+            "tls handshake",
+        )
+        .await
+    }
+
+    /// The TLS handshake for `localhost` with the development CA over a connected stream.
+    async fn tls_over(io: impl Io + 'static, what: &str) -> Client {
         let tls = dev_connector()
-            .connect(ServerName::try_from("localhost").expect("name"), tcp)
+            .connect(ServerName::try_from("localhost").expect("name"), io)
             .await
-            .expect("tls handshake");
+            .expect(what);
         Client {
             io: BufReader::new(Box::new(tls)),
         }
@@ -354,14 +388,7 @@ impl Client {
             self.io.buffer().is_empty(),
             "data after the STARTTLS answer"
         );
-        let inner = self.io.into_inner();
-        let tls = dev_connector()
-            .connect(ServerName::try_from("localhost").expect("name"), inner)
-            .await
-            .expect("tls handshake after STARTTLS");
-        Client {
-            io: BufReader::new(Box::new(tls)),
-        }
+        Client::tls_over(self.io.into_inner(), "tls handshake after STARTTLS").await
     }
 
     /// Closes the sending side only (TCP half-close); replies can still be read.
@@ -383,6 +410,43 @@ impl Client {
     }
 }
 
+/// Runs `openssl ARGS`; panics with what it said when it fails.
+pub fn openssl(args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A new P-256 key at `key` and a certificate for `subject` (`/CN=...`) at `cert`, signed by
+/// that key (`openssl req -x509`, which makes it a CA certificate), with `extra` arguments.
+pub fn self_signed(cert: &Path, key: &Path, subject: &str, extra: &[&str]) {
+    let (cert, key) = (cert.to_str().expect("path"), key.to_str().expect("path"));
+    let args = [
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        subject,
+        "-keyout",
+        key,
+        "-out",
+        cert,
+    ];
+    openssl(&[&args[..], extra].concat());
+}
+
 /// A port nobody listens on (bound then released).
 pub fn closed_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -393,10 +457,19 @@ pub fn last(lines: &[String]) -> &str {
     lines.last().map(String::as_str).unwrap_or("")
 }
 
+/// One login (`LOGIN user pass`, as written) on a new plain connection to a daemon's `port` on
+/// 127.0.0.1: the client and the tagged answer.
+pub async fn login_at(port: u16, user: &str, pass: &str) -> (Client, String) {
+    let mut c = Client::plain(([127, 0, 0, 1], port).into()).await;
+    c.greeting().await;
+    let r = c.cmd("a", &format!("LOGIN {user} {pass}")).await;
+    let reply = last(&r).to_string();
+    (c, reply)
+}
+
 /// One login on a new plain connection; the tagged answer.
 pub async fn login(gate: &TestGate, user: &str, pass: &str) -> String {
-    let mut c = gate.plain().await;
-    c.greeting().await;
+    let mut c = gate.greeted().await;
     let r = c.cmd("a", &format!("LOGIN \"{user}\" \"{pass}\"")).await;
     last(&r).to_string()
 }
