@@ -30,7 +30,7 @@
 //! 8. [`registry`]: open sessions (byte counts, kicks); [`metrics`]: Prometheus;
 //!    [`protocol_log`]: Exchange-style CSV rows; [`tls`]; [`permissions`]: strict modes.
 //! 9. [`wire`], [`credentials`], [`errors`] (who is to blame), [`config`], [`phase`],
-//!    [`stream`]: the floor.
+//!    [`stream`], [`files`] (locked, atomic edits): the floor.
 
 pub mod admin;
 pub mod backend;
@@ -38,6 +38,7 @@ pub mod config;
 pub mod credentials;
 pub mod directory;
 pub mod errors;
+pub mod files;
 pub mod lifecycle;
 pub mod limits;
 pub mod listener;

@@ -50,6 +50,16 @@ pub fn check(config: &Config) -> Result<(), PermissionError> {
         files.push((&sni.certificate, Kind::Decides));
         files.push((&sni.private_key, Kind::Secret));
     }
+    if let Some(web) = &config.admin_web {
+        // The administrators' password hashes are secrets like a key.
+        files.push((&web.users_file, Kind::Secret));
+        if let Some(c) = &web.certificate {
+            files.push((c, Kind::Decides));
+        }
+        if let Some(k) = &web.private_key {
+            files.push((k, Kind::Secret));
+        }
+    }
     for backend in config.backends.values() {
         if let Some(ca) = &backend.ca {
             files.push((ca, Kind::Decides));

@@ -39,6 +39,8 @@ pub struct State {
     pub policies: CachedDirectory,
     /// Present when a certificate is configured: STARTTLS and implicit TLS.
     pub acceptor: Option<TlsAcceptor>,
+    /// The admin center's, when `[admin_web]` is configured (reloaded like the IMAP one).
+    pub admin_acceptor: Option<TlsAcceptor>,
     pub backends: HashMap<String, Arc<Backend>>,
 }
 
@@ -64,6 +66,13 @@ impl State {
             }
             _ => None,
         };
+        let admin_acceptor = match &config.admin_web {
+            Some(web) => match web.tls_files(&config.imap4) {
+                Some((cert, key)) => Some(tls::acceptor(cert, key, &[])?),
+                None => None,
+            },
+            None => None,
+        };
         let mut backends = HashMap::new();
         for (name, b) in &config.backends {
             let backend = Backend::new(name, b.clone()).map_err(|source| LoadError::Backend {
@@ -77,6 +86,7 @@ impl State {
             config: Arc::new(config),
             policies,
             acceptor,
+            admin_acceptor,
             backends,
         })
     }

@@ -19,7 +19,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
-use crate::directory::MailboxView;
+use crate::directory::{Filter, Listing, MailboxView, Page};
 use crate::phase::Phase;
 use crate::registry::SessionView;
 
@@ -43,7 +43,27 @@ pub struct PenaltyView {
     pub trusted: bool,
 }
 
-/// What the control socket asks of the running gate (the composition root implements it).
+/// What a change of a mailbox's IMAP4 access did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeReport {
+    /// The mailbox as it is now.
+    pub mailbox: MailboxView,
+    /// False when it already was so (nothing written).
+    pub changed: bool,
+    /// Open sessions closed because the mailbox is now disabled.
+    pub sessions_closed: usize,
+}
+
+/// The admin center's settings in force (they follow reloads).
+#[derive(Clone)]
+pub struct AdminWeb {
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    pub users_file: PathBuf,
+    pub idle_timeout: Duration,
+}
+
+/// What the control socket and the admin center ask of the running gate (the composition root
+/// implements it).
 #[async_trait]
 pub trait Controlled: Send + Sync {
     /// Reloads, with systemd told; the error is the reason, in one line.
@@ -54,6 +74,16 @@ pub trait Controlled: Send + Sync {
     /// Closes the sessions of the mailbox `identity` names; how many.
     async fn kick(&self, identity: &str) -> Result<usize, String>;
     fn penalty(&self, ip: IpAddr) -> PenaltyView;
+    /// `page` of the mailboxes `filter` selects, from the directory in force.
+    async fn list(&self, filter: &Filter, page: Page) -> Result<Listing, String>;
+    /// Turns IMAP4 on or off through the directory in force: written, in force at once, the
+    /// open sessions of a mailbox now disabled closed.
+    async fn set_imap_enabled(&self, identity: &str, enabled: bool)
+        -> Result<ChangeReport, String>;
+    /// The admin center, when configured.
+    fn admin_web(&self) -> Option<AdminWeb>;
+    /// The audit log, when configured.
+    fn audit_log(&self) -> Option<PathBuf>;
 }
 
 const MAX_REQUEST: u64 = 4096;
@@ -119,11 +149,10 @@ pub async fn serve(
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        let allowed = stream
-            .peer_cred()
-            .map(|c| c.uid() == 0 || Some(c.uid()) == owner)
-            .unwrap_or(false);
-        tokio::spawn(answer(stream, allowed, gate.clone()));
+        let uid = stream.peer_cred().map(|c| c.uid()).ok();
+        let allowed = uid.is_some_and(|u| u == 0 || Some(u) == owner);
+        let who = uid.map_or("unix:?".to_string(), super::audit::unix_user);
+        tokio::spawn(answer(stream, allowed, who, gate.clone()));
     }
     let _ = std::fs::remove_file(&path);
 }
@@ -133,6 +162,7 @@ pub async fn serve(
 async fn answer(
     stream: UnixStream,
     allowed: bool,
+    who: String,
     gate: Arc<dyn Controlled>,
 ) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
@@ -147,7 +177,7 @@ async fn answer(
         "ERR request too long or not terminated by a newline".to_string()
     } else {
         match std::str::from_utf8(&line) {
-            Ok(text) => handle_request(text.trim_end_matches(['\r', '\n']), &*gate).await,
+            Ok(text) => handle_request(text.trim_end_matches(['\r', '\n']), &who, &*gate).await,
             Err(_) => "ERR request is not UTF-8".to_string(),
         }
     };
@@ -171,13 +201,27 @@ fn ok<T: serde::Serialize>(value: &T) -> String {
     }
 }
 
-async fn handle_request(line: &str, gate: &dyn Controlled) -> String {
+async fn handle_request(line: &str, who: &str, gate: &dyn Controlled) -> String {
     let (verb, arg) = line.split_once(' ').unwrap_or((line, ""));
+    let audit = |what: &str, mailbox: &str, outcome: &str| {
+        let entry = super::audit::Entry::now(who, what, mailbox, "", "", outcome);
+        super::audit::record(gate.audit_log().as_deref(), entry);
+    };
     match (verb, arg.is_empty()) {
         ("PING", true) => ok(&serde_json::json!({ "version": env!("CARGO_PKG_VERSION") })),
         ("RELOAD", true) => match gate.reload().await {
-            Ok(report) => ok(&report),
-            Err(e) => format!("ERR {}", one_line(&e)),
+            Ok(report) => {
+                let outcome = format!(
+                    "in force: {} mailboxes; {} session(s) of disabled mailboxes closed",
+                    report.mailboxes, report.sessions_closed
+                );
+                audit("reload", "", &outcome);
+                ok(&report)
+            }
+            Err(e) => {
+                audit("reload", "", &format!("refused: {}", one_line(&e)));
+                format!("ERR {}", one_line(&e))
+            }
         },
         ("MAILBOXES", true) => match gate.mailboxes().await {
             Ok(m) => ok(&m),
@@ -190,11 +234,7 @@ async fn handle_request(line: &str, gate: &dyn Controlled) -> String {
         },
         ("KICK", false) => match gate.kick(arg).await {
             Ok(closed) => {
-                tracing::info!(
-                    identity = arg,
-                    closed,
-                    "kick requested on the control socket"
-                );
+                audit("close-sessions", arg, &format!("{closed} session(s) closed"));
                 ok(&serde_json::json!({ "closed": closed }))
             }
             Err(e) => format!("ERR {}", one_line(&e)),

@@ -10,5 +10,7 @@
 pub mod check;
 pub mod cli;
 pub mod control;
+pub mod audit;
 pub mod probe;
+pub mod users;
 mod show;

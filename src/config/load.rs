@@ -39,6 +39,18 @@ impl Config {
         if let Some(p) = config.admin.control_socket.as_mut() {
             resolve(p);
         }
+        if let Some(p) = config.admin.audit_log.as_mut() {
+            resolve(p);
+        }
+        if let Some(web) = config.admin_web.as_mut() {
+            for p in [web.certificate.as_mut(), web.private_key.as_mut()]
+                .into_iter()
+                .flatten()
+            {
+                resolve(p);
+            }
+            resolve(&mut web.users_file);
+        }
         resolve(&mut config.protocol_log.directory);
         for sni in config.imap4.sni_certificates.iter_mut() {
             resolve(&mut sni.certificate);
@@ -200,6 +212,28 @@ impl Config {
         }
         if self.directory.cache_capacity == 0 {
             return Err(self.invalid("directory.cache_capacity", "must be at least 1"));
+        }
+        if let Some(web) = &self.admin_web {
+            if web.certificate.is_some() != web.private_key.is_some() {
+                return Err(self.invalid(
+                    "admin_web.certificate",
+                    "certificate and private_key must be set together",
+                ));
+            }
+            if web.tls_files(&self.imap4).is_none() {
+                return Err(self.invalid(
+                    "admin_web.certificate",
+                    "the admin center is HTTPS only: set a certificate here or in [imap4]",
+                ));
+            }
+            if web.session_idle_timeout < Duration::from_secs(60)
+                || web.session_idle_timeout > Duration::from_secs(24 * 3600)
+            {
+                return Err(self.invalid(
+                    "admin_web.session_idle_timeout",
+                    "must be between 1m and 24h",
+                ));
+            }
         }
         if self.backends.is_empty() {
             return Err(self.invalid("backends", "at least one [backends.NAME] is needed"));

@@ -316,6 +316,44 @@ pub struct RuntimeConfig {
 pub struct AdminConfig {
     /// Unix socket for `imapgate reload|mailbox|sessions|kick`; created with mode 0600.
     pub control_socket: Option<PathBuf>,
+    /// Where every change (browser, CLI, control socket) appends a line (as Exchange's
+    /// administrator audit log); off when absent.
+    pub audit_log: Option<PathBuf>,
+}
+
+/// The admin center in the browser (`[admin_web]`); off when the section is absent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminWebConfig {
+    /// Address of the HTTPS listener.
+    pub listen: SocketAddr,
+    /// Certificate and key; `[imap4]`'s when absent (both reloaded with the configuration).
+    pub certificate: Option<PathBuf>,
+    pub private_key: Option<PathBuf>,
+    /// The administrators and their roles (`imapgate admin-user`).
+    #[serde(default = "default_users_file")]
+    pub users_file: PathBuf,
+    /// A signed-in administrator who does nothing this long is signed out.
+    #[serde(default = "default_session_idle", with = "humantime_serde_compat")]
+    pub session_idle_timeout: Duration,
+}
+
+fn default_users_file() -> PathBuf {
+    PathBuf::from("admins.toml")
+}
+
+fn default_session_idle() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+
+impl AdminWebConfig {
+    /// The certificate and key the admin center presents: its own, else `[imap4]`'s.
+    pub fn tls_files<'a>(&'a self, imap4: &'a Imap4) -> Option<(&'a PathBuf, &'a PathBuf)> {
+        match (&self.certificate, &self.private_key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            _ => imap4.certificate.as_ref().zip(imap4.private_key.as_ref()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -353,6 +391,8 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     #[serde(default)]
     pub security: SecurityConfig,
+    /// The admin center; off when absent.
+    pub admin_web: Option<AdminWebConfig>,
     /// Where the file was read from; relative paths were resolved against its directory.
     #[serde(skip)]
     pub path: PathBuf,

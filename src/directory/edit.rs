@@ -3,9 +3,7 @@
 //! atomic (temporary file in the same directory, fsync, rename, fsync of the directory); and a
 //! lock on `<file>.lock` serializes concurrent editors, so no edit is lost.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use toml_edit::{DocumentMut, Item, TableLike, Value};
 
@@ -36,7 +34,7 @@ pub fn set_imap_enabled(
     create: bool,
 ) -> Result<(SetOutcome, Option<Index>), DirectoryError> {
     let lock_path = lock_path(path);
-    let lock = open_lock(&lock_path).map_err(io_err(&lock_path))?;
+    let lock = crate::files::open_lock(&lock_path).map_err(io_err(&lock_path))?;
     lock.lock().map_err(io_err(&lock_path))?;
     let text = std::fs::read_to_string(path).map_err(io_err(path))?;
     let views = file::parse(path, &text, backends)?.views();
@@ -98,31 +96,7 @@ pub fn set_imap_enabled(
     Ok((outcome, Some(written)))
 }
 
-/// The lock file, never through a symbolic link (whoever can write the directory must not make
-/// root create or truncate a file elsewhere), owner-only.
-fn open_lock(path: &Path) -> std::io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(path)
-        .map_err(|e| {
-            if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
-                std::io::Error::other("is a symbolic link; refusing to follow it for a lock")
-            } else {
-                e
-            }
-        })
-}
-
-pub fn lock_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".lock");
-    path.with_file_name(name)
-}
+pub use crate::files::lock_path;
 
 fn describe(v: &MailboxView) -> String {
     let mut parts = vec![format!("  {}", v.label())];
@@ -201,37 +175,8 @@ fn append_mailbox(
     Ok(())
 }
 
-/// Temporary file beside the real file (a symlinked `path` stays a symlink), created with the
-/// file's mode, owner and group (an edit made as root must not lock the daemon's user out), fsync,
-/// rename over it, fsync the directory.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), DirectoryError> {
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-    let real = std::fs::canonicalize(path).map_err(io_err(path))?;
-    let meta = std::fs::metadata(&real).map_err(io_err(&real))?;
-    let dir = real.parent().unwrap_or(Path::new("/")).to_path_buf();
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(real.file_name().unwrap_or_default());
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        // Owner first (a chown may clear set-id bits), then the old mode exactly: the umask
-        // must not change it.
-        std::os::unix::fs::fchown(&file, Some(meta.uid()), Some(meta.gid()))?;
-        file.set_permissions(std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &real)?;
-        File::open(&dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(io_err(&real))
+    crate::files::write_atomically(path, bytes, None).map_err(io_err(path))
 }
 
 #[cfg(test)]

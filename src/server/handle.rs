@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 use super::{load, lock, GateHandle, PenaltyView, Phase, ReloadReport};
-use crate::admin::control::Controlled;
-use crate::directory::{login_key, Filter, MailboxView, Page};
+use crate::admin::control::{AdminWeb, ChangeReport, Controlled};
+use crate::directory::{login_key, Filter, Listing, MailboxView, Page};
 use crate::lifecycle;
 use crate::limits::Usage;
 use crate::metrics::{Metrics, ResultLabels};
@@ -145,6 +145,41 @@ impl GateHandle {
         if let Some(old) = lock(&self.root.follower).replace(task) {
             old.abort();
         }
+    }
+
+    /// Turns IMAP4 on or off for the mailbox `identity` names, through the directory in force:
+    /// written there, in force at once (the cache forgets), and the mailbox's open sessions
+    /// closed when it is now disabled. The same path as `imapgate mailbox set` (the directory's
+    /// `set_imap_enabled`), without a reload of everything else.
+    pub async fn set_imap_enabled(
+        &self,
+        identity: &str,
+        enabled: bool,
+    ) -> Result<ChangeReport, String> {
+        let state = self.state();
+        let outcome = state
+            .policies
+            .source()
+            .set_imap_enabled(identity, enabled, false)
+            .await
+            .map_err(|e| e.to_string())?;
+        state.policies.clear();
+        // Before any await: the sessions closed here are counted here, not by the task that
+        // follows the directory's changes (which then finds them closed already).
+        let key = outcome.mailbox.key();
+        let sessions_closed = if !outcome.mailbox.imap_enabled
+            && state.config.directory.disconnect_disabled_on_reload
+        {
+            self.registry()
+                .kick_where(Kick::Disabled, |s| s.mailbox_key == key)
+        } else {
+            0
+        };
+        Ok(ChangeReport {
+            mailbox: outcome.mailbox,
+            changed: outcome.changed,
+            sessions_closed,
+        })
     }
 
     /// Asks the gate to shut down; [`Gate::run`] returns when it is done.
@@ -285,6 +320,34 @@ impl Controlled for GateHandle {
 
     fn penalty(&self, ip: IpAddr) -> PenaltyView {
         self.penalty_of(ip)
+    }
+
+    async fn list(&self, filter: &Filter, page: Page) -> Result<Listing, String> {
+        let state = self.state();
+        let listing = state.policies.source().list(filter, page).await;
+        listing.map_err(|e| e.to_string())
+    }
+
+    async fn set_imap_enabled(
+        &self,
+        identity: &str,
+        enabled: bool,
+    ) -> Result<ChangeReport, String> {
+        GateHandle::set_imap_enabled(self, identity, enabled).await
+    }
+
+    fn admin_web(&self) -> Option<AdminWeb> {
+        let state = self.state();
+        let web = state.config.admin_web.as_ref()?;
+        Some(AdminWeb {
+            acceptor: state.admin_acceptor.clone()?,
+            users_file: web.users_file.clone(),
+            idle_timeout: web.session_idle_timeout,
+        })
+    }
+
+    fn audit_log(&self) -> Option<std::path::PathBuf> {
+        self.state().config.admin.audit_log.clone()
     }
 }
 
