@@ -47,6 +47,41 @@ enum Command {
     },
     /// Log in through the gate like a client, step by step with latencies (Test-ImapConnectivity).
     TestLogin(TestLoginArgs),
+    /// Manage the admin center's administrators ([admin_web] users_file).
+    #[command(subcommand)]
+    AdminUser(AdminUserCommand),
+    /// Show the administrator audit log ([admin] audit_log): every change, who made it, the outcome.
+    Audit {
+        /// Only the changes of this mailbox (any identity form).
+        #[arg(long)]
+        identity: Option<String>,
+        /// Output: lines for people, or JSON for scripts.
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminUserCommand {
+    /// Add an administrator; the password is stored as an Argon2id hash.
+    Add {
+        /// The sign-in name (letters, digits, . _ - @).
+        name: String,
+        /// recipient-management changes mailboxes and closes sessions; view-only sees everything
+        /// and changes nothing.
+        #[arg(long, value_enum)]
+        role: admin::users::Role,
+        /// Read the password from this file (first line); without it, prompt twice.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+    },
+    /// Remove an administrator (their admin center sessions end at their next request).
+    Remove { name: String },
+    /// List the administrators and their roles.
+    List {
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
 }
 
 #[derive(clap::Args)]
@@ -154,6 +189,20 @@ fn main() -> ExitCode {
                 admin::probe::test_login(&config, options).await
             }
             Command::Reload => cli::reload(&config).await,
+            Command::AdminUser(AdminUserCommand::Add {
+                name,
+                role,
+                password_file,
+            }) => admin::accounts::add(&config, &name, role, password_file.as_deref()),
+            Command::AdminUser(AdminUserCommand::Remove { name }) => {
+                admin::accounts::remove(&config, &name)
+            }
+            Command::AdminUser(AdminUserCommand::List { format }) => {
+                admin::accounts::list(&config, format)
+            }
+            Command::Audit { identity, format } => {
+                admin::accounts::show(&config, identity.as_deref(), format).await
+            }
             Command::Sessions { format } => cli::sessions(&config, format).await,
             Command::Kick { identity } => cli::kick(&config, &identity).await,
             Command::Mailbox(MailboxCommand::Set {

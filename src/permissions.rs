@@ -71,6 +71,11 @@ pub fn check(config: &Config) -> Result<(), PermissionError> {
     Ok(())
 }
 
+/// Checks one file holding secrets (the administrators' hashes), read again at every use.
+pub fn check_secret_file(path: &Path) -> Result<(), PermissionError> {
+    check_file(path, Kind::Secret, rustix::process::geteuid().as_raw())
+}
+
 fn check_file(path: &Path, kind: Kind, euid: u32) -> Result<(), PermissionError> {
     let fail = |path: &Path, problem: String| PermissionError {
         path: path.to_path_buf(),

@@ -68,6 +68,7 @@ pub struct Gate {
     listeners: Vec<(ListenerKind, TcpListener)>,
     control: Option<(UnixListener, PathBuf)>,
     metrics_listener: Option<TcpListener>,
+    admin_web: Option<TcpListener>,
 }
 
 /// A cheap handle to a running gate: reload it or shut it down.
@@ -115,6 +116,15 @@ impl Gate {
                     .unwrap_or(([0, 0, 0, 0], 0).into()),
                 source,
             })?;
+        let admin_web = match &state.config.admin_web {
+            Some(web) => Some(crate::admin::web::bind(web.listen).await.map_err(|source| {
+                StartError::Bind {
+                    address: web.listen,
+                    source,
+                }
+            })?),
+            None => None,
+        };
         let protocol_log = ProtocolLog::start(
             &state.config.protocol_log,
             metrics.protocol_log_dropped.clone(),
@@ -162,6 +172,7 @@ impl Gate {
             listeners,
             control,
             metrics_listener,
+            admin_web,
         })
     }
 
@@ -180,6 +191,11 @@ impl Gate {
         self.metrics_listener
             .as_ref()
             .and_then(|l| l.local_addr().ok())
+    }
+
+    /// Bound address of the admin center, when configured.
+    pub fn admin_web_addr(&self) -> Option<SocketAddr> {
+        self.admin_web.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     fn addrs(&self, kind: ListenerKind) -> Vec<SocketAddr> {
@@ -218,13 +234,20 @@ impl Gate {
                 refresh,
             )));
         }
+        let gate: Arc<dyn Controlled> = Arc::new(GateHandle {
+            root: self.root.clone(),
+        });
         if let Some((listener, path)) = self.control {
-            let gate: Arc<dyn Controlled> = Arc::new(GateHandle {
-                root: self.root.clone(),
-            });
             accept_loops.push(tokio::spawn(control::serve(
                 listener,
                 path,
+                gate.clone(),
+                ctx.phase.subscribe(),
+            )));
+        }
+        if let Some(listener) = self.admin_web {
+            accept_loops.push(tokio::spawn(crate::admin::web::serve(
+                listener,
                 gate,
                 ctx.phase.subscribe(),
             )));
@@ -289,6 +312,9 @@ pub async fn run_daemon(config_path: &Path) -> anyhow::Result<()> {
     }
     for a in gate.tls_addrs() {
         tracing::info!(address = %a, "listening (implicit TLS)");
+    }
+    if let Some(a) = gate.admin_web_addr() {
+        tracing::info!(address = %a, "admin center listening (HTTPS)");
     }
     lifecycle::ready();
     let tasks = lifecycle::spawn(signals, Arc::new(gate.handle()));

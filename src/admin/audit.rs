@@ -92,6 +92,31 @@ pub fn read(path: &Path) -> std::io::Result<Vec<Entry>> {
     }
 }
 
+/// The latest `n` entries, newest first, from the last MiB of the log at most (the admin
+/// center's view); none when there is no log.
+pub fn read_latest(path: &Path, n: usize) -> std::io::Result<Vec<Entry>> {
+    use std::io::{Read, Seek, SeekFrom};
+    const TAIL: u64 = 1024 * 1024;
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata()?.len();
+    let start = len.saturating_sub(TAIL);
+    file.seek(SeekFrom::Start(start))?;
+    let mut bytes = Vec::new();
+    file.take(TAIL).read_to_end(&mut bytes)?;
+    let text = String::from_utf8_lossy(&bytes);
+    // A tail that starts mid-line loses that line (it does not parse).
+    Ok(text
+        .lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .take(n)
+        .collect())
+}
+
 /// `unix:NAME` for a user id (from /etc/passwd), `unix:UID` when it has no name there.
 pub fn unix_user(uid: u32) -> String {
     let name = std::fs::read_to_string("/etc/passwd").ok().and_then(|text| {

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use anyhow::Context;
 
+use super::audit;
 use super::control::{self, ControlError, ReloadReport};
 use super::show::{enabled_word, print_block, print_table, InForce, Report};
 use crate::config::Config;
@@ -86,6 +87,18 @@ pub async fn mailbox_set(
     create: bool,
     no_reload: bool,
 ) -> anyhow::Result<i32> {
+    let audit_log = config.admin.audit_log.as_deref();
+    let record = |mailbox: &str, old: &str, outcome: &str| {
+        let entry = audit::Entry::now(
+            &audit::current_user(),
+            "set-imap4",
+            mailbox,
+            old,
+            enabled_word(enabled),
+            outcome,
+        );
+        audit::record(audit_log, entry);
+    };
     // Through the directory (the file source edits its file safely).
     let outcome = match open_directory(config) {
         Ok(directory) => directory.set_imap_enabled(identity, enabled, create).await,
@@ -94,31 +107,56 @@ pub async fn mailbox_set(
     let outcome = match outcome {
         Ok(o) => o,
         Err(e) => {
+            record(identity, "", &format!("failed: {}", one_line(&e.to_string())));
             eprintln!("{e}");
             return Ok(1);
         }
     };
     let label = outcome.mailbox.label().to_string();
-    match (outcome.created, outcome.changed) {
-        (true, _) => println!(
-            "created mailbox {label} with IMAP4: {}",
+    let old = match (outcome.created, outcome.changed) {
+        (true, _) => {
+            println!(
+                "created mailbox {label} with IMAP4: {}",
+                enabled_word(enabled)
+            );
+            ""
+        }
+        (false, true) => {
+            println!("{label}: IMAP4 set to {}", enabled_word(enabled));
+            enabled_word(!enabled)
+        }
+        (false, false) => {
+            println!(
+                "{label}: IMAP4 already {} in the file",
+                enabled_word(enabled)
+            );
             enabled_word(enabled)
-        ),
-        (false, true) => println!("{label}: IMAP4 set to {}", enabled_word(enabled)),
-        (false, false) => println!(
-            "{label}: IMAP4 already {} in the file",
-            enabled_word(enabled)
-        ),
-    }
+        }
+    };
+    let (code, in_force) = put_in_force(config, no_reload).await;
+    let written = if outcome.created {
+        "created"
+    } else if outcome.changed {
+        "written"
+    } else {
+        "unchanged in the file"
+    };
+    record(&label, old, &format!("{written}; {in_force}"));
+    Ok(code)
+}
+
+/// Reloads the running gate after a change of the file; the exit code and what it did, for the
+/// audit log.
+async fn put_in_force(config: &Config, no_reload: bool) -> (i32, String) {
     if no_reload {
         println!("not reloaded (--no-reload): run `imapgate reload` or `systemctl reload imapgate` to put it in force");
-        return Ok(0);
+        return (0, "not reloaded (--no-reload)".into());
     }
     let Some(socket) = config.admin.control_socket.as_deref() else {
         println!(
             "no control socket configured: run `systemctl reload imapgate` to put it in force"
         );
-        return Ok(0);
+        return (0, "not reloaded (no control socket)".into());
     };
     match control::request::<ReloadReport>(socket, "RELOAD").await {
         Ok(r) => {
@@ -126,15 +164,18 @@ pub async fn mailbox_set(
                 "reloaded: in force now ({} session(s) of disabled mailboxes closed)",
                 r.sessions_closed
             );
-            Ok(0)
+            (
+                0,
+                format!("in force now; {} session(s) closed", r.sessions_closed),
+            )
         }
         Err(ControlError::Unreachable { source, .. }) if not_running(&source) => {
             println!("imapgate is not running: the change applies when it starts");
-            Ok(0)
+            (0, "the gate is not running".into())
         }
         Err(e) => {
             eprintln!("the file was changed, but it is not in force yet: {e}");
-            Ok(1)
+            (1, format!("not in force: {}", one_line(&e.to_string())))
         }
     }
 }

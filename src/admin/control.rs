@@ -60,6 +60,8 @@ pub struct AdminWeb {
     pub acceptor: tokio_rustls::TlsAcceptor,
     pub users_file: PathBuf,
     pub idle_timeout: Duration,
+    /// `[security] strict_modes`: the users file is checked like a private key at every read.
+    pub strict_modes: bool,
 }
 
 /// What the control socket and the admin center ask of the running gate (the composition root

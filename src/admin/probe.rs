@@ -12,7 +12,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use tokio::net::TcpStream;
 use tokio_rustls::rustls::{self, pki_types::ServerName};
 
@@ -68,14 +67,10 @@ pub async fn test_login(config: &Config, o: Options) -> anyhow::Result<i32> {
         }
         None => anyhow::bail!("no listener of that kind is configured; give --address"),
     };
-    let password = match &o.password_file {
-        Some(path) => {
-            let text = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
-            let first = text.split(|&b| b == b'\n').next().unwrap_or_default();
-            first.strip_suffix(b"\r").unwrap_or(first).to_vec()
-        }
-        None => rpassword::prompt_password(format!("Password for {}: ", o.identity))?.into_bytes(),
-    };
+    let password = super::read_password(
+        o.password_file.as_deref(),
+        &format!("Password for {}: ", o.identity),
+    )?;
     let connector = if o.trust_any_certificate {
         crate::tls::trust_any_connector()?
     } else {
@@ -89,7 +84,7 @@ pub async fn test_login(config: &Config, o: Options) -> anyhow::Result<i32> {
         verifying: !o.trust_any_certificate,
         control_socket: config.admin.control_socket.clone(),
     };
-    run(probe, &o.identity, &password).await
+    run(probe, &o.identity, password.expose()).await
 }
 
 /// A step that did not work: what went wrong in words, and what to do about it.

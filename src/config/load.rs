@@ -226,12 +226,12 @@ impl Config {
                     "the admin center is HTTPS only: set a certificate here or in [imap4]",
                 ));
             }
-            if web.session_idle_timeout < Duration::from_secs(60)
+            if web.session_idle_timeout < Duration::from_secs(1)
                 || web.session_idle_timeout > Duration::from_secs(24 * 3600)
             {
                 return Err(self.invalid(
                     "admin_web.session_idle_timeout",
-                    "must be between 1m and 24h",
+                    "must be between 1s and 24h",
                 ));
             }
         }

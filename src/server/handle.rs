@@ -343,6 +343,7 @@ impl Controlled for GateHandle {
             acceptor: state.admin_acceptor.clone()?,
             users_file: web.users_file.clone(),
             idle_timeout: web.session_idle_timeout,
+            strict_modes: state.config.security.strict_modes,
         })
     }
 

@@ -6,6 +6,7 @@ pub mod daemon;
 pub mod dovecot;
 pub mod fake;
 pub mod fixtures;
+pub mod https;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -115,6 +116,16 @@ impl GateConfig {
         self
     }
 
+    /// The admin center on a port of its own (`[admin_web] listen = "127.0.0.1:0"`, the
+    /// administrators in `admins.toml`), with the control socket and the audit log `audit.log`
+    /// beside the configuration file.
+    pub fn admin_center(self) -> Self {
+        self.section(
+            "[admin]\ncontrol_socket = \"control.sock\"\naudit_log = \"audit.log\"\n\n\
+             [admin_web]\nlisten = \"127.0.0.1:0\"\n",
+        )
+    }
+
     /// `[admin] control_socket`: `control.sock` beside the configuration file.
     pub fn control_socket(self) -> Self {
         self.section("[admin]\ncontrol_socket = \"control.sock\"\n")
@@ -162,6 +173,7 @@ impl GateConfig {
         let plain = gate.plain_addrs()[0];
         let metrics = gate.metrics_addr();
         let tls = gate.tls_addrs().first().copied();
+        let admin_web = gate.admin_web_addr();
         let handle = gate.handle();
         let run = tokio::spawn(gate.run());
         TestGate {
@@ -170,6 +182,7 @@ impl GateConfig {
             plain,
             tls,
             metrics,
+            admin_web,
             handle,
             run: Some(run),
         }
@@ -182,6 +195,8 @@ pub struct TestGate {
     pub plain: SocketAddr,
     pub tls: Option<SocketAddr>,
     pub metrics: Option<SocketAddr>,
+    /// The admin center, when configured ([`GateConfig::admin_center`]).
+    pub admin_web: Option<SocketAddr>,
     pub handle: GateHandle,
     pub run: Option<tokio::task::JoinHandle<()>>,
 }
