@@ -17,9 +17,18 @@ scripts/throwaway-dovecot.sh "$backend" 21143 21993 >/dev/null
 trap 'doveadm -c "$backend/dovecot.conf" stop 2>/dev/null || true' EXIT
 echo "building imapgate (cargo build; the first build takes a few minutes)"
 cargo build
+# The admin center's demo administrator (config/imapgate.toml: [admin_web] users_file).
+if ! target/debug/imapgate --config config/imapgate.toml admin-user list 2>/dev/null | grep -q '^admin '; then
+  printf 'demo-admin-password\n' > "$backend/admin-password"
+  target/debug/imapgate --config config/imapgate.toml admin-user add admin \
+    --role recipient-management --password-file "$backend/admin-password" >/dev/null
+  rm -f "$backend/admin-password"
+fi
 cat <<MSG
 
 imapgate demo: 127.0.0.1:2143 (STARTTLS) and 127.0.0.1:2993 (TLS), backend Dovecot on 21143.
+Admin center: https://localhost:8443/ (user admin, password demo-admin-password; the certificate
+is the development one: trust certs/ca.pem or accept the warning).
 Try, from another shell in $(pwd):
   # John Smith, IMAP4 enabled: prints message 1
   curl --cacert certs/ca.pem 'imaps://localhost:2993/INBOX;UID=1' -u 'john.smith@example.com:pass1'
@@ -31,6 +40,8 @@ Turn IMAP4 off for John Smith and check (the seed's procedure; edits config/mail
   target/debug/imapgate --config config/imapgate.toml mailbox get --identity "john.smith@example.com"
   target/debug/imapgate --config config/imapgate.toml mailbox get
   target/debug/imapgate --config config/imapgate.toml sessions
+  target/debug/imapgate --config config/imapgate.toml audit
+Or in the browser: Recipients > Mailboxes, select John Smith, Edit, Mailbox features, Disable, Save.
 
 MSG
 target/debug/imapgate --config config/imapgate.toml

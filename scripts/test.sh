@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs what the tests need (Debian's
-# dovecot-imapd, curl; as root), then formatting, lints and every test, Dovecot interop included.
+# dovecot-imapd, curl, chromium and chromium-driver; as root), then formatting, lints and every
+# test, Dovecot interop and the admin center in Chromium included.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/apt.sh
@@ -11,6 +12,13 @@ command -v python3 >/dev/null || need+=(python3)
 command -v openssl >/dev/null || need+=(openssl)
 if ((${#need[@]})); then
   apt_install "the interop tests run a real Dovecot backend and real clients (curl, Python's imaplib)" "${need[@]}"
+fi
+# tests/browser.rs drives the admin center in a real Chromium over WebDriver.
+browser=()
+[ -x /usr/bin/chromium ] || browser+=(chromium)
+[ -x /usr/bin/chromedriver ] || browser+=(chromium-driver)
+if ((${#browser[@]})); then
+  apt_install "the admin center is tested in a real browser (Chromium over WebDriver)" "${browser[@]}"
 fi
 # The scripts' own checks (each exits non-zero on failure).
 scripts/check-apt-lock.sh

@@ -15,7 +15,7 @@
 //!    what it needs; the gate as a library object (bind, run, reload, shutdown) that tests drive.
 //! 2. [`lifecycle`]: signals and sd_notify, acting on a trait the root implements; [`admin`]:
 //!    the control socket (a trait the root implements), the operator's commands, check-config,
-//!    test-login.
+//!    test-login, the admin center in the browser (on the same trait), administrators, audit.
 //! 3. [`listener`]: accept loops, connection limits per address, a session per connection.
 //! 4. [`session`]: one connection: the pre-login [`session::dialogue`] (a state machine without
 //!    I/O) and its driver [`session::preauth`], the [`session::relay`] (bytes both ways, large

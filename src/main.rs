@@ -76,9 +76,13 @@ enum AdminUserCommand {
         password_file: Option<PathBuf>,
     },
     /// Remove an administrator (their admin center sessions end at their next request).
-    Remove { name: String },
+    Remove {
+        /// The administrator's sign-in name.
+        name: String,
+    },
     /// List the administrators and their roles.
     List {
+        /// Output: a table for people, or JSON for scripts.
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },

@@ -117,12 +117,14 @@ impl Gate {
                 source,
             })?;
         let admin_web = match &state.config.admin_web {
-            Some(web) => Some(crate::admin::web::bind(web.listen).await.map_err(|source| {
-                StartError::Bind {
-                    address: web.listen,
-                    source,
-                }
-            })?),
+            Some(web) => Some(
+                crate::admin::web::bind(web.listen)
+                    .await
+                    .map_err(|source| StartError::Bind {
+                        address: web.listen,
+                        source,
+                    })?,
+            ),
             None => None,
         };
         let protocol_log = ProtocolLog::start(

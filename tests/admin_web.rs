@@ -23,7 +23,13 @@ const VICTOR: (&str, &str) = ("victor", "victor-password");
 /// The administrators of every test: alice manages recipients, victor only views.
 fn add_admins(dir: &Path) {
     let file = dir.join("admins.toml");
-    users::add(&file, ALICE.0, Role::RecipientManagement, ALICE.1.as_bytes()).expect("add alice");
+    users::add(
+        &file,
+        ALICE.0,
+        Role::RecipientManagement,
+        ALICE.1.as_bytes(),
+    )
+    .expect("add alice");
     users::add(&file, VICTOR.0, Role::ViewOnly, VICTOR.1.as_bytes()).expect("add victor");
 }
 
@@ -80,29 +86,45 @@ async fn the_seed_procedure_disables_john_closes_his_session_and_is_audited() {
     // Recipients > Mailboxes, search "John Smith".
     let list = b.get("/mailboxes?search=John+Smith").await;
     assert_eq!(list.status, 200);
-    assert!(list.body.contains("1 mailbox(es) matching"), "{}", list.body);
+    assert!(
+        list.body.contains("1 mailbox(es) matching"),
+        "{}",
+        list.body
+    );
     for column in ["Display Name", "Email Address", "IMAP4"] {
         assert!(list.body.contains(column), "{column}");
     }
-    assert!(list.body.contains("<label for=\"select-1\">John Smith</label>"));
+    assert!(list
+        .body
+        .contains("<label for=\"select-1\">John Smith</label>"));
     assert!(!list.body.contains("Jane Doe"));
 
     // Select him, Edit, Mailbox features: IMAP4: Enabled with Disable.
     let features = b.get(JOHN_FEATURES).await;
     assert!(features.body.contains("Email Connectivity"));
-    assert!(features.body.contains("IMAP4: Enabled"), "{}", features.body);
+    assert!(
+        features.body.contains("IMAP4: Enabled"),
+        "{}",
+        features.body
+    );
     assert!(features.body.contains("id=\"imap4-disable\">Disable</a>"));
     // Disable: not saved yet.
     let pending = b.get(&format!("{JOHN_FEATURES}&imap4=disabled")).await;
     assert!(pending.body.contains("IMAP4: Disabled") && pending.body.contains("Not saved yet"));
-    assert!(john.cmd("n", "NOOP").await.last().is_some_and(|l| l.starts_with("n OK")));
+    assert!(john
+        .cmd("n", "NOOP")
+        .await
+        .last()
+        .is_some_and(|l| l.starts_with("n OK")));
 
     // Save.
     let saved = save(&mut b, &pending, "disabled").await;
     assert_eq!(saved.status, 303, "{saved:?}");
     let after = b.get(saved.location().expect("back to the pane")).await;
     assert!(
-        after.body.contains("Saved: IMAP4 Disabled for John Smith, in force now; 1 session closed."),
+        after
+            .body
+            .contains("Saved: IMAP4 Disabled for John Smith, in force now; 1 session closed."),
         "{}",
         after.body
     );
@@ -141,17 +163,26 @@ async fn the_seed_procedure_disables_john_closes_his_session_and_is_audited() {
         )
     );
     let log = b.get("/audit").await;
-    assert!(log.body.contains("admin:alice") && log.body.contains("in force now; 1 session(s) closed"));
+    assert!(
+        log.body.contains("admin:alice") && log.body.contains("in force now; 1 session(s) closed")
+    );
 
     // Saving the same again changes nothing, and says so.
     let same = save(&mut b, &after, "disabled").await;
     let page = b.get(same.location().expect("redirect")).await;
-    assert!(page.body.contains("IMAP4 was already Disabled for John Smith; nothing changed."));
+    assert!(page
+        .body
+        .contains("IMAP4 was already Disabled for John Smith; nothing changed."));
 
     // Enable again: he logs in.
     let enabled = save(&mut b, &page, "enabled").await;
     let page = b.get(enabled.location().expect("redirect")).await;
-    assert!(page.body.contains("Saved: IMAP4 Enabled for John Smith, in force now; 0 sessions closed."), "{}", page.body);
+    assert!(
+        page.body
+            .contains("Saved: IMAP4 Enabled for John Smith, in force now; 0 sessions closed."),
+        "{}",
+        page.body
+    );
     let ok = common::login(&gate, "jsmith", "pass1").await;
     assert!(ok.starts_with("a OK"), "{ok}");
     gate.stop().await;
@@ -169,11 +200,16 @@ async fn forged_view_only_and_signed_out_forms_are_refused_and_change_nothing() 
     let none = alice
         .post(
             "/mailboxes/features",
-            &[("identity", "john.smith@example.com"), ("imap4", "disabled")],
+            &[
+                ("identity", "john.smith@example.com"),
+                ("imap4", "disabled"),
+            ],
         )
         .await;
     assert_eq!(none.status, 403);
-    assert!(none.body.contains("was not sent by this admin center, so nothing was changed"));
+    assert!(none
+        .body
+        .contains("was not sent by this admin center, so nothing was changed"));
     let wrong = alice
         .post(
             "/mailboxes/features",
@@ -211,7 +247,9 @@ async fn forged_view_only_and_signed_out_forms_are_refused_and_change_nothing() 
     let refused = save(&mut victor, &view, "disabled").await;
     assert_eq!(refused.status, 403);
     assert!(
-        refused.body.contains("Your role, View-Only Organization Management, can view but not change anything"),
+        refused.body.contains(
+            "Your role, View-Only Organization Management, can view but not change anything"
+        ),
         "{}",
         refused.body
     );
@@ -222,9 +260,9 @@ async fn forged_view_only_and_signed_out_forms_are_refused_and_change_nothing() 
     assert_eq!(kick.status, 403);
     let entries = audit_entries(&gate);
     assert!(
-        entries
-            .iter()
-            .any(|e| e.who == "admin:victor" && e.what == "set-imap4" && e.outcome.starts_with("refused")),
+        entries.iter().any(|e| e.who == "admin:victor"
+            && e.what == "set-imap4"
+            && e.outcome.starts_with("refused")),
         "{entries:?}"
     );
 
@@ -233,17 +271,26 @@ async fn forged_view_only_and_signed_out_forms_are_refused_and_change_nothing() 
     let csrf = features.csrf();
     let out = alice.post("/signout", &[("csrf", &csrf)]).await;
     assert_eq!((out.status, out.location()), (303, Some("/signin")));
-    assert!(out.header("set-cookie").is_some_and(|c| c.contains("Max-Age=0")));
+    assert!(out
+        .header("set-cookie")
+        .is_some_and(|c| c.contains("Max-Age=0")));
     assert!(alice.cookies.is_empty());
     alice.cookies = stale_cookie;
     let late = save(&mut alice, &features, "disabled").await;
     assert_eq!(late.status, 403);
-    assert!(late.body.contains("You are signed out, so nothing was changed"));
+    assert!(late
+        .body
+        .contains("You are signed out, so nothing was changed"));
     let page = alice.get("/mailboxes").await;
     assert_eq!((page.status, page.location()), (303, Some("/signin")));
 
-    assert_eq!(std::fs::read(gate.mailboxes_path()).expect("mailboxes"), before);
-    assert!(common::login(&gate, "jsmith", "pass1").await.starts_with("a OK"));
+    assert_eq!(
+        std::fs::read(gate.mailboxes_path()).expect("mailboxes"),
+        before
+    );
+    assert!(common::login(&gate, "jsmith", "pass1")
+        .await
+        .starts_with("a OK"));
     gate.stop().await;
 }
 
@@ -255,13 +302,21 @@ async fn sign_in_is_throttled_per_name_and_per_address() {
     for _ in 0..5 {
         let page = here.sign_in(ALICE.0, "wrong password").await;
         assert_eq!(page.status, 403);
-        assert!(page.body.contains("The user name or password isn&#x27;t correct"), "{}", page.body);
+        assert!(
+            page.body
+                .contains("The user name or password isn&#x27;t correct"),
+            "{}",
+            page.body
+        );
     }
     // The right password no longer helps, from here (the address) ...
     let locked = here.sign_in(ALICE.0, ALICE.1).await;
     assert_eq!(locked.status, 429, "{locked:?}");
     assert!(locked.body.contains("Too many failed sign-ins"));
-    let wait: u64 = locked.header("retry-after").and_then(|v| v.parse().ok()).expect("Retry-After");
+    let wait: u64 = locked
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
     assert!((1..=30).contains(&wait), "{wait}");
     let other_name = here.sign_in(VICTOR.0, VICTOR.1).await;
     assert_eq!(other_name.status, 429);
@@ -278,8 +333,14 @@ async fn sign_in_is_throttled_per_name_and_per_address() {
     let unknown = third.sign_in("nobody", "wrong password").await;
     let unknown_took = started.elapsed();
     assert_eq!((known.status, unknown.status), (403, 403));
-    assert_eq!(known.body.replace(&known.csrf(), ""), unknown.body.replace(&unknown.csrf(), ""));
-    assert!(unknown_took * 3 > known_took, "{unknown_took:?} vs {known_took:?}");
+    assert_eq!(
+        known.body.replace(&known.csrf(), ""),
+        unknown.body.replace(&unknown.csrf(), "")
+    );
+    assert!(
+        unknown_took * 3 > known_took,
+        "{unknown_took:?} vs {known_took:?}"
+    );
     gate.stop().await;
 }
 
@@ -294,27 +355,51 @@ login = "user1"
     let (_fake, gate) = center_with("", hostile).await;
     let mut b = browser(&gate);
     let signin = b.get("/signin").await;
-    let cookie = signin.header("set-cookie").expect("the sign-in form's cookie");
-    assert!(cookie.contains("HttpOnly; Secure; SameSite=Strict"), "{cookie}");
+    let cookie = signin
+        .header("set-cookie")
+        .expect("the sign-in form's cookie");
+    assert!(
+        cookie.contains("HttpOnly; Secure; SameSite=Strict"),
+        "{cookie}"
+    );
     let answer = b.sign_in(ALICE.0, ALICE.1).await;
     let session = answer
         .headers_named("set-cookie")
         .into_iter()
         .find(|c| c.starts_with("imapgate_session="))
         .expect("a session cookie");
-    assert!(session.contains("HttpOnly; Secure; SameSite=Strict"), "{session}");
+    assert!(
+        session.contains("HttpOnly; Secure; SameSite=Strict"),
+        "{session}"
+    );
     let page = b.get("/mailboxes?search=%22%3E%3Cimg+src%3Dx%3E").await;
-    assert!(!page.body.contains("<img src=x>") && page.body.contains("&quot;&gt;&lt;img src=x&gt;"));
+    assert!(
+        !page.body.contains("<img src=x>") && page.body.contains("&quot;&gt;&lt;img src=x&gt;")
+    );
     let page = b.get("/mailboxes").await;
     assert!(!page.body.contains("<script>"), "{}", page.body);
-    assert!(page.body.contains("&lt;script&gt;alert(&#x27;x&#x27;)&lt;&#x2f;script&gt;"), "{}", page.body);
+    assert!(
+        page.body
+            .contains("&lt;script&gt;alert(&#x27;x&#x27;)&lt;&#x2f;script&gt;"),
+        "{}",
+        page.body
+    );
     let csp = page.header("content-security-policy").expect("CSP");
-    assert!(csp.contains("default-src 'none'") && !csp.contains("unsafe-inline"), "{csp}");
+    assert!(
+        csp.contains("default-src 'none'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
     assert_eq!(page.header("x-content-type-options"), Some("nosniff"));
     assert_eq!(page.header("cache-control"), Some("no-store"));
     assert!(page.header("strict-transport-security").is_some());
     // Nothing on any page runs script.
-    for path in ["/mailboxes", JOHN_FEATURES, "/sessions", "/audit", "/signin"] {
+    for path in [
+        "/mailboxes",
+        JOHN_FEATURES,
+        "/sessions",
+        "/audit",
+        "/signin",
+    ] {
         let p = b.get(path).await;
         assert!(!p.body.contains("<script"), "{path}");
     }
@@ -342,7 +427,11 @@ async fn a_hundred_thousand_mailboxes_list_a_page_at_a_time() {
     let started = Instant::now();
     let first = b.get("/mailboxes").await;
     let took = started.elapsed();
-    assert!(first.body.contains("100000 mailbox(es); page 1 of 2000"), "{}", &first.body[..2000.min(first.body.len())]);
+    assert!(
+        first.body.contains("100000 mailbox(es); page 1 of 2000"),
+        "{}",
+        &first.body[..2000.min(first.body.len())]
+    );
     assert_eq!(first.body.matches("type=\"radio\"").count(), 50);
     assert!(first.body.contains("rel=\"next\"") && !first.body.contains("rel=\"prev\""));
     let last_page = b.get("/mailboxes?page=1999").await;
@@ -366,7 +455,11 @@ async fn idle_removed_and_demoted_administrators_lose_their_rights_at_once() {
     assert_eq!(b.get("/mailboxes").await.status, 200);
     tokio::time::sleep(Duration::from_millis(1300)).await;
     let page = b.get("/mailboxes").await;
-    assert_eq!((page.status, page.location()), (303, Some("/signin")), "idle");
+    assert_eq!(
+        (page.status, page.location()),
+        (303, Some("/signin")),
+        "idle"
+    );
 
     // Removed from the users file: signed out at the next request.
     let admins = gate.dir.path().join("admins.toml");
@@ -374,7 +467,13 @@ async fn idle_removed_and_demoted_administrators_lose_their_rights_at_once() {
     users::remove(&admins, ALICE.0).expect("remove alice");
     assert_eq!(b.get("/mailboxes").await.location(), Some("/signin"));
     // Given the view-only role: a Save is refused from the next request on.
-    users::add(&admins, ALICE.0, Role::RecipientManagement, ALICE.1.as_bytes()).expect("add");
+    users::add(
+        &admins,
+        ALICE.0,
+        Role::RecipientManagement,
+        ALICE.1.as_bytes(),
+    )
+    .expect("add");
     b.signed_in(ALICE.0, ALICE.1).await;
     let features = b.get(JOHN_FEATURES).await;
     users::remove(&admins, ALICE.0).expect("remove");
@@ -390,17 +489,28 @@ async fn the_sessions_view_lists_and_closes_a_mailboxs_sessions() {
     let mut b = browser(&gate);
     b.signed_in(ALICE.0, ALICE.1).await;
     let page = b.get("/sessions").await;
-    assert!(page.body.contains("1 open IMAP4 session(s)") && page.body.contains("John Smith"), "{}", page.body);
+    assert!(
+        page.body.contains("1 open IMAP4 session(s)") && page.body.contains("John Smith"),
+        "{}",
+        page.body
+    );
     let csrf = page.csrf();
     let closed = b
         .post("/sessions/close", &[("csrf", &csrf), ("identity", "user1")])
         .await;
     assert_eq!(closed.status, 303);
     let after = b.get("/sessions").await;
-    assert!(after.body.contains("user1: 1 session(s) closed."), "{}", after.body);
+    assert!(
+        after.body.contains("user1: 1 session(s) closed."),
+        "{}",
+        after.body
+    );
     assert!(john.closed_within(Duration::from_secs(5)).await);
     let entry = audit_entries(&gate).pop().expect("audited");
-    assert_eq!((entry.who.as_str(), entry.what.as_str()), ("admin:alice", "close-sessions"));
+    assert_eq!(
+        (entry.who.as_str(), entry.what.as_str()),
+        ("admin:alice", "close-sessions")
+    );
     gate.stop().await;
 }
 
@@ -423,7 +533,10 @@ async fn the_certificate_follows_the_imap4_one_across_a_reload() {
             .to_vec()
     };
     let before = presented().await;
-    let (cert, key) = (gate.dir.path().join("new.pem"), gate.dir.path().join("new.key"));
+    let (cert, key) = (
+        gate.dir.path().join("new.pem"),
+        gate.dir.path().join("new.key"),
+    );
     common::self_signed(&cert, &key, "/CN=localhost", &[]);
     let config = std::fs::read_to_string(&gate.config_path).expect("config");
     let key_line = config
@@ -459,20 +572,39 @@ async fn admin_user_and_audit_commands() {
     let password = password.to_str().expect("path");
     let (ok, out, err) = cli(
         config,
-        &["admin-user", "add", "carol", "--role", "view-only", "--password-file", password],
+        &[
+            "admin-user",
+            "add",
+            "carol",
+            "--role",
+            "view-only",
+            "--password-file",
+            password,
+        ],
     )
     .await;
     assert!(ok, "{out}{err}");
     assert!(out.contains("administrator carol added"), "{out}");
     let (ok, _, err) = cli(
         config,
-        &["admin-user", "add", "carol", "--role", "recipient-management", "--password-file", password],
+        &[
+            "admin-user",
+            "add",
+            "carol",
+            "--role",
+            "recipient-management",
+            "--password-file",
+            password,
+        ],
     )
     .await;
     assert!(!ok && err.contains("exists already"), "{err}");
     let (ok, out, _) = cli(config, &["admin-user", "list"]).await;
     assert!(ok && out.contains("carol") && out.contains("View-Only Organization Management"));
-    assert!(out.contains("alice") && out.contains("Recipient Management"), "{out}");
+    assert!(
+        out.contains("alice") && out.contains("Recipient Management"),
+        "{out}"
+    );
     let text = std::fs::read_to_string(gate.dir.path().join("admins.toml")).expect("admins");
     assert!(!text.contains("a long enough password") && text.contains("$argon2id$"));
     // Carol signs in with it.
@@ -485,7 +617,14 @@ async fn admin_user_and_audit_commands() {
     // A change from the command line is audited with the Unix user who made it.
     let (ok, out, err) = cli(
         config,
-        &["mailbox", "set", "--identity", "jsmith", "--imap-enabled", "false"],
+        &[
+            "mailbox",
+            "set",
+            "--identity",
+            "jsmith",
+            "--imap-enabled",
+            "false",
+        ],
     )
     .await;
     assert!(ok, "{out}{err}");
@@ -499,8 +638,17 @@ async fn admin_user_and_audit_commands() {
     assert!(!out.contains("admin-user"), "only John's lines: {out}");
     let (ok, out, _) = cli(config, &["audit", "--format", "json"]).await;
     let all: Vec<audit::Entry> = serde_json::from_str(&out).expect("json");
-    assert!(ok && all.iter().any(|e| e.what == "admin-user add" && e.new == "carol (view-only)"));
-    assert!(all.iter().any(|e| e.what == "admin-user remove" && e.old == "carol"));
-    assert!(all.iter().any(|e| e.what == "reload" && e.who == user), "the control socket's reload");
+    assert!(
+        ok && all
+            .iter()
+            .any(|e| e.what == "admin-user add" && e.new == "carol (view-only)")
+    );
+    assert!(all
+        .iter()
+        .any(|e| e.what == "admin-user remove" && e.old == "carol"));
+    assert!(
+        all.iter().any(|e| e.what == "reload" && e.who == user),
+        "the control socket's reload"
+    );
     gate.stop().await;
 }

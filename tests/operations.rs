@@ -499,6 +499,10 @@ async fn every_option_has_a_help_text() {
         &["sessions"],
         &["kick"],
         &["test-login"],
+        &["admin-user", "add"],
+        &["admin-user", "remove"],
+        &["admin-user", "list"],
+        &["audit"],
     ];
     for command in commands {
         let out = std::process::Command::new(BIN)

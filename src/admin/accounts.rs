@@ -60,7 +60,13 @@ pub fn add(
             (1, format!("failed: {e}"))
         }
     };
-    record(config, "admin-user add", "", &format!("{name} ({})", role.as_str()), &what);
+    record(
+        config,
+        "admin-user add",
+        "",
+        &format!("{name} ({})", role.as_str()),
+        &what,
+    );
     Ok(code)
 }
 
@@ -102,7 +108,12 @@ pub fn list(config: &Config, format: Format) -> anyhow::Result<i32> {
         Format::Table => {
             println!("{:<24}  {:<22}  Role group", "Name", "Role");
             for a in &admins {
-                println!("{:<24}  {:<22}  {}", a.name, a.role.as_str(), a.role.title());
+                println!(
+                    "{:<24}  {:<22}  {}",
+                    a.name,
+                    a.role.as_str(),
+                    a.role.title()
+                );
             }
             println!("{} administrator(s) in {}", admins.len(), path.display());
         }
@@ -127,7 +138,9 @@ pub async fn show(config: &Config, identity: Option<&str>, format: Format) -> an
                 .into_iter()
                 .filter(|e| {
                     e.mailbox.eq_ignore_ascii_case(id)
-                        || known.iter().any(|m| !e.mailbox.is_empty() && m.matches(&e.mailbox))
+                        || known
+                            .iter()
+                            .any(|m| !e.mailbox.is_empty() && m.matches(&e.mailbox))
                 })
                 .collect()
         }
@@ -152,7 +165,12 @@ pub async fn show(config: &Config, identity: Option<&str>, format: Format) -> an
                     e.time, e.who, e.what, e.outcome
                 );
             }
-            println!("{} entr{} in {}", entries.len(), if entries.len() == 1 { "y" } else { "ies" }, path.display());
+            println!(
+                "{} entr{} in {}",
+                entries.len(),
+                if entries.len() == 1 { "y" } else { "ies" },
+                path.display()
+            );
         }
     }
     Ok(0)

@@ -119,15 +119,17 @@ pub fn read_latest(path: &Path, n: usize) -> std::io::Result<Vec<Entry>> {
 
 /// `unix:NAME` for a user id (from /etc/passwd), `unix:UID` when it has no name there.
 pub fn unix_user(uid: u32) -> String {
-    let name = std::fs::read_to_string("/etc/passwd").ok().and_then(|text| {
-        text.lines().find_map(|l| {
-            let mut fields = l.split(':');
-            let name = fields.next()?;
-            let _password = fields.next()?;
-            let id: u32 = fields.next()?.parse().ok()?;
-            (id == uid).then(|| name.to_string())
-        })
-    });
+    let name = std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|text| {
+            text.lines().find_map(|l| {
+                let mut fields = l.split(':');
+                let name = fields.next()?;
+                let _password = fields.next()?;
+                let id: u32 = fields.next()?.parse().ok()?;
+                (id == uid).then(|| name.to_string())
+            })
+        });
     format!("unix:{}", name.unwrap_or_else(|| uid.to_string()))
 }
 
@@ -144,9 +146,20 @@ mod tests {
     fn entries_are_one_line_each_and_read_back() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
-        let a = Entry::now("admin:alice", "set-imap-enabled", "John\nSmith", "Enabled", "Disabled", "in force");
+        let a = Entry::now(
+            "admin:alice",
+            "set-imap-enabled",
+            "John\nSmith",
+            "Enabled",
+            "Disabled",
+            "in force",
+        );
         append(&path, &a).unwrap();
-        append(&path, &Entry::now("unix:root", "kick", "Jane Doe", "", "", "1 session closed")).unwrap();
+        append(
+            &path,
+            &Entry::now("unix:root", "kick", "Jane Doe", "", "", "1 session closed"),
+        )
+        .unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), 2);
         let back = read(&path).unwrap();

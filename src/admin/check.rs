@@ -50,7 +50,8 @@ pub async fn check(path: &Path, bind: bool) -> Report {
         .unencrypted_or_tls_bindings
         .iter()
         .chain(&imap4.ssl_bindings)
-        .chain(config.metrics.listen.as_ref());
+        .chain(config.metrics.listen.as_ref())
+        .chain(config.admin_web.as_ref().map(|w| &w.listen));
     for &address in listeners {
         if let Err(problem) = check_listener(address, bind) {
             report.problems.push(problem);
@@ -62,6 +63,26 @@ pub async fn check(path: &Path, bind: bool) -> Report {
              SIGHUP and cannot wait for the outcome; `mailbox set`, `sessions` and `kick` need it"
                 .into(),
         );
+    }
+    if let Some(web) = &config.admin_web {
+        match super::users::load(&web.users_file) {
+            Ok(admins) if admins.is_empty() => report.warnings.push(format!(
+                "[admin_web] users_file {} has no administrator: nobody can sign in to the admin \
+                 center (imapgate admin-user add NAME --role recipient-management)",
+                web.users_file.display()
+            )),
+            Ok(_) => {}
+            Err(e) => report.problems.push(e.to_string()),
+        }
+    }
+    if let Some(log) = &config.admin.audit_log {
+        if log.parent().is_some_and(|d| !d.is_dir()) {
+            report.warnings.push(format!(
+                "[admin] audit_log {}: its directory does not exist; changes are then only in \
+                 the gate's log",
+                log.display()
+            ));
+        }
     }
     if config.directory.unknown_names == crate::directory::UnknownNames::Defaults {
         report.warnings.push(

@@ -107,7 +107,11 @@ pub async fn mailbox_set(
     let outcome = match outcome {
         Ok(o) => o,
         Err(e) => {
-            record(identity, "", &format!("failed: {}", one_line(&e.to_string())));
+            record(
+                identity,
+                "",
+                &format!("failed: {}", one_line(&e.to_string())),
+            );
             eprintln!("{e}");
             return Ok(1);
         }

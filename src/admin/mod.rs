@@ -1,6 +1,8 @@
 //! Administration: the control socket a running gate listens on ([`control`]), the
 //! `imapgate mailbox|reload|sessions|kick` commands ([`cli`], which change mailboxes through the
-//! directory), `check-config` ([`check`]) and `test-login` ([`probe`]).
+//! directory), `check-config` ([`check`]), `test-login` ([`probe`]), and the admin center in the
+//! browser ([`web`]) with its administrators ([`users`], `imapgate admin-user`) and the audit log
+//! every change is written to ([`audit`], `imapgate audit`; both commands in [`accounts`]).
 //!
 //! The seed's procedure becomes one command and one check:
 //! `imapgate mailbox set --identity "John Smith" --imap-enabled false` (edit, then reload the
@@ -8,14 +10,14 @@
 //! `imapgate mailbox get --identity "John Smith"` (ends with `IMAP4: Disabled`).
 
 pub mod accounts;
+pub mod audit;
 pub mod check;
 pub mod cli;
 pub mod control;
-pub mod audit;
 pub mod probe;
+mod show;
 pub mod users;
 pub mod web;
-mod show;
 
 /// A password from the first line of `file`, or typed at a prompt (not echoed).
 pub(crate) fn read_password(

@@ -17,9 +17,10 @@ use crate::files::{self, NewFile};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Role {
-    /// Sees and changes mailboxes' IMAP4 access, closes sessions.
+    // Sees and changes mailboxes' IMAP4 access, closes sessions.
     RecipientManagement,
-    /// Sees everything, changes nothing (enforced by the server).
+    // Sees everything, changes nothing (enforced by the server). Plain comments: as doc
+    // comments, clap would turn `--help` into its long form.
     ViewOnly,
 }
 
@@ -90,9 +91,8 @@ pub fn load(path: &Path) -> Result<Vec<Admin>, UsersError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(file_error(path, e)),
     };
-    let file: AdminsFile = toml::from_str(&text).map_err(|e| {
-        file_error(path, crate::config::describe_toml_error(&text, &e))
-    })?;
+    let file: AdminsFile = toml::from_str(&text)
+        .map_err(|e| file_error(path, crate::config::describe_toml_error(&text, &e)))?;
     Ok(file.admin)
 }
 
@@ -235,7 +235,10 @@ mod tests {
             Err(UsersError::BadName(_))
         ));
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.contains("$argon2id$") && !text.contains("correct horse"), "{text}");
+        assert!(
+            text.contains("$argon2id$") && !text.contains("correct horse"),
+            "{text}"
+        );
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o640);
@@ -246,7 +249,10 @@ mod tests {
         assert!(verify(&admins, "alice", b"wrong").is_none());
         assert!(verify(&admins, "nobody", b"correct horse").is_none());
         remove(&path, "alice").unwrap();
-        assert!(matches!(remove(&path, "alice"), Err(UsersError::Unknown(_))));
+        assert!(matches!(
+            remove(&path, "alice"),
+            Err(UsersError::Unknown(_))
+        ));
         assert_eq!(load(&path).unwrap().len(), 1);
     }
 }

@@ -235,7 +235,10 @@ impl Throttle {
         if map.len() >= MAX_KEYS {
             map.retain(|_, f| f.last.elapsed() < FORGET_AFTER);
             while map.len() >= MAX_KEYS {
-                let oldest = map.iter().min_by_key(|(_, f)| f.last).map(|(k, _)| k.clone());
+                let oldest = map
+                    .iter()
+                    .min_by_key(|(_, f)| f.last)
+                    .map(|(k, _)| k.clone());
                 match oldest {
                     Some(k) => map.remove(&k),
                     None => break,
@@ -280,7 +283,10 @@ mod tests {
         t.failed(here, "alice");
         let wait = t.wait(here, "bob").expect("the address is locked");
         assert!(wait > Duration::from_secs(25) && wait <= FIRST_LOCK);
-        assert!(t.wait(there, "ALICE").is_some(), "the name is locked anywhere");
+        assert!(
+            t.wait(there, "ALICE").is_some(),
+            "the name is locked anywhere"
+        );
         assert_eq!(t.wait(there, "bob"), None);
         t.failed(here, "alice");
         assert!(t.wait(here, "alice").unwrap() > FIRST_LOCK, "doubled");
@@ -315,9 +321,14 @@ mod tests {
     #[test]
     fn idle_sessions_are_forgotten() {
         let s = Sessions::default();
-        let signed = s.create("alice", Role::ViewOnly, Duration::from_secs(60)).unwrap();
+        let signed = s
+            .create("alice", Role::ViewOnly, Duration::from_secs(60))
+            .unwrap();
         assert!(s.get(&signed.token, Duration::from_secs(60)).is_some());
         assert!(s.get(&signed.token, Duration::ZERO).is_none());
-        assert!(s.get(&signed.token, Duration::from_secs(60)).is_none(), "removed");
+        assert!(
+            s.get(&signed.token, Duration::from_secs(60)).is_none(),
+            "removed"
+        );
     }
 }

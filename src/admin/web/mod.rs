@@ -102,7 +102,12 @@ pub async fn serve(
     // Dropping the set closes the connections still open.
 }
 
-async fn connection(stream: TcpStream, peer: SocketAddr, router: Router, gate: Arc<dyn Controlled>) {
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    gate: Arc<dyn Controlled>,
+) {
     let Some(web) = gate.admin_web() else {
         return;
     };
@@ -145,17 +150,15 @@ fn routes(app: App) -> Router {
 
 /// A POST whose `Origin` is another site is refused before anything else (the CSRF token and
 /// `SameSite=Strict` are the other two locks).
-async fn same_origin(
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
+async fn same_origin(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
     if request.method() == Method::POST {
         let headers = request.headers();
         let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
         let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
         if let Some(origin) = origin {
             if host.is_none_or(|h| origin != format!("https://{h}")) {
-                return (StatusCode::FORBIDDEN, "refused: a form from another site").into_response();
+                return (StatusCode::FORBIDDEN, "refused: a form from another site")
+                    .into_response();
             }
         }
     }

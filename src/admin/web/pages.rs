@@ -217,7 +217,10 @@ pub async fn signin(
         );
     };
     app.throttle.succeeded(peer.ip(), &name);
-    let idle = app.gate.admin_web().map_or(std::time::Duration::ZERO, |w| w.idle_timeout);
+    let idle = app
+        .gate
+        .admin_web()
+        .map_or(std::time::Duration::ZERO, |w| w.idle_timeout);
     let Some(signed) = app.sessions.create(&admin.name, admin.role, idle) else {
         return signin_page(
             &app,
@@ -286,10 +289,7 @@ pub async fn mailboxes(
         search: (!search.is_empty()).then(|| search.clone()),
         ..Filter::default()
     };
-    let mut listing = app
-        .gate
-        .list(&filter, page_at(wanted))
-        .await;
+    let mut listing = app.gate.list(&filter, page_at(wanted)).await;
     let mut page = wanted;
     // Past the last page (the list shrank): show the last one.
     if let Ok(l) = &listing {
@@ -329,7 +329,8 @@ pub async fn mailboxes(
         mailboxes => Value::from_serialize(&rows),
     };
     let frame = frame(&app, "Mailboxes", "recipients", &signed);
-    app.pages.render(StatusCode::OK, "mailboxes.html", frame, values)
+    app.pages
+        .render(StatusCode::OK, "mailboxes.html", frame, values)
 }
 
 fn page_at(page: usize) -> Page {
@@ -360,7 +361,13 @@ async fn one_mailbox(app: &App, signed: &Signed, identity: &str) -> Result<Mailb
     };
     let listing = app
         .gate
-        .list(&filter, Page { offset: 0, limit: 2 })
+        .list(
+            &filter,
+            Page {
+                offset: 0,
+                limit: 2,
+            },
+        )
         .await
         .map_err(|e| {
             refused(
@@ -421,7 +428,10 @@ pub async fn edit(
     } else {
         "general"
     };
-    let display_name = mailbox.name.clone().unwrap_or_else(|| mailbox.label().into());
+    let display_name = mailbox
+        .name
+        .clone()
+        .unwrap_or_else(|| mailbox.label().into());
     let values = context! {
         mailbox => context! {
             identity => identity_of(&mailbox),
@@ -445,7 +455,14 @@ pub async fn edit(
 fn not_allowed(app: &App, signed: &Signed, what: &str, mailbox: &str, back: &str) -> Response {
     audit::record(
         app.gate.audit_log().as_deref(),
-        Entry::now(&who(signed), what, mailbox, "", "", "refused: the role cannot change anything"),
+        Entry::now(
+            &who(signed),
+            what,
+            mailbox,
+            "",
+            "",
+            "refused: the role cannot change anything",
+        ),
     );
     tracing::warn!(admin = %signed.name, what, "admin center: change refused by role");
     refused(
@@ -511,20 +528,38 @@ pub async fn save_features(
                 );
                 (word(!enabled), outcome, message)
             } else {
-                let message = format!("IMAP4 was already {} for {label}; nothing changed.", word(enabled));
+                let message = format!(
+                    "IMAP4 was already {} for {label}; nothing changed.",
+                    word(enabled)
+                );
                 (word(enabled), "unchanged".to_string(), message)
             };
             audit::record(
                 log.as_deref(),
-                Entry::now(&who(&signed), "set-imap4", &label, old, word(enabled), &outcome),
+                Entry::now(
+                    &who(&signed),
+                    "set-imap4",
+                    &label,
+                    old,
+                    word(enabled),
+                    &outcome,
+                ),
             );
-            app.sessions.set_flash(&signed.token, Flash::Message(message));
+            app.sessions
+                .set_flash(&signed.token, Flash::Message(message));
             Redirect::to(&edit_link(identity_of(&report.mailbox), true)).into_response()
         }
         Err(e) => {
             audit::record(
                 log.as_deref(),
-                Entry::now(&who(&signed), "set-imap4", &form.identity, "", word(enabled), &format!("failed: {e}")),
+                Entry::now(
+                    &who(&signed),
+                    "set-imap4",
+                    &form.identity,
+                    "",
+                    word(enabled),
+                    &format!("failed: {e}"),
+                ),
             );
             app.sessions
                 .set_flash(&signed.token, Flash::Problem(format!("Not saved: {e}")));
@@ -573,7 +608,8 @@ pub async fn sessions(State(app): State<App>, signed: Signed) -> Response {
         can_change => signed.role.can_change(),
     };
     let frame = frame(&app, "Sessions", "sessions", &signed);
-    app.pages.render(StatusCode::OK, "sessions.html", frame, values)
+    app.pages
+        .render(StatusCode::OK, "sessions.html", frame, values)
 }
 
 #[derive(Deserialize, Default)]
@@ -600,14 +636,28 @@ pub async fn close_sessions(
             let outcome = format!("{closed} session(s) closed");
             audit::record(
                 log.as_deref(),
-                Entry::now(&who(&signed), "close-sessions", &form.identity, "", "", &outcome),
+                Entry::now(
+                    &who(&signed),
+                    "close-sessions",
+                    &form.identity,
+                    "",
+                    "",
+                    &outcome,
+                ),
             );
             Flash::Message(format!("{}: {outcome}.", form.identity))
         }
         Err(e) => {
             audit::record(
                 log.as_deref(),
-                Entry::now(&who(&signed), "close-sessions", &form.identity, "", "", &format!("failed: {e}")),
+                Entry::now(
+                    &who(&signed),
+                    "close-sessions",
+                    &form.identity,
+                    "",
+                    "",
+                    &format!("failed: {e}"),
+                ),
             );
             Flash::Problem(format!("Not done: {e}"))
         }
@@ -642,7 +692,8 @@ pub async fn audit(State(app): State<App>, signed: Signed) -> Response {
         configured,
     };
     let frame = frame(&app, "Auditing", "audit", &signed);
-    app.pages.render(StatusCode::OK, "audit.html", frame, values)
+    app.pages
+        .render(StatusCode::OK, "audit.html", frame, values)
 }
 
 pub async fn style() -> Response {

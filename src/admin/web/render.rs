@@ -64,11 +64,7 @@ impl Pages {
             problem,
             ..values
         };
-        match self
-            .env
-            .get_template(template)
-            .and_then(|t| t.render(ctx))
-        {
+        match self.env.get_template(template).and_then(|t| t.render(ctx)) {
             Ok(html) => (status, Html(html)).into_response(),
             Err(e) => {
                 tracing::error!(template, error = %e, "cannot render an admin center page");
@@ -102,11 +98,9 @@ pub async fn security_headers(mut response: Response) -> Response {
     set(header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY);
     set(header::X_CONTENT_TYPE_OPTIONS, "nosniff");
     set(header::X_FRAME_OPTIONS, "DENY");
-    set(header::REFERRER_POLICY, "no-referrer");
-    set(
-        header::STRICT_TRANSPORT_SECURITY,
-        "max-age=31536000",
-    );
+    // `no-referrer` would make browsers send `Origin: null` with our own forms.
+    set(header::REFERRER_POLICY, "same-origin");
+    set(header::STRICT_TRANSPORT_SECURITY, "max-age=31536000");
     if !headers.contains_key(header::CACHE_CONTROL) {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
