@@ -341,6 +341,23 @@ async fn sign_in_is_throttled_per_name_and_per_address() {
         unknown_took * 3 > known_took,
         "{unknown_took:?} vs {known_took:?}"
     );
+
+    // Twenty tries for one name sent at once from twenty addresses: no more than the five free
+    // failures (and the one verification beside the fifth) are checked; the others are turned
+    // away.
+    let mut tries = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        tries.spawn(async move {
+            let mut b = Browser::from_source(addr, [127, 0, 1, 30 + i]);
+            b.sign_in("burst", "wrong password").await.status
+        });
+    }
+    let statuses = tries.join_all().await;
+    let checked = statuses.iter().filter(|s| **s == 403).count();
+    assert!(
+        (5..=6).contains(&checked) && statuses.iter().all(|s| *s == 403 || *s == 429),
+        "{statuses:?}"
+    );
     gate.stop().await;
 }
 
@@ -650,5 +667,35 @@ async fn admin_user_and_audit_commands() {
         all.iter().any(|e| e.what == "reload" && e.who == user),
         "the control socket's reload"
     );
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn one_address_holds_at_most_eight_connections() {
+    let (_fake, gate) = center().await;
+    let addr = gate.admin_web.expect("admin center");
+    let connect = |source: [u8; 4]| async move {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.bind((source, 0).into()).expect("bind");
+        let tcp = socket.connect(addr).await.expect("connect");
+        common::dev_connector()
+            .connect(
+                tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").expect("name"),
+                tcp,
+            )
+            .await
+    };
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        held.push(connect([127, 0, 0, 31]).await.expect("one of eight"));
+    }
+    assert!(connect([127, 0, 0, 31]).await.is_err(), "a ninth is closed");
+    // Another address is served, and the first one again once a connection ends.
+    let mut b = Browser::from_source(addr, [127, 0, 0, 32]);
+    assert_eq!(b.get("/signin").await.status, 200);
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut b = Browser::from_source(addr, [127, 0, 0, 31]);
+    assert_eq!(b.get("/signin").await.status, 200);
     gate.stop().await;
 }

@@ -174,6 +174,37 @@ async fn trace_output_never_contains_passwords_or_sasl_blobs() {
         )
         .await;
     assert!(last(&r).starts_with("q NO [PRIVACYREQUIRED]"), "{r:?}");
+    // The admin center: a right sign-in, a wrong one, and the password typed into the name box.
+    let center = gate_for(&main, FAKE_USERS, |config| config.admin_center()).await;
+    let admins = center.dir.path().join("admins.toml");
+    imapgate::admin::users::add(
+        &admins,
+        "alice",
+        imapgate::admin::users::Role::RecipientManagement,
+        SECRET.as_bytes(),
+    )
+    .expect("add alice");
+    let hash = std::fs::read_to_string(&admins).expect("admins");
+    let hash = hash
+        .split('"')
+        .find(|s| s.starts_with("$argon2id$"))
+        .expect("a hash")
+        .to_string();
+    let mut browser = common::https::Browser::new(center.admin_web.expect("admin center"));
+    browser.signed_in("alice", SECRET).await;
+    let session = browser
+        .cookies
+        .get("imapgate_session")
+        .cloned()
+        .expect("session");
+    let page = browser.get("/mailboxes").await;
+    let csrf = page.csrf();
+    let mut stranger = common::https::Browser::new(center.admin_web.expect("admin center"));
+    assert_eq!(stranger.sign_in("alice", "wrong-Zq7-pw").await.status, 403);
+    assert_eq!(stranger.sign_in(SECRET, "alice").await.status, 403);
+    center.stop().await;
+    let admin_secrets = [hash, session, csrf];
+
     for (_, gate) in gates {
         gate.stop().await;
     }
@@ -221,7 +252,12 @@ async fn trace_output_never_contains_passwords_or_sasl_blobs() {
         log.contains("TRACE") || log.contains("DEBUG"),
         "verbose levels were captured"
     );
-    for needle in encodings(SECRET).iter().chain(&encodings("wrong-Zq7-pw")) {
+    assert!(log.contains("admin center: sign-in failed"), "{log}");
+    for needle in encodings(SECRET)
+        .iter()
+        .chain(&encodings("wrong-Zq7-pw"))
+        .chain(&admin_secrets)
+    {
         assert!(
             !log.contains(needle.as_str()),
             "{needle:?} leaked into the log:\n{log}"

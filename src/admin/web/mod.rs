@@ -6,15 +6,17 @@
 //! [`auth`], the pages themselves in [`pages`]. Changes go through [`Controlled`], the same calls
 //! as the control socket, and each is written to the audit log.
 //!
-//! Bounded like the IMAP side: at most [`MAX_CONNECTIONS`] connections, 10 s for the TLS
-//! handshake and for a request's headers, 16 KiB of body, 10 minutes per connection.
+//! Bounded like the IMAP side: at most [`MAX_CONNECTIONS`] connections (8 per address), 10 s for
+//! the TLS handshake and for a request's headers (and between two requests), 30 s and 16 KiB for
+//! a request's body, 10 minutes per connection.
 
 mod auth;
 mod pages;
 mod render;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, FromRequestParts};
@@ -40,6 +42,10 @@ pub const MAX_CONNECTIONS: usize = 64;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(600);
+/// One request, body included (a form trickled byte by byte is cut off).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections from one address at once.
+const PER_ADDRESS: usize = 8;
 const MAX_BODY: usize = 16 * 1024;
 /// Argon2 verifications at once (each takes ~19 MiB and tens of milliseconds of a core).
 const VERIFICATIONS: usize = 2;
@@ -78,6 +84,7 @@ pub async fn serve(
     };
     let router = routes(app);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let per_address: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     let mut connections = JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -93,13 +100,50 @@ pub async fn serve(
             tracing::warn!(client = %peer, "admin center: too many connections, closed");
             continue;
         };
+        let Some(mine) = PerAddress::take(&per_address, peer.ip()) else {
+            tracing::warn!(client = %peer, "admin center: too many connections from this address, closed");
+            continue;
+        };
         let (router, gate) = (router.clone(), gate.clone());
         connections.spawn(async move {
             connection(stream, peer, router, gate).await;
-            drop(slot);
+            drop((slot, mine));
         });
     }
     // Dropping the set closes the connections still open.
+}
+
+/// One of an address's [`PER_ADDRESS`] connections; given back when dropped.
+struct PerAddress {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl PerAddress {
+    fn take(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr) -> Option<PerAddress> {
+        let mut map = counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = map.entry(ip).or_insert(0);
+        if *n >= PER_ADDRESS {
+            return None;
+        }
+        *n += 1;
+        Some(PerAddress {
+            counts: counts.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PerAddress {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
 }
 
 async fn connection(
@@ -144,8 +188,17 @@ fn routes(app: App) -> Router {
         .fallback(pages::not_found)
         .layer(axum::middleware::map_response(render::security_headers))
         .layer(axum::middleware::from_fn(same_origin))
+        .layer(axum::middleware::from_fn(deadline))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(app)
+}
+
+/// A request, its body included, gets [`REQUEST_TIMEOUT`].
+async fn deadline(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => (StatusCode::REQUEST_TIMEOUT, "the request took too long").into_response(),
+    }
 }
 
 /// A POST whose `Origin` is another site is refused before anything else (the CSRF token and

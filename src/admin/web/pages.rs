@@ -175,14 +175,7 @@ pub async fn signin(
         );
     }
     if let Some(wait) = app.throttle.wait(peer.ip(), &name) {
-        tracing::warn!(client = %peer, "admin center: sign-in refused, too many failures");
-        let seconds = wait.as_secs().max(1);
-        let page = signin_page(
-            &app,
-            StatusCode::TOO_MANY_REQUESTS,
-            &format!("Too many failed sign-ins. Try again in {seconds} seconds."),
-        );
-        return ([(header::RETRY_AFTER, seconds.to_string())], page).into_response();
+        return throttled(&app, peer, wait);
     }
     let admins = match administrators(app.gate.as_ref()).await {
         Ok(a) => a,
@@ -199,6 +192,11 @@ pub async fn signin(
         let Ok(_permit) = app.verifying.acquire().await else {
             return StatusCode::SERVICE_UNAVAILABLE.into_response();
         };
+        // Again after the wait: a burst of tries sent at once must not all pass the check
+        // made before the first of them failed.
+        if let Some(wait) = app.throttle.wait(peer.ip(), &name) {
+            return throttled(&app, peer, wait);
+        }
         let name = name.clone();
         tokio::task::spawn_blocking(move || users::verify(&admins, &name, password.expose()))
             .await
@@ -241,6 +239,17 @@ pub async fn signin(
         ),
     ]);
     (headers, Redirect::to("/mailboxes")).into_response()
+}
+
+fn throttled(app: &App, peer: std::net::SocketAddr, wait: std::time::Duration) -> Response {
+    tracing::warn!(client = %peer, "admin center: sign-in refused, too many failures");
+    let seconds = wait.as_secs().max(1);
+    let page = signin_page(
+        app,
+        StatusCode::TOO_MANY_REQUESTS,
+        &format!("Too many failed sign-ins. Try again in {seconds} seconds."),
+    );
+    ([(header::RETRY_AFTER, seconds.to_string())], page).into_response()
 }
 
 #[derive(Deserialize, Default)]
