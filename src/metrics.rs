@@ -22,11 +22,40 @@ use crate::errors::Blame;
 use crate::phase::Phase;
 use tokio::sync::watch;
 
-/// Hit and miss counters of the directory cache, shared by the successive caches of a gate.
-#[derive(Clone, Default)]
-pub struct CacheStats {
+/// The directory's counters, shared by the successive directories and caches of a gate: cache
+/// hits and misses, and the lookups a source made (LDAP) by outcome, with their latency.
+#[derive(Clone)]
+pub struct DirectoryStats {
     pub hits: Counter,
     pub misses: Counter,
+    pub lookups: Family<LookupLabels, Counter>,
+    pub lookup_seconds: Histogram,
+}
+
+impl Default for DirectoryStats {
+    fn default() -> DirectoryStats {
+        DirectoryStats {
+            hits: Counter::default(),
+            misses: Counter::default(),
+            lookups: Family::default(),
+            lookup_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+        }
+    }
+}
+
+impl DirectoryStats {
+    /// One lookup in the source: `found`, `not_found`, `ambiguous` or `error`.
+    pub fn lookup(&self, outcome: &'static str, took: std::time::Duration) {
+        self.lookups
+            .get_or_create(&LookupLabels { outcome })
+            .inc();
+        self.lookup_seconds.observe(took.as_secs_f64());
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LookupLabels {
+    pub outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -82,6 +111,7 @@ pub struct Metrics {
     pub backend_login: Latency,
     pub cache_hits: Counter,
     pub cache_misses: Counter,
+    directory: DirectoryStats,
     pub cache_entries: Gauge,
     pub reloads: Family<ResultLabels, Counter>,
     pub last_reload: Gauge<f64, AtomicU64>,
@@ -100,8 +130,19 @@ impl Default for Metrics {
         let relayed_bytes = Family::<DirectionLabels, Counter>::default();
         let backend_connect: Latency = Family::new_with_constructor(latency_histogram);
         let backend_login: Latency = Family::new_with_constructor(latency_histogram);
-        let cache_hits = Counter::default();
-        let cache_misses = Counter::default();
+        let directory = DirectoryStats::default();
+        let cache_hits = directory.hits.clone();
+        let cache_misses = directory.misses.clone();
+        registry.register(
+            "directory_lookups",
+            "Lookups the directory source made on a cache miss (LDAP), by outcome",
+            directory.lookups.clone(),
+        );
+        registry.register(
+            "directory_lookup_seconds",
+            "Time of the directory source's lookups (LDAP)",
+            directory.lookup_seconds.clone(),
+        );
         let cache_entries = Gauge::default();
         let reloads = Family::<ResultLabels, Counter>::default();
         let last_reload = Gauge::<f64, AtomicU64>::default();
@@ -190,6 +231,7 @@ impl Default for Metrics {
             backend_login,
             cache_hits,
             cache_misses,
+            directory,
             cache_entries,
             reloads,
             last_reload,
@@ -206,11 +248,8 @@ impl Default for Metrics {
 
 impl Metrics {
     /// The cache counters, for the policy caches of successive snapshots.
-    pub fn cache_stats(&self) -> CacheStats {
-        CacheStats {
-            hits: self.cache_hits.clone(),
-            misses: self.cache_misses.clone(),
-        }
+    pub fn directory_stats(&self) -> DirectoryStats {
+        self.directory.clone()
     }
 
     /// An error that ended a login or a relayed session.

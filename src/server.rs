@@ -297,7 +297,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Reads everything the configuration names, off the runtime's threads (files, certificates).
 async fn load(path: &Path, metrics: &Metrics) -> Result<State, LoadError> {
-    let (path, stats) = (path.to_path_buf(), metrics.cache_stats());
+    let (path, stats) = (path.to_path_buf(), metrics.directory_stats());
     tokio::task::spawn_blocking(move || State::load_with(&path, stats))
         .await
         .unwrap_or_else(|e| Err(LoadError::Internal(e.to_string())))

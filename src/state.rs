@@ -11,8 +11,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::backend::Backend;
 use crate::config::{Config, ConfigError};
-use crate::directory::file::FileDirectory;
-use crate::directory::{CacheStats, CachedDirectory, DirectoryError};
+use crate::directory::{DirectoryStats, CachedDirectory, DirectoryError};
 use crate::tls::{self, TlsError};
 
 /// Why a configuration could not be put in force; the running one stays.
@@ -47,19 +46,19 @@ pub struct State {
 impl State {
     /// Reads and checks the configuration file and everything it names.
     pub fn load(config_path: &Path) -> Result<State, LoadError> {
-        Self::load_with(config_path, CacheStats::default())
+        Self::load_with(config_path, DirectoryStats::default())
     }
 
     /// Like [`State::load`], counting cache hits and misses into `stats`.
-    pub fn load_with(config_path: &Path, stats: CacheStats) -> Result<State, LoadError> {
+    pub fn load_with(config_path: &Path, stats: DirectoryStats) -> Result<State, LoadError> {
         let config = Config::load(config_path)?;
         Self::from_config(config, stats)
     }
 
-    pub fn from_config(config: Config, stats: CacheStats) -> Result<State, LoadError> {
+    pub fn from_config(config: Config, stats: DirectoryStats) -> Result<State, LoadError> {
         crate::permissions::check(&config)?;
         let names: Vec<&str> = config.backends.keys().map(String::as_str).collect();
-        let directory = FileDirectory::open(&config.directory.mailboxes, &names)?;
+        let directory = crate::directory::open(&config.directory, &names, stats.clone())?;
         let acceptor = match (&config.imap4.certificate, &config.imap4.private_key) {
             (Some(cert), Some(key)) => {
                 Some(tls::acceptor(cert, key, &config.imap4.sni_certificates)?)
@@ -81,7 +80,7 @@ impl State {
             })?;
             backends.insert(name.clone(), Arc::new(backend));
         }
-        let policies = CachedDirectory::new(Arc::new(directory), &config.directory, stats);
+        let policies = CachedDirectory::new(directory, &config.directory, stats);
         Ok(State {
             config: Arc::new(config),
             policies,

@@ -107,6 +107,12 @@ pub fn acceptor(cert: &Path, key: &Path, sni: &[SniCertificate]) -> Result<TlsAc
 
 /// A verifying connector for a backend: trusts `ca` when given, the system's roots otherwise.
 pub fn connector(ca: Option<&Path>) -> Result<TlsConnector, TlsError> {
+    client_config(ca).map(TlsConnector::from)
+}
+
+/// The client side's TLS settings (a backend, the LDAP directory): trusts `ca` when given, the
+/// system's roots otherwise; TLS 1.2 and 1.3.
+pub fn client_config(ca: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
     let mut roots = RootCertStore::empty();
     match ca {
         Some(path) => {
@@ -134,7 +140,7 @@ pub fn connector(ca: Option<&Path>) -> Result<TlsConnector, TlsError> {
     ])
     .with_root_certificates(roots)
     .with_no_client_auth();
-    Ok(TlsConnector::from(Arc::new(config)))
+    Ok(Arc::new(config))
 }
 
 /// A connector that accepts any certificate (the handshake's signatures are still checked).

@@ -36,6 +36,12 @@ impl Config {
             resolve(p);
         }
         resolve(&mut config.directory.mailboxes);
+        if let Some(ldap) = config.directory.ldap.as_mut() {
+            resolve(&mut ldap.bind_password_file);
+            if let Some(p) = ldap.ca.as_mut() {
+                resolve(p);
+            }
+        }
         if let Some(p) = config.admin.control_socket.as_mut() {
             resolve(p);
         }
@@ -212,6 +218,27 @@ impl Config {
         }
         if self.directory.cache_capacity == 0 {
             return Err(self.invalid("directory.cache_capacity", "must be at least 1"));
+        }
+        match (self.directory.source, &self.directory.ldap) {
+            (super::DirectorySource::Ldap, None) => {
+                return Err(self.invalid(
+                    "directory.ldap",
+                    "source = \"ldap\" needs a [directory.ldap] section",
+                ))
+            }
+            (super::DirectorySource::Ldap, Some(ldap)) => {
+                let names: Vec<&str> = self.backends.keys().map(String::as_str).collect();
+                if let Err((key, message)) = ldap.check(&names) {
+                    return Err(self.invalid(&key, message));
+                }
+            }
+            (super::DirectorySource::File, Some(_)) => {
+                return Err(self.invalid(
+                    "directory.source",
+                    "[directory.ldap] is set but source is \"file\": set source = \"ldap\" or remove it",
+                ))
+            }
+            (super::DirectorySource::File, None) => {}
         }
         if let Some(web) = &self.admin_web {
             if web.certificate.is_some() != web.private_key.is_some() {

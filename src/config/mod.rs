@@ -168,8 +168,12 @@ impl Default for Imap4 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DirectoryConfig {
+    /// Where mailboxes come from: the mailboxes file (default) or LDAP.
+    pub source: DirectorySource,
     /// The mailboxes file (`config/mailboxes.toml`).
     pub mailboxes: PathBuf,
+    /// With `source = "ldap"`.
+    pub ldap: Option<LdapConfig>,
     #[serde(with = "humantime_serde_compat")]
     pub cache_ttl: Duration,
     /// How long a name that resolves to no mailbox is remembered (in a cache of its own).
@@ -189,7 +193,9 @@ pub struct DirectoryConfig {
 impl Default for DirectoryConfig {
     fn default() -> Self {
         DirectoryConfig {
+            source: DirectorySource::File,
             mailboxes: PathBuf::from("mailboxes.toml"),
+            ldap: None,
             cache_ttl: Duration::from_secs(300),
             negative_cache_ttl: Duration::from_secs(30),
             cache_capacity: 100_000,
@@ -430,7 +436,9 @@ mod humantime_serde_compat {
     }
 }
 
+mod ldap;
 mod load;
+pub use ldap::{DirectorySource, FlagFormat, LdapAttributes, LdapConfig, LdapSchema};
 
 pub(crate) use load::{describe_toml_error, LineIndex};
 

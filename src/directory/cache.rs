@@ -11,10 +11,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{login_key, Directory, DirectoryError, NameForm, Policy, UnknownNames};
+use super::{login_key, Directory, DirectoryError, DirectoryStats, NameForm, Policy, UnknownNames};
 use crate::config::DirectoryConfig;
 
-pub use crate::metrics::CacheStats;
+
 
 type Key = (NameForm, String);
 
@@ -33,7 +33,7 @@ pub struct CachedDirectory {
     /// Characters that mean something to backends (Dovecot's master-user separator `*`): a
     /// name with one of them is refused before any backend sees it.
     refused: Vec<char>,
-    stats: CacheStats,
+    stats: DirectoryStats,
 }
 
 /// How many names that resolve to nothing are remembered at most.
@@ -43,7 +43,7 @@ impl CachedDirectory {
     pub fn new(
         source: Arc<dyn Directory>,
         config: &DirectoryConfig,
-        stats: CacheStats,
+        stats: DirectoryStats,
     ) -> CachedDirectory {
         CachedDirectory {
             source,
@@ -171,7 +171,7 @@ mod tests {
     #[tokio::test]
     async fn found_names_are_cached_and_missing_ones_apart() {
         let (_dir, source) = directory(FILE);
-        let stats = CacheStats::default();
+        let stats = DirectoryStats::default();
         let c = CachedDirectory::new(source, &config(UnknownNames::Refuse), stats.clone());
         let p = c.resolve("ANN@example.com").await.unwrap().unwrap();
         assert_eq!((&*p.backend_login, &*p.mailbox_key), ("u1", "main/u1"));
@@ -192,7 +192,7 @@ mod tests {
         let c = CachedDirectory::new(
             source,
             &config(UnknownNames::Defaults),
-            CacheStats::default(),
+            DirectoryStats::default(),
         );
         let p = c.resolve("Nobody@x").await.unwrap().unwrap();
         assert_eq!(
@@ -208,7 +208,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_lookups_of_one_name_go_to_the_source_once() {
         let (_dir, source) = directory(FILE);
-        let stats = CacheStats::default();
+        let stats = DirectoryStats::default();
         let c = Arc::new(CachedDirectory::new(
             source,
             &config(UnknownNames::Refuse),

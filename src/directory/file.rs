@@ -95,7 +95,7 @@ impl Directory for FileDirectory {
             self.index.store(Arc::new(index));
             // Nobody listening is fine: a gate that reloads reads the file anyway.
             let _ = self.changes.send(Change {
-                mailbox: outcome.mailbox.clone(),
+                mailbox: Some(outcome.mailbox.clone()),
             });
         }
         Ok(outcome)

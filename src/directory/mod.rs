@@ -1,8 +1,8 @@
 //! The mailbox directory: who may use IMAP4 and which backend holds each mailbox.
 //!
-//! [`Directory`] is the seam: an asynchronous source of mailboxes (the mailboxes file today,
-//! [`file`](mod@file); LDAP next) that resolves login names, lists mailboxes, sets `ImapEnabled`
-//! and tells of changes. [`cache::CachedDirectory`] sits in front of any source with moka (one
+//! [`Directory`] is the seam: an asynchronous source of mailboxes (the mailboxes file,
+//! [`file`](mod@file), or an LDAP server, [`ldap`]) that resolves login names, lists mailboxes,
+//! sets `ImapEnabled` and tells of changes; [`open`] picks the configured one. [`cache::CachedDirectory`] sits in front of any source with moka (one
 //! lookup per name at a time, a negative TTL for names that resolve to nothing), and turns a
 //! mailbox into the [`Policy`] the login path enforces. The login path, the reload's closing of
 //! disabled sessions, and the operator's commands all go through the trait.
@@ -11,13 +11,15 @@ pub mod cache;
 pub mod edit;
 pub mod file;
 pub mod index;
+pub mod ldap;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
-pub use cache::{CacheStats, CachedDirectory};
+pub use cache::CachedDirectory;
+pub use crate::metrics::DirectoryStats;
 pub use index::{Index, MailboxRecord};
 
 use crate::errors::{Blame, Blamed};
@@ -265,10 +267,11 @@ pub struct SetOutcome {
     pub changed: bool,
 }
 
-/// A change made through a directory: the mailbox whose settings changed, as it is now.
+/// A change of a directory: the mailbox whose settings changed, as it is now; `None` when
+/// anything may have changed (an entry deleted, changes missed while reconnecting).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
-    pub mailbox: MailboxView,
+    pub mailbox: Option<MailboxView>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -303,6 +306,13 @@ pub enum DirectoryError {
     /// The source could not answer (unreachable, failing).
     #[error("the directory could not answer: {0}")]
     Unavailable(String),
+    /// The source refused the change (the LDAP bind account's rights).
+    #[error("the directory refused the change: {0}")]
+    Denied(String),
+    #[error("no mailbox matches {0:?} in the directory")]
+    NoSuchMailbox(String),
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 impl Blamed for DirectoryError {
@@ -337,4 +347,19 @@ pub trait Directory: Send + Sync {
     /// Changes made through this directory, as they are made (the gate follows them: the cache
     /// forgets, the sessions of a mailbox now disabled are closed).
     fn watch(&self) -> tokio::sync::broadcast::Receiver<Change>;
+}
+
+/// The configured directory: the mailboxes file, or LDAP (`[directory] source`). Opening reads
+/// the file (or the LDAP bind password); an LDAP server is first contacted when first asked.
+pub fn open(
+    config: &crate::config::DirectoryConfig,
+    backends: &[&str],
+    stats: DirectoryStats,
+) -> Result<Arc<dyn Directory>, DirectoryError> {
+    match (&config.source, &config.ldap) {
+        (crate::config::DirectorySource::Ldap, Some(ldap)) => Ok(Arc::new(
+            ldap::LdapDirectory::open(ldap, backends, stats)?,
+        )),
+        _ => Ok(Arc::new(file::FileDirectory::open(&config.mailboxes, backends)?)),
+    }
 }

@@ -91,7 +91,7 @@ fn fixture() -> Fixture {
     std::fs::write(dir.path().join("mailboxes.toml"), MAILBOXES).unwrap();
     let state = State::from_config(
         Config::load(&path).unwrap(),
-        crate::metrics::CacheStats::default(),
+        crate::metrics::DirectoryStats::default(),
     )
     .unwrap();
     let stand = Arc::new(Stand::default());

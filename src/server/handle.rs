@@ -127,7 +127,7 @@ impl GateHandle {
         let task = tokio::spawn(async move {
             loop {
                 let mailbox = match changes.recv().await {
-                    Ok(change) => Some(change.mailbox.key()),
+                    Ok(change) => change.mailbox.map(|m| m.key()),
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => None,
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 };
