@@ -214,5 +214,4 @@ impl Pool {
             *self.slots[lent.slot].lock().await = None;
         }
     }
-    }
 }
