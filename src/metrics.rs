@@ -46,9 +46,7 @@ impl Default for DirectoryStats {
 impl DirectoryStats {
     /// One lookup in the source: `found`, `not_found`, `ambiguous` or `error`.
     pub fn lookup(&self, outcome: &'static str, took: std::time::Duration) {
-        self.lookups
-            .get_or_create(&LookupLabels { outcome })
-            .inc();
+        self.lookups.get_or_create(&LookupLabels { outcome }).inc();
         self.lookup_seconds.observe(took.as_secs_f64());
     }
 }

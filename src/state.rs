@@ -11,7 +11,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::backend::Backend;
 use crate::config::{Config, ConfigError};
-use crate::directory::{DirectoryStats, CachedDirectory, DirectoryError};
+use crate::directory::{CachedDirectory, DirectoryError, DirectoryStats};
 use crate::tls::{self, TlsError};
 
 /// Why a configuration could not be put in force; the running one stays.

@@ -255,7 +255,7 @@ async fn forged_view_only_and_signed_out_forms_are_refused_and_change_nothing() 
     );
     let csrf = view.csrf();
     let kick = victor
-        .post("/sessions/close", &[("csrf", &csrf), ("identity", "user1")])
+        .post("/sessions/close", &[("csrf", &csrf), ("key", "main/user1")])
         .await;
     assert_eq!(kick.status, 403);
     let entries = audit_entries(&gate);
@@ -383,7 +383,7 @@ login = "user1"
     let session = answer
         .headers_named("set-cookie")
         .into_iter()
-        .find(|c| c.starts_with("imapgate_session="))
+        .find(|c| c.starts_with("__Host-imapgate_session="))
         .expect("a session cookie");
     assert!(
         session.contains("HttpOnly; Secure; SameSite=Strict"),
@@ -408,7 +408,10 @@ login = "user1"
     );
     assert_eq!(page.header("x-content-type-options"), Some("nosniff"));
     assert_eq!(page.header("cache-control"), Some("no-store"));
-    assert!(page.header("strict-transport-security").is_some());
+    assert!(
+        page.header("strict-transport-security").is_none(),
+        "no HSTS: it would bind the host's other ports"
+    );
     // Nothing on any page runs script.
     for path in [
         "/mailboxes",
@@ -483,7 +486,7 @@ async fn idle_removed_and_demoted_administrators_lose_their_rights_at_once() {
     b.signed_in(ALICE.0, ALICE.1).await;
     users::remove(&admins, ALICE.0).expect("remove alice");
     assert_eq!(b.get("/mailboxes").await.location(), Some("/signin"));
-    // Given the view-only role: a Save is refused from the next request on.
+    // A new password (remove, add again): the sessions of the old one end.
     users::add(
         &admins,
         ALICE.0,
@@ -492,10 +495,121 @@ async fn idle_removed_and_demoted_administrators_lose_their_rights_at_once() {
     )
     .expect("add");
     b.signed_in(ALICE.0, ALICE.1).await;
-    let features = b.get(JOHN_FEATURES).await;
     users::remove(&admins, ALICE.0).expect("remove");
-    users::add(&admins, ALICE.0, Role::ViewOnly, ALICE.1.as_bytes()).expect("add as view-only");
-    assert_eq!(save(&mut b, &features, "disabled").await.status, 403);
+    users::add(
+        &admins,
+        ALICE.0,
+        Role::RecipientManagement,
+        b"a new password",
+    )
+    .expect("add");
+    assert_eq!(
+        b.get("/mailboxes").await.location(),
+        Some("/signin"),
+        "new password"
+    );
+    // Signing in again ends the session the browser had.
+    b.signed_in(ALICE.0, "a new password").await;
+    let first = b.cookies.clone();
+    let mut other = browser(&gate);
+    let form = other.get("/signin").await;
+    let signin_cookie = "__Host-imapgate_signin".to_string();
+    b.cookies
+        .insert(signin_cookie.clone(), other.cookies[&signin_cookie].clone());
+    let again = b
+        .post(
+            "/signin",
+            &[
+                ("csrf", &form.csrf()),
+                ("name", ALICE.0),
+                ("password", "a new password"),
+            ],
+        )
+        .await;
+    assert_eq!(again.status, 303);
+    let mut stale = browser(&gate);
+    stale.cookies = first;
+    assert_eq!(
+        stale.get("/mailboxes").await.location(),
+        Some("/signin"),
+        "replaced"
+    );
+    // Given the view-only role (the file edited by hand): a Save is refused from the next
+    // request on, with the role's reason.
+    let features = b.get(JOHN_FEATURES).await;
+    let text = std::fs::read_to_string(&admins).expect("admins");
+    let demoted = text.replacen("role = \"recipient-management\"", "role = \"view-only\"", 1);
+    assert_ne!(text, demoted);
+    std::fs::write(&admins, demoted).expect("write");
+    let refused = save(&mut b, &features, "disabled").await;
+    assert_eq!(refused.status, 403);
+    assert!(
+        refused.body.contains("View-Only Organization Management"),
+        "{}",
+        refused.body
+    );
+    gate.stop().await;
+}
+
+/// A Save whose browser goes away at once still either happens completely (written, in
+/// force, audited) or not at all: after each abandoned Save, the file, what the gate enforces
+/// and the audit log agree.
+#[tokio::test]
+async fn a_save_abandoned_by_its_browser_is_whole_or_nothing() {
+    let (_fake, gate) = center().await;
+    let mut b = browser(&gate);
+    b.signed_in(ALICE.0, ALICE.1).await;
+    let page = b.get(JOHN_FEATURES).await;
+    let csrf = page.csrf();
+    let addr = gate.admin_web.expect("admin center");
+    let cookies: Vec<String> = b.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    for i in 0..30u64 {
+        let imap4 = if i % 2 == 0 { "disabled" } else { "enabled" };
+        let body = serde_urlencoded::to_string([
+            ("csrf", csrf.as_str()),
+            ("identity", "john.smith@example.com"),
+            ("imap4", imap4),
+        ])
+        .expect("form");
+        let request = format!(
+            "POST /mailboxes/features HTTP/1.1\r\nHost: localhost:{}\r\nCookie: {}\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+            addr.port(),
+            cookies.join("; "),
+            body.len()
+        );
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let mut tls = common::dev_connector()
+            .connect(
+                tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").expect("name"),
+                tcp,
+            )
+            .await
+            .expect("handshake");
+        use tokio::io::AsyncWriteExt;
+        tls.write_all(request.as_bytes()).await.expect("send");
+        tls.flush().await.expect("flush");
+        // Gone at a different moment of the change each time.
+        tokio::time::sleep(Duration::from_micros(i * 193 % 6000)).await;
+        drop(tls);
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        let file = std::fs::read_to_string(gate.mailboxes_path()).expect("mailboxes");
+        let disabled_in_file = file.matches("imap_enabled = false").count() == 2;
+        let login = common::login(&gate, "jsmith", "pass1").await;
+        let enforced = login.contains("NO [CONTACTADMIN]");
+        assert_eq!(
+            disabled_in_file, enforced,
+            "try {i}: the file and the gate differ"
+        );
+        let last = audit_entries(&gate)
+            .into_iter()
+            .rfind(|e| e.what == "set-imap4" && e.outcome.starts_with("in force"));
+        let audited_disabled = last.is_some_and(|e| e.new == "Disabled");
+        assert_eq!(
+            audited_disabled, disabled_in_file,
+            "try {i}: the audit log differs"
+        );
+    }
     gate.stop().await;
 }
 
@@ -511,14 +625,18 @@ async fn the_sessions_view_lists_and_closes_a_mailboxs_sessions() {
         "{}",
         page.body
     );
-    let csrf = page.csrf();
+    let (csrf, key) = (page.csrf(), page.field("key"));
+    assert_eq!(
+        key, "main&#x2f;user1",
+        "the mailbox's key (backend/login), escaped"
+    );
     let closed = b
-        .post("/sessions/close", &[("csrf", &csrf), ("identity", "user1")])
+        .post("/sessions/close", &[("csrf", &csrf), ("key", "main/user1")])
         .await;
     assert_eq!(closed.status, 303);
     let after = b.get("/sessions").await;
     assert!(
-        after.body.contains("user1: 1 session(s) closed."),
+        after.body.contains("John Smith: 1 session(s) closed."),
         "{}",
         after.body
     );

@@ -194,7 +194,7 @@ async fn trace_output_never_contains_passwords_or_sasl_blobs() {
     browser.signed_in("alice", SECRET).await;
     let session = browser
         .cookies
-        .get("imapgate_session")
+        .get("__Host-imapgate_session")
         .cloned()
         .expect("session");
     let page = browser.get("/mailboxes").await;

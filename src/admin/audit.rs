@@ -13,6 +13,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+/// The longest field written (in characters); longer ones are cut.
+const MAX_FIELD: usize = 256;
+
 /// One change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
@@ -29,7 +32,14 @@ pub struct Entry {
 impl Entry {
     /// A change made now.
     pub fn now(who: &str, what: &str, mailbox: &str, old: &str, new: &str, outcome: &str) -> Entry {
-        let clean = |s: &str| s.replace(['\r', '\n'], " ");
+        // One line each, and bounded: a field is what a form or a command line sent.
+        let clean = |s: &str| -> String {
+            let one_line = s.replace(['\r', '\n'], " ");
+            match one_line.char_indices().nth(MAX_FIELD) {
+                Some((cut, _)) => format!("{}...", &one_line[..cut]),
+                None => one_line,
+            }
+        };
         Entry {
             time: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             who: clean(who),
@@ -78,6 +88,11 @@ pub fn record(log: Option<&Path>, entry: Entry) {
             tracing::warn!(path = %path.display(), error = %e, "cannot write the audit log");
         }
     }
+}
+
+/// [`record`] off the runtime's threads (the write is a blocking file write).
+pub async fn write(log: Option<std::path::PathBuf>, entry: Entry) {
+    let _ = tokio::task::spawn_blocking(move || record(log.as_deref(), entry)).await;
 }
 
 /// Every entry of the log, oldest first (unreadable lines skipped); none when there is no log.

@@ -75,6 +75,9 @@ pub trait Controlled: Send + Sync {
     fn sessions(&self) -> Vec<SessionView>;
     /// Closes the sessions of the mailbox `identity` names; how many.
     async fn kick(&self, identity: &str) -> Result<usize, String>;
+    /// Closes the sessions of the mailbox with this key ([`crate::directory::mailbox_key`]);
+    /// how many.
+    fn close_mailbox_sessions(&self, mailbox_key: &str) -> usize;
     fn penalty(&self, ip: IpAddr) -> PenaltyView;
     /// `page` of the mailboxes `filter` selects, from the directory in force.
     async fn list(&self, filter: &Filter, page: Page) -> Result<Listing, String>;

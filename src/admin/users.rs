@@ -115,17 +115,17 @@ pub fn hash(password: &[u8]) -> Result<String, UsersError> {
         .map_err(|e| file_error(Path::new("hash"), e))
 }
 
-/// A hash no password matches, to spend the same time on an unknown name as on a known one.
-fn dummy_hash() -> &'static str {
-    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    DUMMY.get_or_init(|| hash(b"no administrator has this password").unwrap_or_default())
-}
+/// A hash nobody knows the password of (made once from 48 random bytes, then thrown away),
+/// with the parameters `hash` uses: an unknown name costs the same time as a known one, from
+/// the first sign-in on.
+const DUMMY_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$DWZbHLdtM5vXMSXRVd/i5Q$BFLVgYjM2bIo9Wqbwncq5NYB94LGdKErWztEb7krOE8";
 
 /// The administrator `name`, when `password` is theirs. Takes the same time whether or not the
 /// name exists.
 pub fn verify(admins: &[Admin], name: &str, password: &[u8]) -> Option<Admin> {
     let found = admins.iter().find(|a| a.name == name);
-    let stored = found.map_or(dummy_hash(), |a| a.password_hash.as_str());
+    let stored = found.map_or(DUMMY_HASH, |a| a.password_hash.as_str());
     let ok = PasswordHash::new(stored)
         .map(|h| Argon2::default().verify_password(password, &h).is_ok())
         .unwrap_or(false);
@@ -248,6 +248,13 @@ mod tests {
         assert_eq!(alice.role, Role::RecipientManagement);
         assert!(verify(&admins, "alice", b"wrong").is_none());
         assert!(verify(&admins, "nobody", b"correct horse").is_none());
+        // The dummy hash parses and has the parameters of a real one.
+        let dummy = PasswordHash::new(DUMMY_HASH).unwrap();
+        let real = PasswordHash::new(&admins[0].password_hash).unwrap();
+        assert_eq!(
+            (dummy.algorithm, dummy.params),
+            (real.algorithm, real.params)
+        );
         remove(&path, "alice").unwrap();
         assert!(matches!(
             remove(&path, "alice"),

@@ -178,7 +178,10 @@ impl LdapConfig {
         }
         for url in &self.urls {
             if !(url.starts_with("ldap://") || url.starts_with("ldaps://")) {
-                return fail("urls", &format!("{url:?} is not an ldap:// or ldaps:// URL"));
+                return fail(
+                    "urls",
+                    &format!("{url:?} is not an ldap:// or ldaps:// URL"),
+                );
             }
         }
         if self.schema == LdapSchema::Custom && self.attributes.is_none() {

@@ -14,8 +14,6 @@ use std::time::Duration;
 use super::{login_key, Directory, DirectoryError, DirectoryStats, NameForm, Policy, UnknownNames};
 use crate::config::DirectoryConfig;
 
-
-
 type Key = (NameForm, String);
 
 /// The lookup failed in a way that is not an answer (the source is unreachable, say).

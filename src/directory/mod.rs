@@ -18,8 +18,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-pub use cache::CachedDirectory;
 pub use crate::metrics::DirectoryStats;
+pub use cache::CachedDirectory;
 pub use index::{Index, MailboxRecord};
 
 use crate::errors::{Blame, Blamed};
@@ -357,9 +357,12 @@ pub fn open(
     stats: DirectoryStats,
 ) -> Result<Arc<dyn Directory>, DirectoryError> {
     match (&config.source, &config.ldap) {
-        (crate::config::DirectorySource::Ldap, Some(ldap)) => Ok(Arc::new(
-            ldap::LdapDirectory::open(ldap, backends, stats)?,
-        )),
-        _ => Ok(Arc::new(file::FileDirectory::open(&config.mailboxes, backends)?)),
+        (crate::config::DirectorySource::Ldap, Some(ldap)) => {
+            Ok(Arc::new(ldap::LdapDirectory::open(ldap, backends, stats)?))
+        }
+        _ => Ok(Arc::new(file::FileDirectory::open(
+            &config.mailboxes,
+            backends,
+        )?)),
     }
 }

@@ -318,6 +318,11 @@ impl Controlled for GateHandle {
         }
     }
 
+    fn close_mailbox_sessions(&self, mailbox_key: &str) -> usize {
+        self.registry()
+            .kick_where(Kick::Admin, |s| s.mailbox_key == mailbox_key)
+    }
+
     fn penalty(&self, ip: IpAddr) -> PenaltyView {
         self.penalty_of(ip)
     }

@@ -37,8 +37,13 @@ impl Page {
 
     /// The value of the first hidden `csrf` field.
     pub fn csrf(&self) -> String {
-        let marker = "name=\"csrf\" value=\"";
-        let start = self.body.find(marker).expect("a form with a csrf field") + marker.len();
+        self.field("csrf")
+    }
+
+    /// The value of the first form field named `name` (as the page writes it, HTML-escaped).
+    pub fn field(&self, name: &str) -> String {
+        let marker = format!("name=\"{name}\" value=\"");
+        let start = self.body.find(&marker).expect("a form with that field") + marker.len();
         let end = self.body[start..].find('"').expect("end of the value") + start;
         self.body[start..end].to_string()
     }

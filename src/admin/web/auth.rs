@@ -11,13 +11,16 @@ use axum::http::HeaderMap;
 
 use crate::admin::users::Role;
 
-/// The session cookie.
-pub const SESSION_COOKIE: &str = "imapgate_session";
+/// The session cookie. `__Host-`: browsers take it only from this host over HTTPS, with
+/// `Path=/` and no `Domain`, so a sibling host cannot plant or shadow it.
+pub const SESSION_COOKIE: &str = "__Host-imapgate_session";
 /// The sign-in form's own CSRF cookie (double submit: there is no session yet).
-pub const SIGNIN_COOKIE: &str = "imapgate_signin";
+pub const SIGNIN_COOKIE: &str = "__Host-imapgate_signin";
 
 /// Signed-in administrators kept at most; more sign-ins wait for some to expire.
 const MAX_SESSIONS: usize = 1024;
+/// However active, a session ends this long after its sign-in.
+const MAX_SESSION_AGE: Duration = Duration::from_secs(12 * 3600);
 
 /// 32 random bytes, URL-safe base64: a session token or a CSRF token.
 pub fn random_token() -> Option<String> {
@@ -72,14 +75,25 @@ pub struct Signed {
     /// What this session's forms must carry.
     pub csrf: String,
     pub token: String,
+    /// The password hash the administrator signed in with: a new password (or the name given
+    /// to a new administrator) ends the session.
+    pub stamp: String,
 }
 
 struct Record {
     name: String,
     role: Role,
     csrf: String,
+    stamp: String,
+    signed_in: Instant,
     last_seen: Instant,
     flash: Option<Flash>,
+}
+
+impl Record {
+    fn live(&self, idle: Duration) -> bool {
+        self.last_seen.elapsed() < idle && self.signed_in.elapsed() < MAX_SESSION_AGE
+    }
 }
 
 /// The signed-in administrators, by token.
@@ -94,12 +108,12 @@ impl Sessions {
     }
 
     /// A new session; `None` when the store is full of live sessions or no randomness.
-    pub fn create(&self, name: &str, role: Role, idle: Duration) -> Option<Signed> {
+    pub fn create(&self, name: &str, role: Role, stamp: &str, idle: Duration) -> Option<Signed> {
         let token = random_token()?;
         let csrf = random_token()?;
         let mut map = self.lock();
         if map.len() >= MAX_SESSIONS {
-            map.retain(|_, r| r.last_seen.elapsed() < idle);
+            map.retain(|_, r| r.live(idle));
             if map.len() >= MAX_SESSIONS {
                 return None;
             }
@@ -110,6 +124,8 @@ impl Sessions {
                 name: name.to_string(),
                 role,
                 csrf: csrf.clone(),
+                stamp: stamp.to_string(),
+                signed_in: Instant::now(),
                 last_seen: Instant::now(),
                 flash: None,
             },
@@ -119,6 +135,7 @@ impl Sessions {
             role,
             csrf,
             token,
+            stamp: stamp.to_string(),
         })
     }
 
@@ -127,7 +144,7 @@ impl Sessions {
     pub fn get(&self, token: &str, idle: Duration) -> Option<Signed> {
         let mut map = self.lock();
         let record = map.get_mut(token)?;
-        if record.last_seen.elapsed() >= idle {
+        if !record.live(idle) {
             map.remove(token);
             return None;
         }
@@ -137,6 +154,7 @@ impl Sessions {
             role: record.role,
             csrf: record.csrf.clone(),
             token: token.to_string(),
+            stamp: record.stamp.clone(),
         })
     }
 
@@ -203,17 +221,22 @@ pub struct Throttle {
     map: Mutex<HashMap<Key, Failures>>,
 }
 
-fn keys(address: IpAddr, name: &str) -> [Key; 2] {
-    let address = match address {
+/// What counts as one client: an IPv4 address, or the /64 of an IPv6 one (an IPv6 client
+/// has a whole /64 to move around in).
+pub fn client_key(address: IpAddr) -> IpAddr {
+    match address {
         IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
             let prefix = u128::from(v6) & !((1u128 << 64) - 1);
             IpAddr::V6(prefix.into())
         }
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(address, IpAddr::V4),
         v4 => v4,
-    };
+    }
+}
+
+fn keys(address: IpAddr, name: &str) -> [Key; 2] {
     let name: String = name.to_lowercase().chars().take(64).collect();
-    [Key::Address(address), Key::Name(name)]
+    [Key::Address(client_key(address)), Key::Name(name)]
 }
 
 impl Throttle {
@@ -221,11 +244,15 @@ impl Throttle {
         self.map.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// How long a sign-in from `address` as `name` must wait; `None` when it may try now.
+    /// How long a sign-in from `address` as `name` must wait; `None` when it may try now. A
+    /// table full of locked keys locks the keys it has no room for.
     pub fn wait(&self, address: IpAddr, name: &str) -> Option<Duration> {
         let map = self.lock();
-        keys(address, name)
-            .iter()
+        let keys = keys(address, name);
+        if map.len() >= MAX_KEYS && keys.iter().any(|k| !map.contains_key(k)) {
+            return Some(FIRST_LOCK);
+        }
+        keys.iter()
             .filter_map(|k| map.get(k).and_then(Failures::locked_for))
             .max()
     }
@@ -233,19 +260,13 @@ impl Throttle {
     pub fn failed(&self, address: IpAddr, name: &str) {
         let mut map = self.lock();
         if map.len() >= MAX_KEYS {
-            map.retain(|_, f| f.last.elapsed() < FORGET_AFTER);
-            while map.len() >= MAX_KEYS {
-                let oldest = map
-                    .iter()
-                    .min_by_key(|(_, f)| f.last)
-                    .map(|(k, _)| k.clone());
-                match oldest {
-                    Some(k) => map.remove(&k),
-                    None => break,
-                };
-            }
+            // Room is made from what is forgotten or not locked, never from a lock.
+            map.retain(|_, f| f.last.elapsed() < FORGET_AFTER && f.locked_for().is_some());
         }
         for key in keys(address, name) {
+            if map.len() >= MAX_KEYS && !map.contains_key(&key) {
+                continue;
+            }
             let entry = map.entry(key).or_insert(Failures {
                 count: 0,
                 last: Instant::now(),
@@ -322,7 +343,12 @@ mod tests {
     fn idle_sessions_are_forgotten() {
         let s = Sessions::default();
         let signed = s
-            .create("alice", Role::ViewOnly, Duration::from_secs(60))
+            .create(
+                "alice",
+                Role::ViewOnly,
+                "$argon2id$stamp",
+                Duration::from_secs(60),
+            )
             .unwrap();
         assert!(s.get(&signed.token, Duration::from_secs(60)).is_some());
         assert!(s.get(&signed.token, Duration::ZERO).is_none());

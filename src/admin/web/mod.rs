@@ -44,7 +44,7 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(600);
 /// One request, body included (a form trickled byte by byte is cut off).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Connections from one address at once.
+/// Connections from one address (an IPv6 /64) at once.
 const PER_ADDRESS: usize = 8;
 const MAX_BODY: usize = 16 * 1024;
 /// Argon2 verifications at once (each takes ~19 MiB and tens of milliseconds of a core).
@@ -100,7 +100,7 @@ pub async fn serve(
             tracing::warn!(client = %peer, "admin center: too many connections, closed");
             continue;
         };
-        let Some(mine) = PerAddress::take(&per_address, peer.ip()) else {
+        let Some(mine) = PerAddress::take(&per_address, auth::client_key(peer.ip())) else {
             tracing::warn!(client = %peer, "admin center: too many connections from this address, closed");
             continue;
         };
@@ -186,10 +186,11 @@ fn routes(app: App) -> Router {
         .route("/audit", get(pages::audit))
         .route("/static/style.css", get(pages::style))
         .fallback(pages::not_found)
-        .layer(axum::middleware::map_response(render::security_headers))
         .layer(axum::middleware::from_fn(same_origin))
         .layer(axum::middleware::from_fn(deadline))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        // Outermost: every answer carries them, refusals and timeouts included.
+        .layer(axum::middleware::map_response(render::security_headers))
         .with_state(app)
 }
 
@@ -197,7 +198,7 @@ fn routes(app: App) -> Router {
 async fn deadline(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
     match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
         Ok(response) => response,
-        Err(_) => (StatusCode::REQUEST_TIMEOUT, "the request took too long").into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "the request took too long").into_response(),
     }
 }
 
@@ -259,7 +260,11 @@ impl FromRequestParts<App> for Signed {
         };
         // Removed or given another role since signing in: it counts from now.
         match administrators(app.gate.as_ref()).await {
-            Ok(admins) => match admins.iter().find(|a| a.name == signed.name) {
+            // A new password, or another administrator given the name: signed out.
+            Ok(admins) => match admins
+                .iter()
+                .find(|a| a.name == signed.name && a.password_hash == signed.stamp)
+            {
                 Some(admin) => {
                     if admin.role != signed.role {
                         app.sessions.set_role(&signed.token, admin.role);

@@ -19,7 +19,7 @@ use super::{administrators, App, Peer};
 use crate::admin::audit::{self, Entry};
 use crate::admin::users;
 use crate::credentials::Secret;
-use crate::directory::{Filter, MailboxView, Page};
+use crate::directory::{mailbox_key, Filter, MailboxView, Page};
 
 /// Mailboxes per page of Recipients > Mailboxes.
 pub const PAGE_SIZE: usize = 50;
@@ -131,7 +131,7 @@ pub(super) fn signin_page(app: &App, status: StatusCode, problem: &str) -> Respo
         csrf: Some(&token),
     };
     let page = app.pages.render(status, "signin.html", frame, context! {});
-    let cookie = auth::set_cookie(auth::SIGNIN_COOKIE, &token, "/signin");
+    let cookie = auth::set_cookie(auth::SIGNIN_COOKIE, &token, "/");
     ([(header::SET_COOKIE, cookie)], page).into_response()
 }
 
@@ -197,16 +197,20 @@ pub async fn signin(
         if let Some(wait) = app.throttle.wait(peer.ip(), &name) {
             return throttled(&app, peer, wait);
         }
-        let name = name.clone();
-        tokio::task::spawn_blocking(move || users::verify(&admins, &name, password.expose()))
-            .await
-            .ok()
-            .flatten()
+        let who = name.clone();
+        let found =
+            tokio::task::spawn_blocking(move || users::verify(&admins, &who, password.expose()))
+                .await
+                .ok()
+                .flatten();
+        // Counted before the slot is given back, so the next try in line sees it.
+        if found.is_none() {
+            app.throttle.failed(peer.ip(), &name);
+        }
+        found
     };
     let Some(admin) = found else {
-        app.throttle.failed(peer.ip(), &name);
-        // The name only when it is an administrator's: a password typed in the wrong box
-        // must not reach the log.
+        // No name: a password typed into the name box must not reach the log.
         tracing::warn!(client = %peer, "admin center: sign-in failed");
         return signin_page(
             &app,
@@ -219,7 +223,14 @@ pub async fn signin(
         .gate
         .admin_web()
         .map_or(std::time::Duration::ZERO, |w| w.idle_timeout);
-    let Some(signed) = app.sessions.create(&admin.name, admin.role, idle) else {
+    // A session this browser already had ends: one sign-in, one session.
+    if let Some(old) = auth::cookie(&headers, auth::SESSION_COOKIE) {
+        app.sessions.remove(old);
+    }
+    let Some(signed) = app
+        .sessions
+        .create(&admin.name, admin.role, &admin.password_hash, idle)
+    else {
         return signin_page(
             &app,
             StatusCode::SERVICE_UNAVAILABLE,
@@ -235,7 +246,7 @@ pub async fn signin(
         ),
         (
             header::SET_COOKIE,
-            auth::clear_cookie(auth::SIGNIN_COOKIE, "/signin"),
+            auth::clear_cookie(auth::SIGNIN_COOKIE, "/"),
         ),
     ]);
     (headers, Redirect::to("/mailboxes")).into_response()
@@ -461,9 +472,15 @@ pub async fn edit(
 }
 
 /// A change the role does not allow: refused, and audited as refused.
-fn not_allowed(app: &App, signed: &Signed, what: &str, mailbox: &str, back: &str) -> Response {
-    audit::record(
-        app.gate.audit_log().as_deref(),
+async fn not_allowed(
+    app: &App,
+    signed: &Signed,
+    what: &str,
+    mailbox: &str,
+    back: &str,
+) -> Response {
+    audit::write(
+        app.gate.audit_log(),
         Entry::now(
             &who(signed),
             what,
@@ -472,7 +489,8 @@ fn not_allowed(app: &App, signed: &Signed, what: &str, mailbox: &str, back: &str
             "",
             "refused: the role cannot change anything",
         ),
-    );
+    )
+    .await;
     tracing::warn!(admin = %signed.name, what, "admin center: change refused by role");
     refused(
         app,
@@ -505,7 +523,7 @@ pub async fn save_features(
     }
     let back = edit_link(&form.identity, true);
     if !signed.role.can_change() {
-        return not_allowed(&app, &signed, "set-imap4", &form.identity, &back);
+        return not_allowed(&app, &signed, "set-imap4", &form.identity, &back).await;
     }
     let enabled = match form.imap4.as_str() {
         "enabled" => true,
@@ -520,60 +538,66 @@ pub async fn save_features(
             )
         }
     };
-    let log = app.gate.audit_log();
-    match app.gate.set_imap_enabled(&form.identity, enabled).await {
-        Ok(report) => {
-            let label = report.mailbox.label().to_string();
-            let (old, outcome, message) = if report.changed {
-                let closed = report.sessions_closed;
-                let outcome = format!("in force now; {closed} session(s) closed");
-                let message = format!(
-                    "Saved: IMAP4 {} for {label}, in force now; {}.",
-                    word(enabled),
-                    match closed {
-                        1 => "1 session closed".to_string(),
-                        n => format!("{n} sessions closed"),
-                    }
-                );
-                (word(!enabled), outcome, message)
-            } else {
-                let message = format!(
-                    "IMAP4 was already {} for {label}; nothing changed.",
-                    word(enabled)
-                );
-                (word(enabled), "unchanged".to_string(), message)
-            };
-            audit::record(
-                log.as_deref(),
+    let (gate, sessions) = (app.gate.clone(), app.sessions.clone());
+    let (who, identity, token) = (who(&signed), form.identity.clone(), signed.token.clone());
+    // The change and its audit line run to their end even if the browser goes away meanwhile
+    // (a dropped request must not leave a change half applied or unaudited).
+    let done = tokio::spawn(async move {
+        let log = gate.audit_log();
+        let (entry, flash, to) = match gate.set_imap_enabled(&identity, enabled).await {
+            Ok(report) => {
+                let label = report.mailbox.label().to_string();
+                let (old, outcome, message) = if report.changed {
+                    let closed = report.sessions_closed;
+                    let message = format!(
+                        "Saved: IMAP4 {} for {label}, in force now; {}.",
+                        word(enabled),
+                        match closed {
+                            1 => "1 session closed".to_string(),
+                            n => format!("{n} sessions closed"),
+                        }
+                    );
+                    let outcome = format!("in force now; {closed} session(s) closed");
+                    (word(!enabled), outcome, message)
+                } else {
+                    let message = format!(
+                        "IMAP4 was already {} for {label}; nothing changed.",
+                        word(enabled)
+                    );
+                    (word(enabled), "unchanged".to_string(), message)
+                };
+                (
+                    Entry::now(&who, "set-imap4", &label, old, word(enabled), &outcome),
+                    Flash::Message(message),
+                    edit_link(identity_of(&report.mailbox), true),
+                )
+            }
+            Err(e) => (
                 Entry::now(
-                    &who(&signed),
+                    &who,
                     "set-imap4",
-                    &label,
-                    old,
-                    word(enabled),
-                    &outcome,
-                ),
-            );
-            app.sessions
-                .set_flash(&signed.token, Flash::Message(message));
-            Redirect::to(&edit_link(identity_of(&report.mailbox), true)).into_response()
-        }
-        Err(e) => {
-            audit::record(
-                log.as_deref(),
-                Entry::now(
-                    &who(&signed),
-                    "set-imap4",
-                    &form.identity,
+                    &identity,
                     "",
                     word(enabled),
                     &format!("failed: {e}"),
                 ),
-            );
-            app.sessions
-                .set_flash(&signed.token, Flash::Problem(format!("Not saved: {e}")));
-            Redirect::to(&back).into_response()
-        }
+                Flash::Problem(format!("Not saved: {e}")),
+                edit_link(&identity, true),
+            ),
+        };
+        audit::write(log, entry).await;
+        sessions.set_flash(&token, flash);
+        to
+    });
+    match done.await {
+        Ok(to) => Redirect::to(&to).into_response(),
+        Err(_) => refused(
+            &app,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Some(&signed),
+            "The change failed inside the gate; its log says why.".into(),
+            &back,
+        ),
     }
 }
 
@@ -584,8 +608,8 @@ struct SessionRow {
     client: String,
     backend: String,
     since: String,
-    /// What closing this row's mailbox's sessions names.
-    identity: String,
+    /// The mailbox's key (backend and backend login): what closing its sessions names.
+    key: String,
 }
 
 pub async fn sessions(State(app): State<App>, signed: Signed) -> Response {
@@ -596,11 +620,7 @@ pub async fn sessions(State(app): State<App>, signed: Signed) -> Response {
         .into_iter()
         .take(MAX_SESSION_ROWS)
         .map(|s| SessionRow {
-            identity: if s.mailbox.is_some() {
-                s.backend_login.clone()
-            } else {
-                s.user.clone()
-            },
+            key: mailbox_key(&s.backend, &s.backend_login),
             mailbox: s.mailbox.unwrap_or_else(|| "(not in the directory)".into()),
             user: s.user,
             client: s.client,
@@ -625,7 +645,7 @@ pub async fn sessions(State(app): State<App>, signed: Signed) -> Response {
 #[serde(default)]
 pub struct CloseForm {
     csrf: String,
-    identity: String,
+    key: String,
 }
 
 pub async fn close_sessions(
@@ -636,40 +656,38 @@ pub async fn close_sessions(
     if !auth::same_token(&signed.csrf, &form.csrf) {
         return forged(&app, &signed);
     }
+
+    // What the audit and the note call it: the mailbox (or user) of a session with that key.
+    let label = app
+        .gate
+        .sessions()
+        .into_iter()
+        .find(|s| mailbox_key(&s.backend, &s.backend_login) == form.key)
+        .map(|s| s.mailbox.unwrap_or(s.user));
     if !signed.role.can_change() {
-        return not_allowed(&app, &signed, "close-sessions", &form.identity, "/sessions");
+        let named = label.as_deref().unwrap_or(&form.key);
+        return not_allowed(&app, &signed, "close-sessions", named, "/sessions").await;
     }
-    let log = app.gate.audit_log();
-    let flash = match app.gate.kick(&form.identity).await {
-        Ok(closed) => {
-            let outcome = format!("{closed} session(s) closed");
-            audit::record(
-                log.as_deref(),
-                Entry::now(
-                    &who(&signed),
-                    "close-sessions",
-                    &form.identity,
-                    "",
-                    "",
-                    &outcome,
-                ),
-            );
-            Flash::Message(format!("{}: {outcome}.", form.identity))
-        }
-        Err(e) => {
-            audit::record(
-                log.as_deref(),
-                Entry::now(
-                    &who(&signed),
-                    "close-sessions",
-                    &form.identity,
-                    "",
-                    "",
-                    &format!("failed: {e}"),
-                ),
-            );
-            Flash::Problem(format!("Not done: {e}"))
-        }
+    let Some(label) = label else {
+        app.sessions.set_flash(
+            &signed.token,
+            Flash::Problem("Those sessions are closed already.".into()),
+        );
+        return Redirect::to("/sessions").into_response();
+    };
+    let (gate, who, key) = (app.gate.clone(), who(&signed), form.key.clone());
+    // Closed and audited to the end even if the browser goes away.
+    let closed = tokio::spawn(async move {
+        let closed = gate.close_mailbox_sessions(&key);
+        let outcome = format!("{closed} session(s) closed");
+        let entry = Entry::now(&who, "close-sessions", &label, "", "", &outcome);
+        audit::write(gate.audit_log(), entry).await;
+        format!("{label}: {outcome}.")
+    })
+    .await;
+    let flash = match closed {
+        Ok(message) => Flash::Message(message),
+        Err(_) => Flash::Problem("Not done: the gate failed; its log says why.".into()),
     };
     app.sessions.set_flash(&signed.token, flash);
     Redirect::to("/sessions").into_response()

@@ -100,7 +100,8 @@ pub async fn security_headers(mut response: Response) -> Response {
     set(header::X_FRAME_OPTIONS, "DENY");
     // `no-referrer` would make browsers send `Origin: null` with our own forms.
     set(header::REFERRER_POLICY, "same-origin");
-    set(header::STRICT_TRANSPORT_SECURITY, "max-age=31536000");
+    // No Strict-Transport-Security: there is no plain-HTTP entry point to strip, and HSTS
+    // would bind every port of a host name the admin center may share with other services.
     if !headers.contains_key(header::CACHE_CONTROL) {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }

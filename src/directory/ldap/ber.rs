@@ -27,7 +27,8 @@ impl Entry {
 
     /// The values of `name` that are text.
     pub fn strings<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.values(name).filter_map(|v| std::str::from_utf8(v).ok())
+        self.values(name)
+            .filter_map(|v| std::str::from_utf8(v).ok())
     }
 
     /// The first text value of `name`, if any and not empty.
@@ -162,7 +163,7 @@ mod tests {
                 }),
             ],
         });
-        ResultEntry(op.into_structure(), Vec::new())
+        ResultEntry::new(op.into_structure())
     }
 
     #[test]
@@ -177,14 +178,14 @@ mod tests {
         assert_eq!(e.values("objectguid").next(), Some(&[0xff, 0, 1][..]));
         assert_eq!(e.strings("objectGUID").count(), 0, "not text");
         // Not a search entry, and a truncated one.
-        let other = ResultEntry(octets(b"x").into_structure(), Vec::new());
+        let other = ResultEntry::new(octets(b"x").into_structure());
         assert!(entry(&other).is_none());
         let broken = Tag::Sequence(Sequence {
             id: 4,
             class: TagClass::Application,
             inner: vec![octets(b"cn=a")],
         });
-        assert!(entry(&ResultEntry(broken.into_structure(), Vec::new())).is_none());
+        assert!(entry(&ResultEntry::new(broken.into_structure())).is_none());
     }
 
     fn intermediate(value: Option<Tag>) -> ResultEntry {
@@ -207,7 +208,7 @@ mod tests {
             class: TagClass::Application,
             inner,
         });
-        ResultEntry(op.into_structure(), Vec::new())
+        ResultEntry::new(op.into_structure())
     }
 
     #[test]
@@ -229,7 +230,10 @@ mod tests {
                 ..Default::default()
             })],
         });
-        assert_eq!(sync_info(&intermediate(Some(not_done))), Some(SyncInfo::Other));
+        assert_eq!(
+            sync_info(&intermediate(Some(not_done))),
+            Some(SyncInfo::Other)
+        );
         assert_eq!(sync_info(&intermediate(None)), None, "no value");
     }
 }

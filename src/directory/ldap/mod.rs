@@ -75,12 +75,11 @@ impl LdapDirectory {
                 message: "the first line must be the bind password (UTF-8, not empty)".into(),
             });
         }
-        let tls = crate::tls::client_config(config.ca.as_deref()).map_err(|e| {
-            DirectoryError::Parse {
+        let tls =
+            crate::tls::client_config(config.ca.as_deref()).map_err(|e| DirectoryError::Parse {
                 path: config.ca.clone().unwrap_or_default(),
                 message: e.to_string(),
-            }
-        })?;
+            })?;
         let connector = Connector::new(
             config.urls.clone(),
             config.starttls,

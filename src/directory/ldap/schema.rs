@@ -82,8 +82,13 @@ impl Schema {
     /// The mailbox an entry describes, with defaults applied.
     pub fn view(&self, e: &Entry) -> MailboxView {
         let a = &self.attrs;
-        let get = |attr: &Option<String>| attr.as_deref().and_then(|n| e.first(n)).map(String::from);
-        let name = a.display_name.iter().find_map(|n| e.first(n)).map(String::from);
+        let get =
+            |attr: &Option<String>| attr.as_deref().and_then(|n| e.first(n)).map(String::from);
+        let name = a
+            .display_name
+            .iter()
+            .find_map(|n| e.first(n))
+            .map(String::from);
         let email = get(&a.email).or_else(|| {
             let proxy = a.proxy_addresses.as_deref()?;
             e.strings(proxy)
@@ -192,7 +197,11 @@ impl Schema {
             let clauses = a
                 .display_name
                 .iter()
-                .chain([&a.alias, &a.email, &a.upn, &a.account].into_iter().flatten())
+                .chain(
+                    [&a.alias, &a.email, &a.upn, &a.account]
+                        .into_iter()
+                        .flatten(),
+                )
                 .chain(std::iter::once(&self.login_attribute))
                 .map(|attr| format!("({attr}=*{value}*)"))
                 .collect();
@@ -212,10 +221,9 @@ impl Schema {
     fn flag_filter(&self, enabled: bool) -> String {
         let attr = &self.attrs.imap_enabled;
         let (set, unset) = match self.attrs.imap_enabled_format {
-            FlagFormat::ProtocolSettings => (
-                format!("({attr}=IMAP4§1*)"),
-                format!("({attr}=IMAP4§0*)"),
-            ),
+            FlagFormat::ProtocolSettings => {
+                (format!("({attr}=IMAP4§1*)"), format!("({attr}=IMAP4§0*)"))
+            }
             FlagFormat::Boolean => (format!("({attr}=TRUE)"), format!("({attr}=FALSE)")),
         };
         // What says the default is what does not say the other value.
@@ -245,10 +253,7 @@ impl Schema {
         let attr = self.attrs.imap_enabled.clone();
         match self.attrs.imap_enabled_format {
             FlagFormat::ProtocolSettings => {
-                let current: Vec<&str> = e
-                    .strings(&attr)
-                    .filter(|v| is_imap4(v))
-                    .collect();
+                let current: Vec<&str> = e.strings(&attr).filter(|v| is_imap4(v)).collect();
                 if current.is_empty() {
                     let value = with_imap4(IMAP4_DISABLED, enabled);
                     return Some(vec![Mod::Add(attr, HashSet::from([value]))]);
@@ -300,17 +305,22 @@ pub fn with_imap4(value: &str, enabled: bool) -> String {
     format!("{IMAP4_PREFIX}{}{after_first}", if enabled { 1 } else { 0 })
 }
 
-/// The mailbox server an `msExchHomeServerName` names: its last `cn=` part.
+/// The mailbox server an `msExchHomeServerName` names: the last `cn=` of Exchange's
+/// slash-separated form (`/o=Org/.../cn=Servers/cn=MBX01`), or the first of a comma-separated
+/// DN (`CN=MBX01,CN=Servers,...`).
 pub fn home_server(value: &str) -> Option<&str> {
-    value
-        .rsplit(['/', ','])
-        .find_map(|part| {
-            let part = part.trim();
-            part.get(..3)
-                .filter(|p| p.eq_ignore_ascii_case("cn="))
-                .map(|_| &part[3..])
-        })
-        .filter(|s| !s.is_empty())
+    fn cn(part: &str) -> Option<&str> {
+        let part = part.trim();
+        part.get(..3)
+            .filter(|p| p.eq_ignore_ascii_case("cn="))
+            .and_then(|_| part.get(3..))
+            .filter(|s| !s.is_empty())
+    }
+    if value.contains('/') {
+        value.rsplit('/').find_map(cn)
+    } else {
+        value.split(',').find_map(cn)
+    }
 }
 
 /// Active Directory's text form of an `objectGUID`: the first three fields little-endian.

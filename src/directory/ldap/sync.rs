@@ -159,10 +159,9 @@ async fn read(pool: &Pool, schema: &Schema, dn: &str) -> Option<crate::directory
         .search(dn, Scope::Base, schema.base_filter(), &attrs)
         .await;
     match answer {
-        Ok(ldap3::SearchResult(entries, _)) => entries
-            .iter()
-            .find_map(ber::entry)
-            .map(|e| schema.view(&e)),
+        Ok(ldap3::SearchResult(entries, _)) => {
+            entries.iter().find_map(ber::entry).map(|e| schema.view(&e))
+        }
         Err(e) => {
             pool.failed(&lent, &e).await;
             None
