@@ -50,6 +50,13 @@ pub fn check(config: &Config) -> Result<(), PermissionError> {
         files.push((&sni.certificate, Kind::Decides));
         files.push((&sni.private_key, Kind::Secret));
     }
+    if let Some(ldap) = &config.directory.ldap {
+        // The bind account may read every mailbox and change its flag: a secret like a key.
+        files.push((&ldap.bind_password_file, Kind::Secret));
+        if let Some(ca) = &ldap.ca {
+            files.push((ca, Kind::Decides));
+        }
+    }
     if let Some(web) = &config.admin_web {
         // The administrators' password hashes are secrets like a key.
         files.push((&web.users_file, Kind::Secret));

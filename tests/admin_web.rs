@@ -592,23 +592,28 @@ async fn a_save_abandoned_by_its_browser_is_whole_or_nothing() {
         // Gone at a different moment of the change each time.
         tokio::time::sleep(Duration::from_micros(i * 193 % 6000)).await;
         drop(tls);
-        tokio::time::sleep(Duration::from_millis(40)).await;
-        let file = std::fs::read_to_string(gate.mailboxes_path()).expect("mailboxes");
-        let disabled_in_file = file.matches("imap_enabled = false").count() == 2;
-        let login = common::login(&gate, "jsmith", "pass1").await;
-        let enforced = login.contains("NO [CONTACTADMIN]");
-        assert_eq!(
-            disabled_in_file, enforced,
-            "try {i}: the file and the gate differ"
-        );
-        let last = audit_entries(&gate)
-            .into_iter()
-            .rfind(|e| e.what == "set-imap4" && e.outcome.starts_with("in force"));
-        let audited_disabled = last.is_some_and(|e| e.new == "Disabled");
-        assert_eq!(
-            audited_disabled, disabled_in_file,
-            "try {i}: the audit log differs"
-        );
+        // The change may still be running: it must end with all three in agreement, and a
+        // half-applied change never does.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let file = std::fs::read_to_string(gate.mailboxes_path()).expect("mailboxes");
+            let disabled_in_file = file.matches("imap_enabled = false").count() == 2;
+            let login = common::login(&gate, "jsmith", "pass1").await;
+            let enforced = login.contains("NO [CONTACTADMIN]");
+            let last = audit_entries(&gate)
+                .into_iter()
+                .rfind(|e| e.what == "set-imap4" && e.outcome.starts_with("in force"));
+            let audited_disabled = last.is_some_and(|e| e.new == "Disabled");
+            if disabled_in_file == enforced && audited_disabled == disabled_in_file {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "try {i}: still apart after 5 s: file disabled {disabled_in_file}, \
+                 enforced {enforced}, audited disabled {audited_disabled}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
     gate.stop().await;
 }

@@ -9,8 +9,7 @@ use super::audit::{self, Entry};
 use super::cli::Format;
 use super::users::{self, Role};
 use crate::config::Config;
-use crate::directory::file::FileDirectory;
-use crate::directory::{Directory, Filter, MailboxView, Page};
+use crate::directory::{Filter, MailboxView, Page};
 
 fn users_file(config: &Config) -> anyhow::Result<&Path> {
     config
@@ -178,8 +177,7 @@ pub async fn show(config: &Config, identity: Option<&str>, format: Format) -> an
 
 /// The mailboxes on disk `identity` names (none when the directory cannot be read).
 async fn named(config: &Config, identity: &str) -> Vec<MailboxView> {
-    let backends: Vec<&str> = config.backends.keys().map(String::as_str).collect();
-    let Ok(directory) = FileDirectory::open(&config.directory.mailboxes, &backends) else {
+    let Ok(directory) = super::cli::open_directory(config) else {
         return Vec::new();
     };
     let filter = Filter {

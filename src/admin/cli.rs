@@ -9,8 +9,12 @@ use super::audit;
 use super::control::{self, ControlError, ReloadReport};
 use super::show::{enabled_word, print_block, print_table, InForce, Report};
 use crate::config::Config;
-use crate::directory::file::FileDirectory;
-use crate::directory::{find_identity, Directory, DirectoryError, Filter, MailboxView, Page};
+use std::sync::Arc;
+
+use crate::config::DirectorySource;
+use crate::directory::{
+    find_identity, Directory, DirectoryError, DirectoryStats, Filter, MailboxView, Page,
+};
 use crate::registry::SessionView;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -131,8 +135,9 @@ pub async fn mailbox_set(
         }
         (false, false) => {
             println!(
-                "{label}: IMAP4 already {} in the file",
-                enabled_word(enabled)
+                "{label}: IMAP4 already {} in {}",
+                enabled_word(enabled),
+                source_name(config)
             );
             enabled_word(enabled)
         }
@@ -143,7 +148,7 @@ pub async fn mailbox_set(
     } else if outcome.changed {
         "written"
     } else {
-        "unchanged in the file"
+        "unchanged"
     };
     record(&label, old, &format!("{written}; {in_force}"));
     Ok(code)
@@ -184,8 +189,25 @@ async fn put_in_force(config: &Config, no_reload: bool) -> (i32, String) {
     }
 }
 
-fn open_directory(config: &Config) -> Result<FileDirectory, DirectoryError> {
-    FileDirectory::open(&config.directory.mailboxes, &backend_names(config))
+/// The directory the configuration names (the file, or LDAP).
+pub(super) fn open_directory(config: &Config) -> Result<Arc<dyn Directory>, DirectoryError> {
+    crate::directory::open(
+        &config.directory,
+        &backend_names(config),
+        DirectoryStats::default(),
+    )
+}
+
+fn is_ldap(config: &Config) -> bool {
+    config.directory.source == DirectorySource::Ldap
+}
+
+fn source_name(config: &Config) -> &'static str {
+    if is_ldap(config) {
+        "the LDAP directory"
+    } else {
+        "the file"
+    }
 }
 
 /// Every mailbox the directory on disk has.
@@ -208,6 +230,9 @@ pub async fn mailbox_get(
     filter: Option<bool>,
     format: Format,
 ) -> anyhow::Result<i32> {
+    if is_ldap(config) {
+        return mailbox_get_from_ldap(config, identity, filter, format).await;
+    }
     let running: Option<Vec<MailboxView>> = match config.admin.control_socket.as_deref() {
         Some(socket) => match control::request(socket, "MAILBOXES").await {
             Ok(v) => Some(v),
@@ -261,7 +286,11 @@ pub async fn mailbox_get(
                     disk_broken: broken,
                 }
             });
-            Report { mailbox, in_force }
+            Report {
+                mailbox,
+                in_force,
+                origin: None,
+            }
         })
         .filter(|r| filter.is_none_or(|want| r.effective() == want))
         .collect();
@@ -276,6 +305,49 @@ pub async fn mailbox_get(
             }
         }
         Format::Table => print_table(&reports, running.is_some()),
+    }
+    Ok(0)
+}
+
+/// `mailbox get` against LDAP: the directory is what the gate enforces (there is no file that
+/// could differ), read with a server-side filter and paged results.
+async fn mailbox_get_from_ldap(
+    config: &Config,
+    identity: Option<&str>,
+    filter: Option<bool>,
+    format: Format,
+) -> anyhow::Result<i32> {
+    let directory = open_directory(config)?;
+    let wanted = Filter {
+        identity: identity.map(String::from),
+        imap_enabled: filter,
+        search: None,
+    };
+    let listing = directory.list(&wanted, Page::ALL).await?;
+    if let (Some(id), true) = (identity, listing.mailboxes.is_empty()) {
+        eprintln!("no mailbox matches {id:?} in the LDAP directory");
+        return Ok(1);
+    }
+    let reports: Vec<Report> = listing
+        .mailboxes
+        .into_iter()
+        .map(|mailbox| Report {
+            mailbox,
+            in_force: None,
+            origin: Some("the LDAP directory (what the gate enforces)"),
+        })
+        .collect();
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&reports)?),
+        Format::Table if identity.is_some() => {
+            for (i, r) in reports.iter().enumerate() {
+                if i > 0 {
+                    println!();
+                }
+                print_block(r, true);
+            }
+        }
+        Format::Table => print_table(&reports, true),
     }
     Ok(0)
 }

@@ -12,6 +12,9 @@ pub(super) struct Report {
     pub(super) mailbox: MailboxView,
     /// What the running gate enforces; `None` when no gate was reachable.
     pub(super) in_force: Option<InForce>,
+    /// Where the mailbox was read, when not the file (`the LDAP directory`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) origin: Option<&'static str>,
 }
 
 #[derive(Debug, Serialize)]
@@ -61,6 +64,9 @@ pub(super) fn print_block(r: &Report, gate_running: bool) {
             println!("Source            : the running gate (the file on disk is broken; see above)")
         }
         Some(_) => println!("Source            : the running gate (same as on disk)"),
+        None if r.origin.is_some() => {
+            println!("Source            : {}", r.origin.unwrap_or_default())
+        }
         None if gate_running => {}
         None => println!("Source            : the file (no running gate reachable)"),
     }
