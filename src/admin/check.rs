@@ -112,6 +112,32 @@ pub async fn check(path: &Path, bind: bool) -> Report {
     if let Some(w) = shutdown_warning(imap4.shutdown_grace, unit_stop_timeout()) {
         report.warnings.push(w);
     }
+    if let (crate::config::DirectorySource::Ldap, Some(ldap)) =
+        (config.directory.source, &config.directory.ldap)
+    {
+        // Bind and one search, on a connection of its own; the failing step is named.
+        let backends: Vec<&str> = config.backends.keys().map(String::as_str).collect();
+        let probed = match crate::directory::ldap::LdapDirectory::open(
+            ldap,
+            &backends,
+            crate::directory::DirectoryStats::default(),
+        ) {
+            Ok(directory) => directory.probe().await,
+            Err(e) => Err(e.to_string()),
+        };
+        match probed {
+            Ok(what) => {
+                report.summary = Some(format!(
+                    "LDAP directory: {what}; {} backends",
+                    state.backends.len()
+                ))
+            }
+            Err(e) => report
+                .problems
+                .push(format!("[directory.ldap]: {e}")),
+        }
+        return report;
+    }
     let mailboxes = state
         .policies
         .source()

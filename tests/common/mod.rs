@@ -7,6 +7,7 @@ pub mod dovecot;
 pub mod fake;
 pub mod fixtures;
 pub mod https;
+pub mod slapd;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

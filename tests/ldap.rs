@@ -1,0 +1,569 @@
+//! The LDAP directory source against a real OpenLDAP (Debian's slapd) loaded with the shipped
+//! schema (`config/ldap/exchange.ldif`) and demo entries (`config/ldap/demo.ldif`), in front of a
+//! real Dovecot: every identity form, the CLI writing Exchange's protocolSettings values byte for
+//! byte, a change made with ldapmodify followed through content synchronization, slapd going
+//! away and coming back, filter injection, failover and LDAPS, a bind that may not write,
+//! check-config's steps, and 100,000 entries listed with paged results.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::daemon::cli;
+use common::dovecot::dovecot;
+use common::slapd::{self, Slapd, READER_DN, STAFF};
+use common::{GateConfig, TestGate};
+
+const JOHN: &str = "cn=John Smith,ou=Staff,dc=contoso,dc=com";
+const JANE: &str = "cn=Jane Doe,ou=Staff,dc=contoso,dc=com";
+const DISABLED: &str = "IMAP4§0§1§4§ISO-8859-1§0§1§0§0";
+const ENABLED: &str = "IMAP4§1§1§4§ISO-8859-1§0§1§0§0";
+
+/// slapd and Dovecot, or `None` (the test says why and returns) outside CI.
+fn servers() -> Option<u16> {
+    if !slapd::available() {
+        return None;
+    }
+    dovecot().map(|d| d.port)
+}
+
+/// A gate reading `directory`, Dovecot as the backend `main` (the demo entries' server MBX01),
+/// with a control socket and metrics. `ldap_extra` adds lines to `[directory.ldap]`,
+/// `directory_extra` to `[directory]`.
+async fn gate_with(
+    directory: &Slapd,
+    backend_port: u16,
+    ldap_extra: &str,
+    directory_extra: &str,
+) -> TestGate {
+    let mut config = GateConfig::new(&format!("127.0.0.1:{backend_port}"))
+        .extra_directory("source = \"ldap\"")
+        .section(&directory.section(ldap_extra))
+        .section("[admin]\ncontrol_socket = \"control.sock\"\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n");
+    for line in directory_extra.lines() {
+        config = config.extra_directory(line);
+    }
+    config.start().await
+}
+
+async fn gate(directory: &Slapd, backend_port: u16) -> TestGate {
+    gate_with(directory, backend_port, "", "").await
+}
+
+/// `LOGIN` with both arguments as literals (any byte but CR and LF); the tagged answer.
+async fn login_literal(gate: &TestGate, user: &[u8], pass: &[u8]) -> String {
+    let mut c = gate.greeted().await;
+    let mut command = format!("a LOGIN {{{}+}}\r\n", user.len()).into_bytes();
+    command.extend_from_slice(user);
+    command.extend_from_slice(format!(" {{{}+}}\r\n", pass.len()).as_bytes());
+    command.extend_from_slice(pass);
+    command.extend_from_slice(b"\r\n");
+    c.send(&command).await;
+    loop {
+        let line = c.line().await;
+        if line.starts_with("a ") || line.starts_with("* BYE") {
+            return line;
+        }
+    }
+}
+
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.expect("read");
+    body
+}
+
+/// The sum of a metric's series whose line starts with `prefix`.
+fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn every_identity_form_logs_in_and_the_cache_spares_the_directory() {
+    let Some(port) = servers() else { return };
+    let directory = Slapd::start("", None);
+    let gate = gate(&directory, port).await;
+    // alias, mail, another proxy address (any case of its smtp: prefix), UPN, DOMAIN\account,
+    // the account itself (the backend login).
+    for name in [
+        "jsmith",
+        "john.smith@example.com",
+        "js@example.net",
+        "JS@Example.NET",
+        "jsmith@corp.example.com",
+        "CORP\\user1",
+        "corp\\USER1",
+        "user1",
+    ] {
+        let answer = common::login(&gate, &name.replace('\\', "\\\\"), "pass1").await;
+        assert!(answer.starts_with("a OK"), "{name}: {answer}");
+    }
+    // IMAP4 disabled in protocolSettings (Jane), enabled explicitly (Ana).
+    let jane = common::login(&gate, "jane.doe@example.com", "pass2").await;
+    assert!(jane.starts_with("a NO [CONTACTADMIN]"), "{jane}");
+    let ana = common::login(&gate, "alima", "pass3").await;
+    assert!(ana.starts_with("a OK"), "{ana}");
+    // Names the directory does not have, or another domain: refused like a wrong password.
+    for name in ["nobody@example.com", "OTHER\\user1", "John Smith"] {
+        let answer = common::login(&gate, &name.replace('\\', "\\\\"), "pass1").await;
+        assert!(
+            answer.starts_with("a NO [AUTHENTICATIONFAILED]"),
+            "{name}: {answer}"
+        );
+    }
+    // Warm: the same names again make no LDAP lookup.
+    let metrics = gate.metrics.expect("metrics");
+    let before = metric(&scrape(metrics).await, "imapgate_directory_lookups_total");
+    for name in ["jsmith", "JSMITH", "john.smith@example.com", "alima"] {
+        let pass = if name == "alima" { "pass3" } else { "pass1" };
+        assert!(common::login(&gate, name, pass).await.starts_with("a OK"));
+    }
+    let text = scrape(metrics).await;
+    assert!(before >= 12.0, "lookups counted: {before}\n{text}");
+    assert_eq!(
+        metric(&text, "imapgate_directory_lookups_total"),
+        before,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "imapgate_directory_lookup_seconds_count") >= before,
+        "{text}"
+    );
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn mailbox_set_writes_exchanges_values_and_closes_the_session() {
+    let Some(port) = servers() else { return };
+    let directory = Slapd::start("", None);
+    let gate = gate(&directory, port).await;
+    let config = gate.config_path.clone();
+    let mut john = gate.logged_in("jsmith", "pass1").await;
+
+    // The seed's procedure: disable, by display name.
+    let (ok, out, err) = cli(
+        &config,
+        &[
+            "mailbox",
+            "set",
+            "--identity",
+            "John Smith",
+            "--imap-enabled",
+            "false",
+        ],
+    )
+    .await;
+    assert!(ok, "{out}{err}");
+    // One IMAP4 value added, HTTP's untouched.
+    assert_eq!(
+        sorted(directory.values(JOHN, "protocolSettings")),
+        vec!["HTTP§1§1§§§§§§".to_string(), DISABLED.to_string()]
+    );
+    assert!(
+        john.closed_within(Duration::from_secs(2)).await,
+        "session closed"
+    );
+    let refused = common::login(&gate, "jsmith", "pass1").await;
+    assert!(refused.starts_with("a NO [CONTACTADMIN]"), "{refused}");
+    let (ok, out, _) = cli(&config, &["mailbox", "get", "--identity", "jsmith"]).await;
+    assert!(ok && out.trim_end().ends_with("IMAP4: Disabled"), "{out}");
+    // By GUID, in its usual text form.
+    let (ok, out, _) = cli(
+        &config,
+        &[
+            "mailbox",
+            "get",
+            "--identity",
+            "3f2504e0-4f89-11d3-9a0c-0305e82c3301",
+        ],
+    )
+    .await;
+    assert!(
+        ok && out.contains("John Smith") && out.trim_end().ends_with("IMAP4: Disabled"),
+        "{out}"
+    );
+
+    // Enable: the first field flips back, the rest stays.
+    let (ok, out, err) = cli(
+        &config,
+        &[
+            "mailbox",
+            "set",
+            "--identity",
+            "CORP\\user1",
+            "--imap-enabled",
+            "true",
+        ],
+    )
+    .await;
+    assert!(ok, "{out}{err}");
+    assert_eq!(
+        sorted(directory.values(JOHN, "protocolSettings")),
+        vec!["HTTP§1§1§§§§§§".to_string(), ENABLED.to_string()]
+    );
+    assert!(common::login(&gate, "jsmith", "pass1")
+        .await
+        .starts_with("a OK"));
+
+    // Jane's disabled value flips in place; POP3's stays.
+    let (ok, out, err) = cli(
+        &config,
+        &[
+            "mailbox",
+            "set",
+            "--identity",
+            "jdoe",
+            "--imap-enabled",
+            "true",
+        ],
+    )
+    .await;
+    assert!(ok, "{out}{err}");
+    assert_eq!(
+        sorted(directory.values(JANE, "protocolSettings")),
+        vec![
+            ENABLED.to_string(),
+            "POP3§1§1§4§ISO-8859-1§0§§§".to_string()
+        ]
+    );
+    // Setting what is already set changes nothing.
+    let (ok, out, err) = cli(
+        &config,
+        &[
+            "mailbox",
+            "set",
+            "--identity",
+            "jdoe",
+            "--imap-enabled",
+            "true",
+        ],
+    )
+    .await;
+    assert!(ok, "{out}{err}");
+    assert_eq!(directory.values(JANE, "protocolSettings").len(), 2);
+    // The LDAP directory does not create mailboxes.
+    let (ok, out, err) = cli(
+        &config,
+        &[
+            "mailbox",
+            "set",
+            "--identity",
+            "new.person@example.com",
+            "--imap-enabled",
+            "false",
+            "--create",
+        ],
+    )
+    .await;
+    assert!(!ok && err.contains("does not create"), "{out}{err}");
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn a_bind_that_may_not_write_gets_a_clear_error() {
+    let Some(port) = servers() else { return };
+    let directory = Slapd::start("", None);
+    let extra = format!(
+        "bind_dn = {READER_DN:?}\nbind_password_file = {:?}",
+        directory.reader_password_file()
+    );
+    let section = directory
+        .section("")
+        .replace(&format!("bind_dn = {:?}", slapd::SERVICE_DN), "")
+        .replace(
+            &format!("bind_password_file = {:?}", directory.password_file()),
+            &extra,
+        );
+    let gate = GateConfig::new(&format!("127.0.0.1:{port}"))
+        .extra_directory("source = \"ldap\"")
+        .section(&section)
+        .section("[admin]\ncontrol_socket = \"control.sock\"\n\n")
+        .start()
+        .await;
+    let (ok, out, err) = cli(
+        &gate.config_path,
+        &[
+            "mailbox",
+            "set",
+            "--identity",
+            "jsmith",
+            "--imap-enabled",
+            "false",
+        ],
+    )
+    .await;
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("insufficientAccessRights")
+            && err.contains(READER_DN)
+            && err.contains("protocolSettings"),
+        "{err}"
+    );
+    assert_eq!(
+        directory.values(JOHN, "protocolSettings"),
+        vec!["HTTP§1§1§§§§§§".to_string()]
+    );
+    assert!(common::login(&gate, "jsmith", "pass1")
+        .await
+        .starts_with("a OK"));
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn a_change_made_with_ldapmodify_is_followed_within_two_seconds() {
+    let Some(port) = servers() else { return };
+    let directory = Slapd::start("", None);
+    // A cache that would keep the old answer for an hour: only the change can end it.
+    let gate = gate_with(&directory, port, "", "cache_ttl = \"1h\"").await;
+    let mut john = gate.logged_in("john.smith@example.com", "pass1").await;
+    // The synchronization search starts with the gate; give it its refresh stage.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    directory.modify(&format!(
+        "dn: {JOHN}\nchangetype: modify\nadd: protocolSettings\nprotocolSettings: {DISABLED}\n"
+    ));
+    let started = Instant::now();
+    assert!(
+        john.closed_within(Duration::from_secs(2)).await,
+        "the session of a mailbox disabled elsewhere is closed within 2 s"
+    );
+    eprintln!("closed {:?} after ldapmodify", started.elapsed());
+    let refused = common::login(&gate, "jsmith", "pass1").await;
+    assert!(refused.starts_with("a NO [CONTACTADMIN]"), "{refused}");
+    // And back: enabled elsewhere, in force without a reload or a TTL.
+    directory.modify(&format!(
+        "dn: {JOHN}\nchangetype: modify\ndelete: protocolSettings\nprotocolSettings: {DISABLED}\n"
+    ));
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let answer = common::login(&gate, "jsmith", "pass1").await;
+        if answer.starts_with("a OK") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still refused: {answer}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_directory_serves_cached_names_and_fails_closed() {
+    let Some(port) = servers() else { return };
+    let directory = Slapd::start("", None);
+    let gate = gate_with(&directory, port, "follow_changes = false", "").await;
+    assert!(common::login(&gate, "jsmith", "pass1")
+        .await
+        .starts_with("a OK"));
+    directory.pause();
+    // Cached: still answered.
+    assert!(common::login(&gate, "jsmith", "pass1")
+        .await
+        .starts_with("a OK"));
+    // Not cached: unavailable, never a yes, whether enabled (Ana) or disabled (Jane).
+    for (name, pass) in [("alima", "pass3"), ("jdoe", "pass2")] {
+        let answer = common::login(&gate, name, pass).await;
+        assert!(answer.starts_with("a NO [UNAVAILABLE]"), "{name}: {answer}");
+    }
+    let text = scrape(gate.metrics.expect("metrics")).await;
+    assert!(
+        metric(&text, "imapgate_directory_lookups_total{outcome=\"error\"}") >= 2.0,
+        "{text}"
+    );
+    directory.resume();
+    // Back: reconnects (the URL's back-off is short) and answers again.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let answer = common::login(&gate, "alima", "pass3").await;
+        if answer.starts_with("a OK") {
+            break;
+        }
+        assert!(
+            answer.starts_with("a NO [UNAVAILABLE]") && Instant::now() < deadline,
+            "after slapd came back: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let jane = common::login(&gate, "jdoe", "pass2").await;
+    assert!(jane.starts_with("a NO [CONTACTADMIN]"), "{jane}");
+    gate.stop().await;
+}
+
+/// Names full of filter syntax are values, never filters: each of these would match John
+/// Smith (and log in with his password) if it reached the filter unescaped.
+#[tokio::test]
+async fn login_names_cannot_inject_into_the_ldap_filter() {
+    let Some(port) = servers() else { return };
+    // An entry whose alias is all metacharacters, on Dovecot's user "tricky".
+    let odd = "dn: cn=Odd Name,ou=Staff,dc=contoso,dc=com\nobjectClass: inetOrgPerson\n\
+               objectClass: imapgateExchangeUser\ncn: Odd Name\nsn: Name\n\
+               mailNickname: a*b(c)\\\\d\nsAMAccountName: tricky\n";
+    let directory = Slapd::start(odd, None);
+    assert_eq!(
+        directory.values("cn=Odd Name,ou=Staff,dc=contoso,dc=com", "mailNickname"),
+        vec!["a*b(c)\\d".to_string()]
+    );
+    // No refused characters: `*` reaches the directory too.
+    let gate = gate_with(&directory, port, "", "refused_login_characters = \"\"").await;
+    for name in [
+        "jsmit*",
+        "*smith",
+        "j*h",
+        "jsmith)(cn=*",
+        "*)(mailNickname=jsmith",
+        "\\6asmith",
+        "jsmith\\00",
+        "CORP\\user*",
+    ] {
+        let answer = login_literal(&gate, name.as_bytes(), b"pass1").await;
+        assert!(
+            answer.starts_with("a NO [AUTHENTICATIONFAILED]"),
+            "{name}: {answer}"
+        );
+    }
+    // A NUL in a name is refused before any directory sees it.
+    let answer = login_literal(&gate, b"jsmith\0", b"pass1").await;
+    assert!(!answer.starts_with("a OK"), "{answer}");
+    // The name that really has those characters finds its own entry.
+    let answer = login_literal(&gate, b"a*b(c)\\d", b"p\"a\\ss {3}").await;
+    assert!(answer.starts_with("a OK"), "{answer}");
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn urls_fail_over_in_order_and_ldaps_works() {
+    let Some(port) = servers() else { return };
+    let directory = Slapd::start("", None);
+    let dead = format!("ldap://127.0.0.1:{}", common::closed_port());
+    let section = directory.section("").replace(
+        &format!("urls = [{:?}]", directory.url()),
+        &format!("urls = [{dead:?}, {:?}]", directory.ldaps_url()),
+    );
+    assert!(section.contains(&dead), "{section}");
+    let gate = GateConfig::new(&format!("127.0.0.1:{port}"))
+        .extra_directory("source = \"ldap\"")
+        .section(&section)
+        .start()
+        .await;
+    let answer = common::login(&gate, "jsmith", "pass1").await;
+    assert!(answer.starts_with("a OK"), "{answer}");
+    let (ok, out, err) = cli(&gate.config_path, &["check-config"]).await;
+    assert!(
+        ok && out.contains("bound as cn=imapgate") && out.contains("mailboxes found"),
+        "{out}{err}"
+    );
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn check_config_names_the_ldap_step_that_failed() {
+    if !slapd::available() {
+        return;
+    }
+    let directory = Slapd::start("", None);
+    let write = |section: &str| {
+        GateConfig::new("127.0.0.1:1")
+            .extra_directory("source = \"ldap\"")
+            .section(section)
+            .write()
+    };
+    // Good.
+    let (_d, good) = write(&directory.section(""));
+    let (ok, out, err) = cli(&good, &["check-config"]).await;
+    assert!(ok && out.contains("bound as"), "{out}{err}");
+    // Wrong password.
+    let bad = directory.dir.path().join("wrong-password");
+    std::fs::write(&bad, "not-the-password\n").expect("write");
+    let section = directory.section("").replace(
+        &format!("{:?}", directory.password_file()),
+        &format!("{bad:?}"),
+    );
+    let (_d, config) = write(&section);
+    let (ok, out, err) = cli(&config, &["check-config"]).await;
+    assert!(
+        !ok && err.contains("bind as cn=imapgate") && err.contains("invalidCredentials"),
+        "{out}{err}"
+    );
+    // Nothing listening.
+    let dead = format!("ldap://127.0.0.1:{}", common::closed_port());
+    let section = directory
+        .section("")
+        .replace(&directory.url(), &dead);
+    let (_d, config) = write(&section);
+    let (ok, out, err) = cli(&config, &["check-config"]).await;
+    assert!(
+        !ok && err.contains(&dead) && err.contains("connect and StartTLS"),
+        "{out}{err}"
+    );
+    // A base that does not exist.
+    let section = directory
+        .section("")
+        .replace(STAFF, "ou=Nobody,dc=contoso,dc=com");
+    let (_d, config) = write(&section);
+    let (ok, out, err) = cli(&config, &["check-config"]).await;
+    assert!(
+        !ok && err.contains("ou=Nobody") && err.contains("noSuchObject"),
+        "{out}{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_hundred_thousand_entries_list_with_paged_results() {
+    if !slapd::available() {
+        return;
+    }
+    let bulk = tempfile::NamedTempFile::new().expect("tempfile");
+    {
+        use std::io::Write;
+        let mut out = std::io::BufWriter::new(bulk.as_file());
+        for i in 0..100_000u32 {
+            let setting = if i % 10 == 0 { DISABLED } else { "HTTP§1§1§§§§§§" };
+            write!(
+                out,
+                "dn: cn=Bulk User {i:06},{STAFF}\nobjectClass: inetOrgPerson\n\
+                 objectClass: imapgateExchangeUser\ncn: Bulk User {i:06}\nsn: User\n\
+                 displayName: Bulk User {i:06}\nmail: bulk{i:06}@example.org\n\
+                 mailNickname: bulk{i:06}\nsAMAccountName: bulk{i:06}\n\
+                 protocolSettings: {setting}\n\n"
+            )
+            .expect("write");
+        }
+        out.flush().expect("flush");
+    }
+    let started = Instant::now();
+    let directory = Slapd::start("", Some(bulk.path()));
+    eprintln!("100,000 entries loaded in {:?}", started.elapsed());
+    let (_d, config) = GateConfig::new("127.0.0.1:1")
+        .extra_directory("source = \"ldap\"")
+        .section(&directory.section(""))
+        .write();
+    let started = Instant::now();
+    let (ok, out, err) = cli(
+        &config,
+        &["mailbox", "get", "--filter", "imap-enabled=false"],
+    )
+    .await;
+    eprintln!("10,001 of 100,003 listed in {:?}", started.elapsed());
+    assert!(ok, "{err}");
+    let rows: Vec<&str> = out.lines().filter(|l| l.contains("False")).collect();
+    // Every tenth bulk entry, and Jane Doe.
+    assert_eq!(rows.len(), 10_001, "{}", &out[..out.len().min(2000)]);
+    assert!(rows.iter().any(|r| r.contains("Jane Doe")));
+    assert!(!out.contains("Bulk User 000001"), "an enabled one listed");
+    // All of them, as JSON for scripts.
+    let (ok, out, err) = cli(&config, &["mailbox", "get", "--format", "json"]).await;
+    assert!(ok, "{err}");
+    let all: Vec<serde_json::Value> = serde_json::from_str(&out).expect("json");
+    assert_eq!(all.len(), 100_003);
+}
