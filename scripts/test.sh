@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs what the tests need (Debian's
-# dovecot-imapd, curl, chromium and chromium-driver; as root), then formatting, lints and every
+# dovecot-imapd, slapd, ldap-utils, curl, chromium and chromium-driver; as root), then formatting, lints and every
 # test, Dovecot interop and the admin center in Chromium included.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +12,14 @@ command -v python3 >/dev/null || need+=(python3)
 command -v openssl >/dev/null || need+=(openssl)
 if ((${#need[@]})); then
   apt_install "the interop tests run a real Dovecot backend and real clients (curl, Python's imaplib)" "${need[@]}"
+fi
+# tests/ldap.rs starts throwaway OpenLDAP directories (scripts/throwaway-slapd.sh). Debian's own
+# slapd instance is not wanted: its package is told not to create one.
+if [ ! -x /usr/sbin/slapd ] || ! command -v ldapmodify >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "slapd slapd/no_configuration boolean true" | debconf-set-selections
+  fi
+  apt_install "the LDAP directory is tested against a real OpenLDAP (slapd, ldap-utils)" slapd ldap-utils
 fi
 # tests/browser.rs drives the admin center in a real Chromium over WebDriver.
 browser=()

@@ -97,9 +97,9 @@ olcDbDirectory: $dir/db
 olcDbMaxSize: 4294967296
 olcDbIndex: objectClass eq
 olcDbIndex: entryCSN,entryUUID eq
-olcDbIndex: cn,displayName,mail,mailNickname,userPrincipalName,sAMAccountName,proxyAddresses eq,sub
+olcDbIndex: cn,displayName,mail,mailNickname,userPrincipalName,sAMAccountName,proxyAddresses eq
 olcDbIndex: objectGUID eq
-olcDbIndex: protocolSettings eq,sub
+olcDbIndex: protocolSettings eq
 olcLimits: {0}dn.exact="$service" $unlimited
 olcLimits: {1}dn.exact="$reader" $unlimited
 olcAccess: {0}to attrs=userPassword by anonymous auth by * none

@@ -610,9 +610,11 @@ async fn a_hundred_thousand_entries_list_with_paged_results() {
     assert_eq!(rows.len(), 10_001, "{}", &out[..out.len().min(2000)]);
     assert!(rows.iter().any(|r| r.contains("Jane Doe")));
     assert!(!out.contains("Bulk User 000001"), "an enabled one listed");
-    // All of them, as JSON for scripts.
-    let (ok, out, err) = cli(&config, &["mailbox", "get", "--format", "json"]).await;
+    // All of them.
+    let started = Instant::now();
+    let (ok, out, err) = cli(&config, &["mailbox", "get"]).await;
+    eprintln!("100,003 listed in {:?}", started.elapsed());
     assert!(ok, "{err}");
-    let all: Vec<serde_json::Value> = serde_json::from_str(&out).expect("json");
-    assert_eq!(all.len(), 100_003);
+    let rows = out.lines().filter(|l| l.ends_with("True") || l.ends_with("False"));
+    assert_eq!(rows.count(), 100_003);
 }
