@@ -41,7 +41,9 @@ async fn gate_with(
         .main_backend("")
         .extra_directory("source = \"ldap\"")
         .section(&directory.section(ldap_extra))
-        .section("[admin]\ncontrol_socket = \"control.sock\"\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n");
+        .section(
+            "[admin]\ncontrol_socket = \"control.sock\"\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n",
+        );
     for line in directory_extra.lines() {
         config = config.extra_directory(line);
     }
@@ -528,7 +530,7 @@ async fn check_config_names_the_ldap_step_that_failed() {
     let (ok, out, err) = cli(&good, &["check-config"]).await;
     assert!(ok && out.contains("bound as"), "{out}{err}");
     // Wrong password.
-    let bad = directory.dir.path().join("wrong-password");
+    let bad = directory.dir.join("wrong-password");
     std::fs::write(&bad, "not-the-password\n").expect("write");
     {
         use std::os::unix::fs::PermissionsExt;
@@ -546,9 +548,7 @@ async fn check_config_names_the_ldap_step_that_failed() {
     );
     // Nothing listening.
     let dead = format!("ldap://127.0.0.1:{}", common::closed_port());
-    let section = directory
-        .section("")
-        .replace(&directory.url(), &dead);
+    let section = directory.section("").replace(&directory.url(), &dead);
     let (_d, config) = write(&section);
     let (ok, out, err) = cli(&config, &["check-config"]).await;
     assert!(
@@ -577,7 +577,11 @@ async fn a_hundred_thousand_entries_list_with_paged_results() {
         use std::io::Write;
         let mut out = std::io::BufWriter::new(bulk.as_file());
         for i in 0..100_000u32 {
-            let setting = if i % 10 == 0 { DISABLED } else { "HTTP§1§1§§§§§§" };
+            let setting = if i % 10 == 0 {
+                DISABLED
+            } else {
+                "HTTP§1§1§§§§§§"
+            };
             write!(
                 out,
                 "dn: cn=Bulk User {i:06},{STAFF}\nobjectClass: inetOrgPerson\n\
@@ -615,6 +619,65 @@ async fn a_hundred_thousand_entries_list_with_paged_results() {
     let (ok, out, err) = cli(&config, &["mailbox", "get"]).await;
     eprintln!("100,003 listed in {:?}", started.elapsed());
     assert!(ok, "{err}");
-    let rows = out.lines().filter(|l| l.ends_with("True") || l.ends_with("False"));
+    let rows = out
+        .lines()
+        .filter(|l| l.ends_with("True") || l.ends_with("False"));
     assert_eq!(rows.count(), 100_003);
+}
+
+/// The LDAP demo as shipped: `config/imapgate.ldap.toml` byte for byte (the certificates beside
+/// it as in the repository) over the throwaway slapd that `scripts/demo.sh --ldap` starts, in
+/// the same directory and on the same ports.
+#[tokio::test]
+async fn the_shipped_ldap_demo_configuration_reads_the_demo_directory() {
+    if !slapd::available() {
+        return;
+    }
+    if std::net::TcpStream::connect("127.0.0.1:21389").is_ok() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "port 21389 is taken: the LDAP demo's port must be free in CI"
+        );
+        eprintln!("SKIP: port 21389 is taken (is scripts/demo.sh --ldap running?)");
+        return;
+    }
+    let _directory = Slapd::start_in(
+        std::path::Path::new("/tmp/imapgate-demo/ldap"),
+        21389,
+        21636,
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("config")).expect("mkdir");
+    std::fs::create_dir_all(d.join("certs")).expect("mkdir");
+    let repo = common::repo();
+    std::fs::copy(
+        repo.join("config/imapgate.ldap.toml"),
+        d.join("config/imapgate.ldap.toml"),
+    )
+    .expect("copy");
+    for pem in ["localhost.pem", "ca.pem"] {
+        std::fs::copy(common::certs().join(pem), d.join("certs").join(pem)).expect("copy");
+    }
+    std::fs::copy(common::dev_key(), d.join("certs/localhost.key")).expect("key");
+    let config = d.join("config/imapgate.ldap.toml");
+    let (ok, out, err) = cli(&config, &["check-config"]).await;
+    assert!(
+        ok && out.contains("bound as cn=imapgate") && out.contains("mailboxes found"),
+        "{out}{err}"
+    );
+    let (ok, out, err) = cli(&config, &["mailbox", "get"]).await;
+    assert!(ok, "{err}");
+    let rows: Vec<&str> = out.lines().skip(2).collect();
+    assert_eq!(rows.len(), 3, "{out}");
+    assert!(
+        rows.iter()
+            .any(|r| r.starts_with("Jane Doe") && r.ends_with("False")),
+        "{out}"
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r.starts_with("John Smith") && r.contains("mail1") && r.ends_with("True")),
+        "{out}"
+    );
 }

@@ -132,9 +132,7 @@ pub async fn check(path: &Path, bind: bool) -> Report {
                     state.backends.len()
                 ))
             }
-            Err(e) => report
-                .problems
-                .push(format!("[directory.ldap]: {e}")),
+            Err(e) => report.problems.push(format!("[directory.ldap]: {e}")),
         }
         return report;
     }

@@ -17,7 +17,10 @@ const ADMIN_PASSWORD: &str = "admin-demo-password";
 pub struct Slapd {
     pub port: u16,
     pub tls_port: u16,
-    pub dir: tempfile::TempDir,
+    /// Where the script keeps the configuration, database and passwords.
+    pub dir: PathBuf,
+    /// A temporary `dir`, removed after slapd stops.
+    _owned: Option<tempfile::TempDir>,
     child: Child,
 }
 
@@ -49,12 +52,29 @@ impl Slapd {
             .tempdir_in("/tmp")
             .expect("tempdir");
         let (port, tls_port) = (super::closed_port(), super::closed_port());
+        let path = dir.path().to_path_buf();
+        Slapd::run(path, Some(dir), port, tls_port, entries, bulk)
+    }
+
+    /// The demo's directory as `scripts/demo.sh --ldap` starts it: in `dir`, on these ports.
+    pub fn start_in(dir: &Path, port: u16, tls_port: u16) -> Slapd {
+        Slapd::run(dir.to_path_buf(), None, port, tls_port, "", None)
+    }
+
+    fn run(
+        dir: PathBuf,
+        owned: Option<tempfile::TempDir>,
+        port: u16,
+        tls_port: u16,
+        entries: &str,
+        bulk: Option<&Path>,
+    ) -> Slapd {
         let mut cmd = Command::new(super::repo().join("scripts/throwaway-slapd.sh"));
-        cmd.arg(dir.path())
+        cmd.arg(&dir)
             .arg(port.to_string())
             .arg(tls_port.to_string());
         if !entries.is_empty() {
-            let file = dir.path().join("entries.ldif");
+            let file = dir.join("entries.ldif");
             std::fs::write(&file, entries).expect("write entries");
             cmd.arg("--entries").arg(file);
         }
@@ -75,6 +95,7 @@ impl Slapd {
             port,
             tls_port,
             dir,
+            _owned: owned,
             child,
         }
     }
@@ -89,12 +110,12 @@ impl Slapd {
 
     /// The imapgate bind account's password file (written by the script).
     pub fn password_file(&self) -> PathBuf {
-        self.dir.path().join("imapgate-password")
+        self.dir.join("imapgate-password")
     }
 
     /// The read-only account's password file.
     pub fn reader_password_file(&self) -> PathBuf {
-        self.dir.path().join("reader-password")
+        self.dir.join("reader-password")
     }
 
     /// `[directory] source = "ldap"` and `[directory.ldap]` for this directory: the Exchange
@@ -175,7 +196,7 @@ impl Slapd {
 
     /// Stops slapd (the directory becomes unreachable); [`Slapd::resume`] starts it again.
     pub fn pause(&self) {
-        let pid = std::fs::read_to_string(self.dir.path().join("slapd.pid")).expect("pid file");
+        let pid = std::fs::read_to_string(self.dir.join("slapd.pid")).expect("pid file");
         let pid = pid.trim().to_string();
         let _ = Command::new("kill").arg(&pid).status();
         for _ in 0..200 {
@@ -195,12 +216,12 @@ impl Slapd {
 
     /// Starts slapd again on the same ports and database.
     pub fn resume(&self) {
-        let socket = self.dir.path().join("ldapi").display().to_string();
+        let socket = self.dir.join("ldapi").display().to_string();
         let ldapi = format!("ldapi://{}", socket.replace('/', "%2F"));
         let urls = format!("{}/ {}/ {ldapi}/", self.url(), self.ldaps_url());
         let status = Command::new("/usr/sbin/slapd")
             .arg("-F")
-            .arg(self.dir.path().join("slapd.d"))
+            .arg(self.dir.join("slapd.d"))
             .args(["-h", &urls])
             .status()
             .expect("run slapd");
