@@ -681,3 +681,66 @@ async fn the_shipped_ldap_demo_configuration_reads_the_demo_directory() {
         "{out}"
     );
 }
+
+/// The seed's graphical procedure over LDAP: the admin center lists and searches the directory
+/// on the server, and its Save writes protocolSettings and closes the session.
+#[tokio::test]
+async fn the_admin_center_reads_and_writes_the_ldap_directory() {
+    let Some(port) = servers() else { return };
+    let directory = Slapd::start("", None);
+    let gate = GateConfig::new(&format!("127.0.0.1:{port}"))
+        .main_backend("")
+        .extra_directory("source = \"ldap\"")
+        .section(&directory.section(""))
+        .admin_center()
+        .start()
+        .await;
+    imapgate::admin::users::add(
+        &gate.dir.path().join("admins.toml"),
+        "alice",
+        imapgate::admin::users::Role::RecipientManagement,
+        b"alice-password",
+    )
+    .expect("add alice");
+    let mut john = gate.logged_in("jsmith", "pass1").await;
+    let mut b = common::https::Browser::new(gate.admin_web.expect("admin center"));
+    b.signed_in("alice", "alice-password").await;
+    let list = b.get("/mailboxes").await;
+    assert!(
+        list.body.contains("Jane Doe") && list.body.contains("Ana Lima"),
+        "{}",
+        list.body
+    );
+    let found = b.get("/mailboxes?search=Smi").await;
+    assert!(
+        found.body.contains("1 mailbox(es) matching") && !found.body.contains("Jane Doe"),
+        "{}",
+        found.body
+    );
+    let features = b
+        .get("/mailboxes/edit?identity=jsmith&section=features")
+        .await;
+    assert!(
+        features.body.contains("IMAP4: Enabled"),
+        "{}",
+        features.body
+    );
+    let csrf = features.csrf();
+    let saved = b
+        .post(
+            "/mailboxes/features",
+            &[("csrf", &csrf), ("identity", "jsmith"), ("imap4", "disabled")],
+        )
+        .await;
+    assert!(saved.status < 400, "{}", saved.body);
+    assert_eq!(
+        sorted(directory.values(JOHN, "protocolSettings")),
+        vec!["HTTP§1§1§§§§§§".to_string(), DISABLED.to_string()]
+    );
+    assert!(john.closed_within(Duration::from_secs(2)).await);
+    let check = b
+        .get("/mailboxes/edit?identity=jsmith&section=features")
+        .await;
+    assert!(check.body.contains("IMAP4: Disabled"), "{}", check.body);
+    gate.stop().await;
+}
