@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::daemon::{cli, Daemon};
+use common::daemon::{cli, mailbox_set as set_imap_enabled, Daemon};
 use common::dovecot::dovecot;
 use common::fake::{FakeBackend, Script};
 use common::fixtures::{files_with_fake, gate_with_fake, gate_with_fake_configured, CONTOSO};
@@ -26,26 +26,6 @@ fn setup(backend: &str) -> (tempfile::TempDir, PathBuf) {
 /// [`setup`] in front of a default fake backend.
 async fn setup_with_fake() -> (FakeBackend, tempfile::TempDir, PathBuf) {
     files_with_fake(Script::default(), CONTOSO, GateConfig::control_socket).await
-}
-
-/// `imapgate mailbox set --identity IDENTITY --imap-enabled ENABLED FLAGS...`.
-async fn set_imap_enabled(
-    config: &Path,
-    identity: &str,
-    enabled: bool,
-    flags: &[&str],
-) -> (bool, String, String) {
-    let enabled = enabled.to_string();
-    let mut args = vec![
-        "mailbox",
-        "set",
-        "--identity",
-        identity,
-        "--imap-enabled",
-        &enabled,
-    ];
-    args.extend_from_slice(flags);
-    cli(config, &args).await
 }
 
 /// `imapgate mailbox get --identity IDENTITY`.

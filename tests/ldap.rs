@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::daemon::cli;
+use common::daemon::{cli, mailbox_set};
 use common::dovecot::dovecot;
 use common::slapd::{self, Slapd, READER_DN, STAFF};
 use common::{GateConfig, TestGate};
@@ -72,17 +72,6 @@ async fn login_literal(gate: &TestGate, source: u8, user: &[u8], pass: &[u8]) ->
             return line;
         }
     }
-}
-
-async fn scrape(addr: std::net::SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("write");
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.expect("read");
-    body
 }
 
 /// Logs in as each `(name, password)` at once, each from an address of its own (from
@@ -167,12 +156,15 @@ async fn every_identity_form_logs_in_and_the_cache_spares_the_directory() {
     }
     // Warm: the same names again make no LDAP lookup.
     let metrics = gate.metrics.expect("metrics");
-    let before = metric(&scrape(metrics).await, "imapgate_directory_lookups_total");
+    let before = metric(
+        &common::scrape(metrics).await,
+        "imapgate_directory_lookups_total",
+    );
     for name in ["jsmith", "JSMITH", "john.smith@example.com", "alima"] {
         let pass = if name == "alima" { "pass3" } else { "pass1" };
         assert!(common::login(&gate, name, pass).await.starts_with("a OK"));
     }
-    let text = scrape(metrics).await;
+    let text = common::scrape(metrics).await;
     // One per distinct name (case does not make another): 6 of John's, Jane, Ana, and the two
     // unknown names that can match (another domain is refused without a search).
     assert_eq!(before, 10.0, "lookups counted\n{text}");
@@ -197,18 +189,7 @@ async fn mailbox_set_writes_exchanges_values_and_closes_the_session() {
     let mut john = gate.logged_in("jsmith", "pass1").await;
 
     // The seed's procedure: disable, by display name.
-    let (ok, out, err) = cli(
-        &config,
-        &[
-            "mailbox",
-            "set",
-            "--identity",
-            "John Smith",
-            "--imap-enabled",
-            "false",
-        ],
-    )
-    .await;
+    let (ok, out, err) = mailbox_set(&config, "John Smith", false, &[]).await;
     assert!(ok, "{out}{err}");
     // One IMAP4 value added, HTTP's untouched.
     assert_eq!(
@@ -240,18 +221,7 @@ async fn mailbox_set_writes_exchanges_values_and_closes_the_session() {
     );
 
     // Enable: the first field flips back, the rest stays.
-    let (ok, out, err) = cli(
-        &config,
-        &[
-            "mailbox",
-            "set",
-            "--identity",
-            "CORP\\user1",
-            "--imap-enabled",
-            "true",
-        ],
-    )
-    .await;
+    let (ok, out, err) = mailbox_set(&config, "CORP\\user1", true, &[]).await;
     assert!(ok, "{out}{err}");
     assert_eq!(
         sorted(directory.values(JOHN, "protocolSettings")),
@@ -262,18 +232,7 @@ async fn mailbox_set_writes_exchanges_values_and_closes_the_session() {
         .starts_with("a OK"));
 
     // Jane's disabled value flips in place; POP3's stays.
-    let (ok, out, err) = cli(
-        &config,
-        &[
-            "mailbox",
-            "set",
-            "--identity",
-            "jdoe",
-            "--imap-enabled",
-            "true",
-        ],
-    )
-    .await;
+    let (ok, out, err) = mailbox_set(&config, "jdoe", true, &[]).await;
     assert!(ok, "{out}{err}");
     assert_eq!(
         sorted(directory.values(JANE, "protocolSettings")),
@@ -283,34 +242,11 @@ async fn mailbox_set_writes_exchanges_values_and_closes_the_session() {
         ]
     );
     // Setting what is already set changes nothing.
-    let (ok, out, err) = cli(
-        &config,
-        &[
-            "mailbox",
-            "set",
-            "--identity",
-            "jdoe",
-            "--imap-enabled",
-            "true",
-        ],
-    )
-    .await;
+    let (ok, out, err) = mailbox_set(&config, "jdoe", true, &[]).await;
     assert!(ok, "{out}{err}");
     assert_eq!(directory.values(JANE, "protocolSettings").len(), 2);
     // The LDAP directory does not create mailboxes.
-    let (ok, out, err) = cli(
-        &config,
-        &[
-            "mailbox",
-            "set",
-            "--identity",
-            "new.person@example.com",
-            "--imap-enabled",
-            "false",
-            "--create",
-        ],
-    )
-    .await;
+    let (ok, out, err) = mailbox_set(&config, "new.person@example.com", false, &["--create"]).await;
     assert!(!ok && err.contains("does not create"), "{out}{err}");
     gate.stop().await;
 }
@@ -337,18 +273,7 @@ async fn a_bind_that_may_not_write_gets_a_clear_error() {
         .section("[admin]\ncontrol_socket = \"control.sock\"\n\n")
         .start()
         .await;
-    let (ok, out, err) = cli(
-        &gate.config_path,
-        &[
-            "mailbox",
-            "set",
-            "--identity",
-            "jsmith",
-            "--imap-enabled",
-            "false",
-        ],
-    )
-    .await;
+    let (ok, out, err) = mailbox_set(&gate.config_path, "jsmith", false, &[]).await;
     assert!(!ok, "{out}");
     assert!(
         err.contains("insufficientAccessRights")
@@ -420,7 +345,7 @@ async fn an_unreachable_directory_serves_cached_names_and_fails_closed() {
         let answer = common::login(&gate, name, pass).await;
         assert!(answer.starts_with("a NO [UNAVAILABLE]"), "{name}: {answer}");
     }
-    let text = scrape(gate.metrics.expect("metrics")).await;
+    let text = common::scrape(gate.metrics.expect("metrics")).await;
     assert!(
         metric(&text, "imapgate_directory_lookups_total{outcome=\"error\"}") >= 2.0,
         "{text}"
@@ -729,7 +654,11 @@ async fn the_admin_center_reads_and_writes_the_ldap_directory() {
     let saved = b
         .post(
             "/mailboxes/features",
-            &[("csrf", &csrf), ("identity", "jsmith"), ("imap4", "disabled")],
+            &[
+                ("csrf", &csrf),
+                ("identity", "jsmith"),
+                ("imap4", "disabled"),
+            ],
         )
         .await;
     assert!(saved.status < 400, "{}", saved.body);

@@ -10,7 +10,7 @@ use common::daemon::{cli, BIN};
 use common::fake::Script;
 use common::fixtures::{files_with_fake, gate_with_fake_configured, FAKE_USERS, JOHN_AND_JANE};
 use common::{last, GateConfig, TestGate};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::UnixDatagram;
 use tokio::process::Command;
 
@@ -161,17 +161,6 @@ async fn sd_notify_ready_reloading_watchdog_status_and_stopping() {
     assert!(status.success());
 }
 
-async fn scrape(addr: std::net::SocketAddr) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .expect("write");
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.expect("read");
-    assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
-    body
-}
-
 fn value(metrics: &str, series: &str) -> f64 {
     metrics
         .lines()
@@ -199,7 +188,7 @@ async fn metrics_are_scraped() {
     // Plain text on the plain port is refused (secure-login).
     let mut plain = gate.greeted().await;
     plain.cmd("a", "LOGIN user1 pass1").await;
-    let m = scrape(addr).await;
+    let m = common::scrape(addr).await;
     // One login of each outcome, and one session still open in each phase and listener.
     for series in [
         "imapgate_logins_total{outcome=\"ok\"}",
@@ -234,7 +223,7 @@ async fn metrics_are_scraped() {
     assert!(ok.closed_within(Duration::from_secs(2)).await);
     gate.write_mailboxes("[[mailbox\n");
     assert!(gate.handle.reload().await.is_err());
-    let m = scrape(addr).await;
+    let m = common::scrape(addr).await;
     assert_eq!(value(&m, "imapgate_reloads_total{result=\"ok\"}"), 1.0);
     assert_eq!(value(&m, "imapgate_reloads_total{result=\"refused\"}"), 1.0);
     assert_eq!(value(&m, "imapgate_sessions_closed_on_reload_total"), 1.0);
@@ -586,7 +575,7 @@ async fn bytes_of_open_sessions_reach_the_metrics_while_they_relay() {
     let mut c = gate.logged_in("user1", "pass1").await;
     assert_eq!(c.cmd("n", "NOOP").await, vec!["n OK NOOP done"]);
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let m = scrape(addr).await;
+    let m = common::scrape(addr).await;
     let up = "imapgate_relayed_bytes_total{direction=\"client_to_backend\"}";
     let down = "imapgate_relayed_bytes_total{direction=\"backend_to_client\"}";
     assert_eq!(value(&m, up), 8.0, "\"n NOOP\\r\\n\"");
@@ -598,13 +587,13 @@ async fn bytes_of_open_sessions_reach_the_metrics_while_they_relay() {
     // Closing adds nothing twice.
     assert_eq!(c.cmd("z", "LOGOUT").await.len(), 2);
     assert!(c.closed_within(Duration::from_secs(3)).await);
-    let mut m = scrape(addr).await;
+    let mut m = common::scrape(addr).await;
     for _ in 0..30 {
         if value(&m, "imapgate_sessions{phase=\"relay\",listener=\"imap\"}") == 0.0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        m = scrape(addr).await;
+        m = common::scrape(addr).await;
     }
     assert_eq!(value(&m, up), 8.0 + 10.0, "and \"z LOGOUT\\r\\n\"");
     assert_eq!(

@@ -294,18 +294,7 @@ pub async fn mailbox_get(
         })
         .filter(|r| filter.is_none_or(|want| r.effective() == want))
         .collect();
-    match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&reports)?),
-        Format::Table if identity.is_some() => {
-            for (i, r) in reports.iter().enumerate() {
-                if i > 0 {
-                    println!();
-                }
-                print_block(r, running.is_some());
-            }
-        }
-        Format::Table => print_table(&reports, running.is_some()),
-    }
+    print_reports(&reports, format, identity.is_some(), running.is_some())?;
     Ok(0)
 }
 
@@ -337,19 +326,30 @@ async fn mailbox_get_from_ldap(
             origin: Some("the LDAP directory (what the gate enforces)"),
         })
         .collect();
+    print_reports(&reports, format, identity.is_some(), true)?;
+    Ok(0)
+}
+
+/// Reports as JSON, as one block each (one mailbox asked for), or as a table.
+fn print_reports(
+    reports: &[Report],
+    format: Format,
+    one: bool,
+    in_force_known: bool,
+) -> anyhow::Result<()> {
     match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&reports)?),
-        Format::Table if identity.is_some() => {
+        Format::Json => println!("{}", serde_json::to_string_pretty(reports)?),
+        Format::Table if one => {
             for (i, r) in reports.iter().enumerate() {
                 if i > 0 {
                     println!();
                 }
-                print_block(r, true);
+                print_block(r, in_force_known);
             }
         }
-        Format::Table => print_table(&reports, true),
+        Format::Table => print_table(reports, in_force_known),
     }
-    Ok(0)
+    Ok(())
 }
 
 /// The same mailbox in two versions of the directory: same first login name.

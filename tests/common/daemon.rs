@@ -91,3 +91,23 @@ pub async fn cli(config: &Path, args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// `imapgate mailbox set --identity IDENTITY --imap-enabled ENABLED FLAGS... --config CONFIG`.
+pub async fn mailbox_set(
+    config: &Path,
+    identity: &str,
+    enabled: bool,
+    flags: &[&str],
+) -> (bool, String, String) {
+    let enabled = enabled.to_string();
+    let mut args = vec![
+        "mailbox",
+        "set",
+        "--identity",
+        identity,
+        "--imap-enabled",
+        &enabled,
+    ];
+    args.extend_from_slice(flags);
+    cli(config, &args).await
+}

@@ -23,17 +23,7 @@ static DOVECOT: OnceLock<Option<Dovecot>> = OnceLock::new();
 pub fn dovecot() -> Option<&'static Dovecot> {
     DOVECOT
         .get_or_init(|| {
-            let installed = Command::new("sh")
-                .args(["-c", "command -v dovecot"])
-                .output()
-                .map(|o| o.status.success())
-                .unwrap_or(false);
-            if !installed {
-                assert!(
-                    std::env::var_os("CI").is_none(),
-                    "dovecot is required in CI (apt-get install dovecot-imapd)"
-                );
-                eprintln!("SKIP: dovecot is not installed; run scripts/test.sh to install it");
+            if !super::installed(&["dovecot"], "dovecot-imapd") {
                 return None;
             }
             let dir = tempfile::tempdir().expect("tempdir");

@@ -489,3 +489,40 @@ pub async fn login(gate: &TestGate, user: &str, pass: &str) -> String {
     let r = c.cmd("a", &format!("LOGIN \"{user}\" \"{pass}\"")).await;
     last(&r).to_string()
 }
+
+/// The metrics endpoint's page (`GET /metrics`), headers included; it must answer 200.
+pub async fn scrape(addr: SocketAddr) -> String {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.expect("read");
+    assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+    body
+}
+
+/// True when every one of `commands` is installed. Outside CI a missing one skips the test (it
+/// says so, and `packages` to install); in CI (`CI` set) it fails the test.
+pub fn installed(commands: &[&str], packages: &str) -> bool {
+    let missing: Vec<&str> = commands
+        .iter()
+        .copied()
+        .filter(|c| {
+            !std::process::Command::new("sh")
+                .args(["-c", &format!("command -v {c}")])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        })
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{missing:?} required in CI (apt-get install {packages})"
+    );
+    eprintln!("SKIP: {missing:?} not installed; run scripts/test.sh to install {packages}");
+    false
+}

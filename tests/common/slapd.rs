@@ -27,20 +27,7 @@ pub struct Slapd {
 /// True when slapd can be used here; outside CI a missing slapd skips the test (it says so), in
 /// CI (`CI` set) it fails it.
 pub fn available() -> bool {
-    let installed = Path::new("/usr/sbin/slapd").exists()
-        && Command::new("sh")
-            .args(["-c", "command -v ldapmodify"])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-    if !installed {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "slapd and ldap-utils are required in CI (apt-get install slapd ldap-utils)"
-        );
-        eprintln!("SKIP: slapd is not installed; run scripts/test.sh to install it");
-    }
-    installed
+    super::installed(&["/usr/sbin/slapd", "ldapmodify"], "slapd ldap-utils")
 }
 
 impl Slapd {
