@@ -54,17 +54,29 @@ pub async fn accept_loop(listener: TcpListener, kind: ListenerKind, shared: Arc<
         };
         match accepted {
             Ok((tcp, peer)) => {
-                let caps = crate::limits::connection_caps(
-                    &shared.state.load().config.imap4,
-                    shared.max_connections(),
-                );
-                match shared.connections.connect(peer.ip(), caps) {
+                let (caps, balancer) = {
+                    let state = shared.state.load();
+                    let imap4 = &state.config.imap4;
+                    let caps = crate::limits::connection_caps(imap4, shared.max_connections());
+                    let ip = peer.ip().to_canonical();
+                    let balancer = imap4.proxy_protocol_from.iter().any(|n| n.contains(&ip));
+                    (caps, balancer)
+                };
+                // A balancer's connections count against its clients' addresses once its
+                // PROXY header has named them.
+                let at_accept = if balancer { caps.total_only() } else { caps };
+                match shared.connections.connect(peer.ip(), at_accept) {
                     Ok(guard) => {
                         let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
                         let shared2 = shared.clone();
+                        let origin = if balancer {
+                            session::Origin::Balancer(caps)
+                        } else {
+                            session::Origin::Direct
+                        };
                         shared
                             .tracker
-                            .spawn(session::serve(tcp, peer, kind, shared2, id, guard));
+                            .spawn(session::serve(tcp, peer, origin, kind, shared2, id, guard));
                     }
                     Err(over) => {
                         tracing::info!(peer = %peer, listener = kind.name(), ?over, "connection refused: limit reached");

@@ -129,6 +129,9 @@ pub struct Imap4 {
     pub auth_penalty_max: Duration,
     /// Client networks exempt from the penalty (a webmail host, a monitoring probe).
     pub trusted_networks: Vec<ipnet::IpNet>,
+    /// Load balancers: connections from these networks start with a PROXY protocol header (v1
+    /// or v2) whose source address is the client's; others that send one are closed.
+    pub proxy_protocol_from: Vec<ipnet::IpNet>,
     /// Certificates for other names, picked by SNI; `certificate` is the default.
     pub sni_certificates: Vec<SniCertificate>,
 }
@@ -160,6 +163,7 @@ impl Default for Imap4 {
             auth_penalty_initial: Duration::from_secs(2),
             auth_penalty_max: Duration::from_secs(15),
             trusted_networks: Vec::new(),
+            proxy_protocol_from: Vec::new(),
             sni_certificates: Vec::new(),
         }
     }

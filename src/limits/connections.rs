@@ -175,6 +175,32 @@ impl ConnectionGuard {
         self.under_pressure
     }
 
+    /// The connection's client is `ip` after all (a PROXY protocol header named it): counted
+    /// against `ip` from now on, unless that would pass one of `caps` (the guard then still
+    /// counts the balancer's address, and dropping it releases that).
+    pub fn move_to(&mut self, ip: IpAddr, caps: ConnectionCaps) -> Result<(), Over> {
+        if ip == self.ip {
+            return Ok(());
+        }
+        let mut c = lock(&self.limits.counts);
+        let n = c.per_ip.get(&ip).copied().unwrap_or(0);
+        if n >= caps.per_ip {
+            return Err(Over::Address);
+        }
+        let before = c.preauth_per_ip.get(&ip).copied().unwrap_or(0);
+        if self.before_login && before >= caps.preauth_per_ip {
+            return Err(Over::AddressBeforeLogin);
+        }
+        decrement(&mut c.per_ip, &self.ip);
+        c.per_ip.insert(ip, n + 1);
+        if self.before_login {
+            decrement(&mut c.preauth_per_ip, &self.ip);
+            c.preauth_per_ip.insert(ip, before + 1);
+        }
+        self.ip = ip;
+        Ok(())
+    }
+
     /// The connection logged in: it no longer counts against its address's connections before
     /// login.
     pub fn logged_in(&mut self) {
@@ -238,6 +264,18 @@ pub fn effective_max_connections(configured: Option<usize>, budget: Option<usize
         (Some(c), None) => c,
         (None, Some(b)) => b,
         (None, None) => crate::config::UNLIMITED,
+    }
+}
+
+impl ConnectionCaps {
+    /// Only the gate's total: for a connection from a balancer before its PROXY header says
+    /// whose it is (the balancer's own address carries every client's connections).
+    pub fn total_only(self) -> ConnectionCaps {
+        ConnectionCaps {
+            per_ip: usize::MAX,
+            preauth_per_ip: usize::MAX,
+            ..self
+        }
     }
 }
 

@@ -148,6 +148,8 @@ pub struct Dialogue {
     records: Vec<Record>,
     user: String,
     discarded_before_tls: usize,
+    /// The client has sent something.
+    fed: bool,
 }
 
 impl Dialogue {
@@ -171,6 +173,7 @@ impl Dialogue {
             records: Vec::new(),
             user: String::new(),
             discarded_before_tls: 0,
+            fed: false,
         };
         let greeting = format!(
             "* OK [CAPABILITY {}] {}\r\n",
@@ -183,6 +186,12 @@ impl Dialogue {
 
     /// Bytes from the client.
     pub fn feed(&mut self, bytes: &[u8]) {
+        // A PROXY protocol header from an address not in proxy_protocol_from: a client trying
+        // to choose the address the gate sees, or a balancer the configuration does not name.
+        if !self.fed && super::proxy_header::looks_like_header(bytes) {
+            self.bye(b"* BYE PROXY protocol header from an address not trusted to send one.\r\n");
+        }
+        self.fed |= !bytes.is_empty();
         self.buf.extend_from_slice(bytes);
     }
 

@@ -7,6 +7,7 @@ pub mod boundary;
 pub mod dialogue;
 pub mod input;
 pub mod preauth;
+pub mod proxy_header;
 pub mod relay;
 pub mod splice;
 pub mod sweeper;
@@ -74,12 +75,23 @@ impl Context {
     }
 }
 
+/// Where a connection comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum Origin {
+    /// The client itself.
+    Direct,
+    /// A load balancer in `proxy_protocol_from`: a PROXY header names the client, whose
+    /// address then gets these caps.
+    Balancer(crate::limits::ConnectionCaps),
+}
+
 /// The future of one session, from accept to close, in its own tracing span.
 ///
 /// Not an `async fn`: its arguments would be stored twice in every session's future.
 pub fn serve(
-    tcp: TcpStream,
+    mut tcp: TcpStream,
     peer: SocketAddr,
+    origin: Origin,
     kind: ListenerKind,
     ctx: Arc<Context>,
     id: u64,
@@ -88,11 +100,39 @@ pub fn serve(
     let span = tracing::info_span!(
         "session",
         id = %session_id(id),
-        peer = %peer,
+        peer = tracing::field::Empty,
+        balancer = tracing::field::Empty,
         listener = kind.name(),
         user = tracing::field::Empty,
     );
     async move {
+        let peer = match origin {
+            Origin::Direct => peer,
+            Origin::Balancer(caps) => {
+                tracing::Span::current().record("balancer", tracing::field::display(peer));
+                let wait = ctx.state.load().config.imap4.tls_handshake_timeout;
+                let client = match tokio::time::timeout(wait, proxy_header::read(&mut tcp, peer)).await {
+                    Ok(Ok(client)) => client,
+                    Ok(Err(e)) => {
+                        tracing::info!(blame = "client", balancer = %peer, error = %e, "connection from a balancer refused");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::info!(blame = "client", balancer = %peer, "no PROXY protocol header in time");
+                        return;
+                    }
+                };
+                if let Err(over) = connection.move_to(client.ip(), caps) {
+                    tracing::info!(peer = %client, ?over, "connection refused: limit reached");
+                    if kind == ListenerKind::Plain {
+                        let _ = tcp.try_write(b"* BYE [LIMIT] Too many connections.\r\n");
+                    }
+                    return;
+                }
+                client
+            }
+        };
+        tracing::Span::current().record("peer", tracing::field::display(peer));
         let under_pressure = connection.came_under_pressure();
         // Boxed: the pre-login phase's large state (read buffers, the backend login, the TLS
         // handshake) must not stay in the session's future, and its memory, while it relays.

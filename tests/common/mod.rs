@@ -318,7 +318,7 @@ impl Client {
     }
 
     /// The TLS handshake for `localhost` with the development CA over a connected stream.
-    async fn tls_over(io: impl Io + 'static, what: &str) -> Client {
+    pub async fn tls_over(io: impl Io + 'static, what: &str) -> Client {
         let tls = dev_connector()
             .connect(ServerName::try_from("localhost").expect("name"), io)
             .await

@@ -227,3 +227,22 @@ fn deadlines_and_shutdown_say_bye() {
         "* BYE [UNAVAILABLE] Server shutting down.\r\n"
     );
 }
+
+#[test]
+fn a_proxy_header_from_a_client_ends_the_session() {
+    for header in [
+        &b"PROXY TCP4 192.0.2.1 10.0.0.1 5000 143\r\n"[..],
+        &b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c"[..],
+    ] {
+        let mut d = plain();
+        let _ = exchange(&mut d, b"");
+        let (out, step) = exchange(&mut d, header);
+        assert!(out.starts_with("* BYE PROXY protocol header"), "{out}");
+        assert!(matches!(step, Step::Close), "{step:?}");
+    }
+    // The same words later are only a bad command.
+    let mut d = plain();
+    let (out, step) = exchange(&mut d, b"a NOOP\r\nPROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n");
+    assert!(!out.contains("BYE"), "{out}");
+    assert!(!matches!(step, Step::Close));
+}
