@@ -8,6 +8,8 @@
 # and strips their domain (auth_username_format = %Ln: user2@anything.example is user2), and
 # has a master user (helpdesk/masterpw: "user2*helpdesk" logs in as user2): the spellings a
 # gate must not let through for a disabled mailbox. COMPRESS=DEFLATE is on (imap_zlib).
+# With HAPROXY_PORT set, a third listener there takes only connections that start with a PROXY
+# protocol header (haproxy = yes; haproxy_trusted_networks = 127.0.0.0/8), as behind HAProxy.
 # With --hold the script stays in the foreground until its standard input closes, then stops
 # Dovecot: a test harness keeps the pipe open and the backend dies with the harness.
 set -euo pipefail
@@ -86,6 +88,18 @@ mail_location = maildir:~/Maildir
 first_valid_uid = 1
 log_path = $dir/dovecot.log
 CONF
+if [ -n "${HAPROXY_PORT:-}" ]; then
+  cat >> "$dir/dovecot.conf" <<CONF
+haproxy_trusted_networks = 127.0.0.0/8
+service imap-login {
+  inet_listener imap_haproxy {
+    address = 127.0.0.1
+    port = $HAPROXY_PORT
+    haproxy = yes
+  }
+}
+CONF
+fi
 if [ "$hold" = "--hold" ]; then
   dovecot -F -c "$dir/dovecot.conf" &
   pid=$!

@@ -377,6 +377,7 @@ impl Login {
 fn client_info(client: &Client) -> ClientInfo {
     ClientInfo {
         peer: Some(client.peer),
+        local: Some(client.local),
         session_id: session_id(client.id),
         id: client.id_parameters.clone(),
     }

@@ -39,6 +39,12 @@ enum Command {
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
+    /// Each backend address and its state (up, or down since a failed connect or greeting).
+    Backends {
+        /// Output: a table for people, or JSON for scripts.
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
     /// Close the open sessions of a mailbox.
     Kick {
         /// Display name, alias, email, UPN, DOMAIN\account, GUID or backend login of the mailbox.
@@ -209,6 +215,7 @@ fn main() -> ExitCode {
             }
             Command::Sessions { format } => cli::sessions(&config, format).await,
             Command::Kick { identity } => cli::kick(&config, &identity).await,
+            Command::Backends { format } => cli::backends(&config, format).await,
             Command::Mailbox(MailboxCommand::Set {
                 identity,
                 imap_enabled,

@@ -89,6 +89,12 @@ pub struct ErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AddressLabels {
+    pub backend: String,
+    pub address: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
 }
@@ -107,6 +113,10 @@ pub struct Metrics {
     pub relayed_bytes: Family<DirectionLabels, Counter>,
     pub backend_connect: Latency,
     pub backend_login: Latency,
+    /// Logins that went on to another address of their backend.
+    pub backend_failovers: Family<BackendLabels, Counter>,
+    /// 1 while an address is up, 0 while it is marked down.
+    pub backend_address_up: Family<AddressLabels, Gauge>,
     pub cache_hits: Counter,
     pub cache_misses: Counter,
     directory: DirectoryStats,
@@ -128,6 +138,18 @@ impl Default for Metrics {
         let relayed_bytes = Family::<DirectionLabels, Counter>::default();
         let backend_connect: Latency = Family::new_with_constructor(latency_histogram);
         let backend_login: Latency = Family::new_with_constructor(latency_histogram);
+        let backend_failovers = Family::<BackendLabels, Counter>::default();
+        let backend_address_up = Family::<AddressLabels, Gauge>::default();
+        registry.register(
+            "backend_failovers",
+            "Logins that went on to the next address of their backend after one failed",
+            backend_failovers.clone(),
+        );
+        registry.register(
+            "backend_address_up",
+            "1 while a backend address is up, 0 while marked down (until a health check passes)",
+            backend_address_up.clone(),
+        );
         let directory = DirectoryStats::default();
         let cache_hits = directory.hits.clone();
         let cache_misses = directory.misses.clone();
@@ -227,6 +249,8 @@ impl Default for Metrics {
             relayed_bytes,
             backend_connect,
             backend_login,
+            backend_failovers,
+            backend_address_up,
             cache_hits,
             cache_misses,
             directory,

@@ -487,6 +487,7 @@ async fn every_option_has_a_help_text() {
         &["mailbox", "get"],
         &["sessions"],
         &["kick"],
+        &["backends"],
         &["test-login"],
         &["admin-user", "add"],
         &["admin-user", "remove"],

@@ -38,11 +38,12 @@ pub async fn check(path: &Path, bind: bool) -> Report {
     };
     let config = &state.config;
     for (name, b) in &config.backends {
-        if let Err(e) = b.address.to_socket_addrs() {
-            report.warnings.push(format!(
-                "backends.{name}.address {:?} does not resolve now: {e}",
-                b.address
-            ));
+        for address in b.address.iter() {
+            if let Err(e) = address.to_socket_addrs() {
+                report.warnings.push(format!(
+                    "backends.{name}.address {address:?} does not resolve now: {e}"
+                ));
+            }
         }
     }
     let imap4 = &config.imap4;

@@ -397,6 +397,37 @@ pub async fn sessions(config: &Config, format: Format) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+pub async fn backends(config: &Config, format: Format) -> anyhow::Result<i32> {
+    let list: Vec<crate::backend::health::AddressView> =
+        control::request(socket(config)?, "BACKENDS").await?;
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&list)?),
+        Format::Table => {
+            println!(
+                "{:<12}  {:<28}  {:<5}  {:>10}  {:>8}  LastError",
+                "Backend", "Address", "State", "Since", "Failures"
+            );
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            for a in &list {
+                println!(
+                    "{:<12}  {:<28}  {:<5}  {:>9}s  {:>8}  {}",
+                    a.backend,
+                    a.address,
+                    if a.up { "up" } else { "down" },
+                    now.saturating_sub(a.since),
+                    a.failures,
+                    a.last_error.as_deref().map(one_line).unwrap_or_default()
+                );
+            }
+        }
+    }
+    // Exit 1 when an address is down, for scripts and monitoring.
+    Ok(i32::from(list.iter().any(|a| !a.up)))
+}
+
 pub async fn kick(config: &Config, identity: &str) -> anyhow::Result<i32> {
     #[derive(serde::Deserialize)]
     struct Closed {

@@ -73,6 +73,8 @@ pub trait Controlled: Send + Sync {
     /// The mailboxes in force.
     async fn mailboxes(&self) -> Result<Vec<MailboxView>, String>;
     fn sessions(&self) -> Vec<SessionView>;
+    /// Each backend address and its state.
+    fn backends(&self) -> Vec<crate::backend::health::AddressView>;
     /// Closes the sessions of the mailbox `identity` names; how many.
     async fn kick(&self, identity: &str) -> Result<usize, String>;
     /// Closes the sessions of the mailbox with this key ([`crate::directory::mailbox_key`]);
@@ -233,6 +235,7 @@ async fn handle_request(line: &str, who: &str, gate: &dyn Controlled) -> String 
             Err(e) => format!("ERR {}", one_line(&e)),
         },
         ("SESSIONS", true) => ok(&gate.sessions()),
+        ("BACKENDS", true) => ok(&gate.backends()),
         ("PENALTY", false) => match arg.parse::<IpAddr>() {
             Ok(ip) => ok(&gate.penalty(ip)),
             Err(_) => format!("ERR {arg:?} is not an IP address"),
@@ -244,12 +247,12 @@ async fn handle_request(line: &str, who: &str, gate: &dyn Controlled) -> String 
             }
             Err(e) => format!("ERR {}", one_line(&e)),
         },
-        ("PING" | "RELOAD" | "MAILBOXES" | "SESSIONS", false) => {
+        ("PING" | "RELOAD" | "MAILBOXES" | "SESSIONS" | "BACKENDS", false) => {
             format!("ERR {verb} takes no argument")
         }
         ("KICK", true) => "ERR KICK needs an identity".to_string(),
         ("PENALTY", true) => "ERR PENALTY needs an address".to_string(),
-        _ => "ERR unknown request; expected PING, RELOAD, MAILBOXES, SESSIONS, KICK <identity> or PENALTY <address>"
+        _ => "ERR unknown request; expected PING, RELOAD, MAILBOXES, SESSIONS, BACKENDS, KICK <identity> or PENALTY <address>"
             .to_string(),
     }
 }

@@ -6,23 +6,30 @@
 //! everything after it), and every response is read through a bounded fragmentizer, so a backend
 //! that stalls or floods cannot hold a session. Errors say which phase failed and who is to blame;
 //! they all mean `NO [UNAVAILABLE]` to the client, without a failed-login penalty.
+//!
+//! A backend with several addresses fails over: a failed connect or greeting marks the address
+//! down ([`health`]) and the login goes on to the next one within the same budget (each address
+//! gets at most `connect_timeout` to connect and its share of `login_timeout` to greet); a
+//! health check brings it back. With `proxy_protocol`, each connection starts with a PROXY
+//! header naming the client.
 
 pub mod client;
 pub mod encode;
+pub mod health;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
-use crate::config::{BackendConfig, BackendTls};
+use crate::config::{BackendConfig, BackendTls, ProxyProtocolVersion};
 use crate::credentials::Credentials;
 use crate::errors::{Blame, Blamed};
-use crate::metrics::{BackendLabels, Metrics};
+use crate::metrics::{AddressLabels, BackendLabels, Metrics};
 use crate::stream::Stream;
 use client::{Client, ClientError, Kind, Message, StatusOf};
 use encode::{login_command, LoginCaps};
@@ -32,6 +39,22 @@ pub struct Backend {
     pub name: Arc<str>,
     pub config: BackendConfig,
     connector: Option<TlsConnector>,
+    pub health: health::Health,
+    /// The task checking addresses marked down, while there are any.
+    checker: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        if let Some(task) = self
+            .checker
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            task.abort();
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +68,8 @@ pub enum BackendError {
     ConnectTimeout { address: String, after: Duration },
     #[error("login: no answer within {after:?}")]
     Budget { after: Duration },
+    #[error("{address}: no greeting within {after:?}")]
+    Greeting { address: String, after: Duration },
     #[error("TLS handshake with {server_name}: {source}")]
     Tls {
         server_name: String,
@@ -111,6 +136,8 @@ impl BackendSession {
 #[derive(Debug, Clone, Default)]
 pub struct ClientInfo {
     pub peer: Option<SocketAddr>,
+    /// The gate's address the client connected to (the PROXY header's destination).
+    pub local: Option<SocketAddr>,
     pub session_id: String,
     /// The client's own ID parameters, already filtered to quotable values.
     pub id: Vec<(String, Option<String>)>,
@@ -133,65 +160,217 @@ impl Backend {
                 Some(crate::tls::connector(config.ca.as_deref())?)
             }
         };
+        let health = health::Health::new(config.address.0.clone());
         Ok(Backend {
             name: Arc::from(name),
             config,
             connector,
+            health,
+            checker: Mutex::new(None),
         })
     }
 
-    /// Connects, sets up TLS as configured, and logs in with `creds`.
+    /// Connects (failing over across the addresses), sets up TLS as configured, and logs in
+    /// with `creds`.
     pub async fn login(
-        &self,
+        self: &Arc<Self>,
         creds: &Credentials,
         client: &ClientInfo,
-        metrics: &Metrics,
+        metrics: &Arc<Metrics>,
     ) -> Result<LoginResult, BackendError> {
         let labels = BackendLabels {
             backend: self.name.to_string(),
         };
-        let started = std::time::Instant::now();
-        let tcp = self.connect().await?;
+        let started = Instant::now();
+        // One budget for the whole login, on top of the per-read deadlines: a backend trickling
+        // lines cannot stretch it, and failing over happens within it.
+        let budget = self.config.connect_timeout + self.config.login_timeout;
+        let deadline = started + budget;
+        let (conn, caps, connected) = self.open_any(client, metrics, deadline).await?;
         metrics
             .backend_connect
             .get_or_create(&labels)
             .observe(started.elapsed().as_secs_f64());
-        let connected = std::time::Instant::now();
-        // One budget for everything after the TCP connect, on top of the per-read deadlines: a
-        // backend trickling lines cannot stretch a login.
-        let after = self.config.login_timeout;
-        let result = tokio::time::timeout(after, self.login_on(tcp, creds, client))
+        let greeted = Instant::now();
+        // `login_timeout` counts from the connect of the address that answered.
+        let end = (connected + self.config.login_timeout).min(deadline);
+        let left = end.saturating_duration_since(greeted);
+        let result = tokio::time::timeout(left, self.login_on(conn, caps, creds, client))
             .await
-            .map_err(|_| BackendError::Budget { after })?;
+            .map_err(|_| BackendError::Budget {
+                after: self.config.login_timeout,
+            })?;
         if result.is_ok() {
             metrics
                 .backend_login
                 .get_or_create(&labels)
-                .observe(connected.elapsed().as_secs_f64());
+                .observe(greeted.elapsed().as_secs_f64());
         }
         result
     }
 
+    /// A greeted connection to the first address that answers: those up first, then those
+    /// down; each failure marks its address down.
+    async fn open_any(
+        self: &Arc<Self>,
+        client: &ClientInfo,
+        metrics: &Arc<Metrics>,
+        deadline: Instant,
+    ) -> Result<(Client, Option<Vec<String>>, Instant), BackendError> {
+        let order = self.health.order();
+        let share = self.config.login_timeout / order.len().max(1) as u32;
+        let mut last = None;
+        for (n, &i) in order.iter().enumerate() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            if n > 0 {
+                metrics
+                    .backend_failovers
+                    .get_or_create(&BackendLabels {
+                        backend: self.name.to_string(),
+                    })
+                    .inc();
+            }
+            let greet = share.min(left);
+            let attempt = tokio::time::timeout(left, self.open_at(i, client, greet))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(BackendError::Budget {
+                        after: self.config.login_timeout,
+                    })
+                });
+            match attempt {
+                Ok(open) => {
+                    if self.health.mark_up(i) {
+                        self.announce(i, true, metrics, None);
+                    }
+                    return Ok(open);
+                }
+                Err(e) => {
+                    let why = e.to_string();
+                    if self.health.mark_down(i, &why) {
+                        self.announce(i, false, metrics, Some(&why));
+                        self.watch_down(metrics);
+                    }
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or(BackendError::Budget {
+            after: self.config.login_timeout,
+        }))
+    }
+
+    /// Logs and counts an address going up or down.
+    fn announce(&self, i: usize, up: bool, metrics: &Metrics, why: Option<&str>) {
+        let address = self.health.address(i);
+        metrics
+            .backend_address_up
+            .get_or_create(&AddressLabels {
+                backend: self.name.to_string(),
+                address: address.to_string(),
+            })
+            .set(i64::from(up));
+        if up {
+            tracing::info!(backend = %self.name, address, "backend address up again");
+        } else {
+            let others = self.health.len() > 1;
+            tracing::warn!(backend = %self.name, address, error = why.unwrap_or(""), next = others, "backend address down");
+        }
+    }
+
+    /// Starts the health check of the addresses marked down, unless it runs.
+    fn watch_down(self: &Arc<Self>, metrics: &Arc<Metrics>) {
+        let mut checker = self.checker.lock().unwrap_or_else(PoisonError::into_inner);
+        if checker.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let weak = Arc::downgrade(self);
+        let metrics = metrics.clone();
+        let interval = self.config.health_check_interval;
+        *checker = Some(runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                let Some(backend) = weak.upgrade() else {
+                    return;
+                };
+                let down = backend.health.down();
+                if down.is_empty() {
+                    return;
+                }
+                for i in down {
+                    let greet = backend.config.login_timeout;
+                    if let Ok((conn, _, _)) =
+                        backend.open_at(i, &ClientInfo::default(), greet).await
+                    {
+                        drop(conn);
+                        if backend.health.mark_up(i) {
+                            backend.announce(i, true, &metrics, None);
+                        }
+                    }
+                }
+            }
+        }));
+    }
+
+    /// Connects to address `i` (within `connect_timeout`), sends the PROXY header if
+    /// configured, sets up implicit TLS and reads the greeting (within `greet`); the greeting's
+    /// capabilities, if it had them, and when the connect completed.
+    async fn open_at(
+        &self,
+        i: usize,
+        info: &ClientInfo,
+        greet: Duration,
+    ) -> Result<(Client, Option<Vec<String>>, Instant), BackendError> {
+        let mut tcp = self.connect(self.health.address(i)).await?;
+        let connected = Instant::now();
+        let timeout = self.config.login_timeout;
+        let open = async {
+            if let Some(version) = self.config.proxy_protocol {
+                use tokio::io::AsyncWriteExt;
+                let header = proxy_header(version, info, &tcp);
+                tcp.write_all(&header)
+                    .await
+                    .map_err(|source| BackendError::Connect {
+                        address: self.health.address(i).to_string(),
+                        source,
+                    })?;
+            }
+            let mut conn = match self.config.tls {
+                BackendTls::Tls => Client::new(self.handshake(tcp).await?, timeout),
+                _ => Client::new(Stream::Plain(tcp), timeout),
+            };
+            let greeting = conn.greeting().await?;
+            if !greeting.ok {
+                return Err(ClientError::Protocol {
+                    phase: "greeting",
+                    message: format!("unexpected answer: {}", client::printable(&greeting.raw)),
+                }
+                .into());
+            }
+            Ok((conn, greeting.capabilities, connected))
+        };
+        tokio::time::timeout(greet, open)
+            .await
+            .map_err(|_| BackendError::Greeting {
+                address: self.health.address(i).to_string(),
+                after: greet,
+            })?
+    }
+
     async fn login_on(
         &self,
-        tcp: TcpStream,
+        mut conn: Client,
+        caps: Option<Vec<String>>,
         creds: &Credentials,
         info: &ClientInfo,
     ) -> Result<LoginResult, BackendError> {
-        let timeout = self.config.login_timeout;
-        let mut conn = match self.config.tls {
-            BackendTls::Tls => Client::new(self.handshake(tcp).await?, timeout),
-            _ => Client::new(Stream::Plain(tcp), timeout),
-        };
-        let greeting = conn.greeting().await?;
-        if !greeting.ok {
-            return Err(ClientError::Protocol {
-                phase: "greeting",
-                message: format!("unexpected answer: {}", client::printable(&greeting.raw)),
-            }
-            .into());
-        }
-        let mut caps = greeting.capabilities;
+        let mut caps = caps;
         if self.config.tls == BackendTls::Starttls {
             conn = self.starttls(conn).await?;
             caps = None;
@@ -323,21 +502,53 @@ impl Backend {
         Ok(Stream::ClientTls(Box::new(tls)))
     }
 
-    async fn connect(&self) -> Result<TcpStream, BackendError> {
-        let address = &self.config.address;
+    async fn connect(&self, address: &str) -> Result<TcpStream, BackendError> {
         let after = self.config.connect_timeout;
-        let tcp = tokio::time::timeout(after, TcpStream::connect(address.as_str()))
+        let tcp = tokio::time::timeout(after, TcpStream::connect(address))
             .await
             .map_err(|_| BackendError::ConnectTimeout {
-                address: address.clone(),
+                address: address.to_string(),
                 after,
             })?
             .map_err(|source| BackendError::Connect {
-                address: address.clone(),
+                address: address.to_string(),
                 source,
             })?;
         let _ = tcp.set_nodelay(true);
         Ok(tcp)
+    }
+}
+
+/// The PROXY protocol header for a connection to a backend: the client's address and the
+/// gate's it connected to; a `LOCAL` (v2) or `UNKNOWN` (v1) header for the gate's own
+/// connections (health checks) or when the two addresses are of different families.
+fn proxy_header(version: ProxyProtocolVersion, info: &ClientInfo, tcp: &TcpStream) -> Vec<u8> {
+    let pair = match (info.peer, info.local.or_else(|| tcp.local_addr().ok())) {
+        (Some(src), Some(dst)) if src.is_ipv4() == dst.is_ipv4() => Some((src, dst)),
+        _ => None,
+    };
+    match version {
+        ProxyProtocolVersion::V1 => match pair {
+            Some(p) => ppp::v1::Addresses::from(p).to_string().into_bytes(),
+            None => ppp::v1::Addresses::Unknown.to_string().into_bytes(),
+        },
+        ProxyProtocolVersion::V2 => {
+            use ppp::v2::{Builder, Command, Protocol, Version};
+            let built = match pair {
+                Some(p) => {
+                    Builder::with_addresses(Version::Two | Command::Proxy, Protocol::Stream, p)
+                        .build()
+                }
+                None => Builder::with_addresses(
+                    Version::Two | Command::Local,
+                    Protocol::Unspecified,
+                    ppp::v2::Addresses::Unspecified,
+                )
+                .build(),
+            };
+            // Building into a Vec cannot fail.
+            built.unwrap_or_default()
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{strip_brackets, BackendTls, Config, ConfigError, LoginType};
+use super::{BackendTls, Config, ConfigError, LoginType};
 
 impl Config {
     /// Reads, resolves relative paths and validates the configuration file at `path`.
@@ -267,11 +267,16 @@ impl Config {
         }
         for (name, b) in &self.backends {
             let key = format!("backends.{name}.address");
-            let Some((host, port)) = b.address.rsplit_once(':') else {
-                return Err(self.invalid(&key, "expected host:port"));
-            };
-            if host.is_empty() || port.parse::<u16>().is_err() {
-                return Err(self.invalid(&key, "expected host:port"));
+            if b.address.0.is_empty() {
+                return Err(self.invalid(&key, "expected host:port or a list of them"));
+            }
+            for address in b.address.iter() {
+                let Some((host, port)) = address.rsplit_once(':') else {
+                    return Err(self.invalid(&key, &format!("{address:?}: expected host:port")));
+                };
+                if host.is_empty() || port.parse::<u16>().is_err() {
+                    return Err(self.invalid(&key, &format!("{address:?}: expected host:port")));
+                }
             }
             for (what, value) in [
                 ("connect_timeout", b.connect_timeout),
@@ -284,11 +289,16 @@ impl Config {
                     ));
                 }
             }
+            if b.health_check_interval < Duration::from_secs(1)
+                || b.health_check_interval > Duration::from_secs(3600)
+            {
+                return Err(self.invalid(
+                    &format!("backends.{name}.health_check_interval"),
+                    "must be between 1s and 1h",
+                ));
+            }
             if b.tls != BackendTls::None {
-                let server_name = b
-                    .server_name
-                    .clone()
-                    .unwrap_or_else(|| strip_brackets(host));
+                let server_name = b.tls_server_name();
                 if tokio_rustls::rustls::pki_types::ServerName::try_from(server_name).is_err() {
                     return Err(self.invalid(
                         &format!("backends.{name}.server_name"),

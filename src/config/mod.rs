@@ -213,8 +213,9 @@ impl Default for DirectoryConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
-    /// `host:port` of the backend IMAP server.
-    pub address: String,
+    /// `host:port` of the backend IMAP server, or several (copies of the same mailboxes), tried
+    /// in order.
+    pub address: BackendAddresses,
     #[serde(default)]
     pub tls: BackendTls,
     /// Name the backend's certificate must carry; defaults to the host part of `address`.
@@ -226,6 +227,63 @@ pub struct BackendConfig {
     /// Deadline for each backend exchange before relaying (greeting, TLS, login).
     #[serde(default = "default_login_timeout", with = "humantime_serde_compat")]
     pub login_timeout: Duration,
+    /// How often an address marked down is tried again (connect and greeting).
+    #[serde(
+        default = "default_health_check_interval",
+        with = "humantime_serde_compat"
+    )]
+    pub health_check_interval: Duration,
+    /// Send a PROXY protocol header with the client's address first (Dovecot's
+    /// `haproxy_trusted_networks`).
+    pub proxy_protocol: Option<ProxyProtocolVersion>,
+}
+
+/// The PROXY protocol version sent to a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocolVersion {
+    V1,
+    V2,
+}
+
+/// A backend's `address`: one `host:port` string, or a list of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendAddresses(pub Vec<String>);
+
+impl BackendAddresses {
+    /// The first address (the one whose host names the certificate by default).
+    pub fn first(&self) -> &str {
+        self.0.first().map(String::as_str).unwrap_or("")
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &String> {
+        self.0.iter()
+    }
+}
+
+impl std::fmt::Display for BackendAddresses {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join(", "))
+    }
+}
+
+impl<'de> Deserialize<'de> for BackendAddresses {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(String),
+            Many(Vec<String>),
+        }
+        Ok(match OneOrMany::deserialize(d)? {
+            OneOrMany::One(a) => BackendAddresses(vec![a]),
+            OneOrMany::Many(list) => BackendAddresses(list),
+        })
+    }
+}
+
+fn default_health_check_interval() -> Duration {
+    Duration::from_secs(10)
 }
 
 fn default_connect_timeout() -> Duration {
@@ -412,11 +470,8 @@ impl BackendConfig {
     /// The name checked against the backend's certificate.
     pub fn tls_server_name(&self) -> String {
         self.server_name.clone().unwrap_or_else(|| {
-            let host = self
-                .address
-                .rsplit_once(':')
-                .map(|(h, _)| h)
-                .unwrap_or(&self.address);
+            let first = self.address.first();
+            let host = first.rsplit_once(':').map(|(h, _)| h).unwrap_or(first);
             strip_brackets(host)
         })
     }

@@ -279,6 +279,17 @@ impl Controlled for GateHandle {
         self.registry().list()
     }
 
+    fn backends(&self) -> Vec<crate::backend::health::AddressView> {
+        let state = self.state();
+        let mut names: Vec<&String> = state.backends.keys().collect();
+        names.sort();
+        names
+            .into_iter()
+            .filter_map(|n| state.backends.get(n).map(|b| b.health.views(n)))
+            .flatten()
+            .collect()
+    }
+
     async fn kick(&self, identity: &str) -> Result<usize, String> {
         let state = self.state();
         let filter = Filter {

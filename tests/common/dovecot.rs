@@ -8,6 +8,8 @@ use std::sync::{Mutex, OnceLock};
 pub struct Dovecot {
     pub port: u16,
     pub tls_port: u16,
+    /// Takes only connections that start with a PROXY protocol header.
+    pub haproxy_port: u16,
     pub dir: tempfile::TempDir,
     _child: Mutex<Child>,
 }
@@ -27,12 +29,13 @@ pub fn dovecot() -> Option<&'static Dovecot> {
                 return None;
             }
             let dir = tempfile::tempdir().expect("tempdir");
-            let (port, tls_port) = (free_port(), free_port());
+            let (port, tls_port, haproxy_port) = (free_port(), free_port(), free_port());
             let mut child = Command::new(super::repo().join("scripts/throwaway-dovecot.sh"))
                 .arg(dir.path())
                 .arg(port.to_string())
                 .arg(tls_port.to_string())
                 .arg("--hold")
+                .env("HAPROXY_PORT", haproxy_port.to_string())
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .spawn()
@@ -44,6 +47,7 @@ pub fn dovecot() -> Option<&'static Dovecot> {
             Some(Dovecot {
                 port,
                 tls_port,
+                haproxy_port,
                 dir,
                 _child: Mutex::new(child),
             })

@@ -111,7 +111,12 @@ pub struct FakeBackend {
 
 impl FakeBackend {
     pub async fn start(script: Script) -> FakeBackend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind fake");
+        FakeBackend::start_at("127.0.0.1:0".parse().expect("address"), script).await
+    }
+
+    /// A fake backend on a chosen address (a port a test kept free).
+    pub async fn start_at(address: SocketAddr, script: Script) -> FakeBackend {
+        let listener = TcpListener::bind(address).await.expect("bind fake");
         let addr = listener.local_addr().expect("addr");
         let commands = Arc::new(Mutex::new(Vec::new()));
         let log = commands.clone();
