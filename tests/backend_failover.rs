@@ -54,7 +54,10 @@ async fn a_dead_address_is_skipped_shown_down_and_brought_back_by_the_health_che
     assert_eq!(logins(&second), 1);
     let (ok, out, _) = cli(&gate.config_path, &["backends"]).await;
     assert!(!ok, "an address down: exit 1\n{out}");
-    let down = out.lines().find(|l| l.contains(&dead)).expect("dead listed");
+    let down = out
+        .lines()
+        .find(|l| l.contains(&dead))
+        .expect("dead listed");
     assert!(down.contains("down"), "{out}");
     let up = out
         .lines()

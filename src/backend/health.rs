@@ -62,7 +62,8 @@ impl Health {
         self.addresses.get(i).map(String::as_str).unwrap_or("")
     }
 
-    pub fn len(&self) -> usize {
+    /// How many addresses the backend has.
+    pub fn count(&self) -> usize {
         self.addresses.len()
     }
 

@@ -276,7 +276,7 @@ impl Backend {
         if up {
             tracing::info!(backend = %self.name, address, "backend address up again");
         } else {
-            let others = self.health.len() > 1;
+            let others = self.health.count() > 1;
             tracing::warn!(backend = %self.name, address, error = why.unwrap_or(""), next = others, "backend address down");
         }
     }

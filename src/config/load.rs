@@ -272,10 +272,10 @@ impl Config {
             }
             for address in b.address.iter() {
                 let Some((host, port)) = address.rsplit_once(':') else {
-                    return Err(self.invalid(&key, &format!("{address:?}: expected host:port")));
+                    return Err(self.invalid(&key, format!("{address:?}: expected host:port")));
                 };
                 if host.is_empty() || port.parse::<u16>().is_err() {
-                    return Err(self.invalid(&key, &format!("{address:?}: expected host:port")));
+                    return Err(self.invalid(&key, format!("{address:?}: expected host:port")));
                 }
             }
             for (what, value) in [
