@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs what the tests need (Debian's
-# dovecot-imapd, slapd, ldap-utils, curl, chromium and chromium-driver; as root), then formatting, lints and every
+# dovecot-imapd, slapd, ldap-utils, redis-server, haproxy, curl, chromium and chromium-driver; as
+# root), then formatting, lints and every
 # test, Dovecot interop and the admin center in Chromium included.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +21,17 @@ if [ ! -x /usr/sbin/slapd ] || ! command -v ldapmodify >/dev/null; then
     echo "slapd slapd/no_configuration boolean true" | debconf-set-selections
   fi
   apt_install "the LDAP directory is tested against a real OpenLDAP (slapd, ldap-utils)" slapd ldap-utils
+fi
+# tests/fleet.rs and tests/topology.rs run gates sharing state on a throwaway Redis, behind
+# HAProxy (Debian's own services are not started: the tests start their own on free ports).
+fleet=()
+command -v redis-server >/dev/null || fleet+=(redis-server)
+command -v haproxy >/dev/null || fleet+=(haproxy)
+if ((${#fleet[@]})); then
+  apt_install "a fleet of gates is tested on Redis behind HAProxy" "${fleet[@]}"
+  for unit in redis-server haproxy; do
+    systemctl disable --now "$unit" >/dev/null 2>&1 || true
+  done
 fi
 # tests/browser.rs drives the admin center in a real Chromium over WebDriver.
 browser=()

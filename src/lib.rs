@@ -39,6 +39,7 @@ pub mod credentials;
 pub mod directory;
 pub mod errors;
 pub mod files;
+pub mod fleet;
 pub mod lifecycle;
 pub mod limits;
 pub mod listener;

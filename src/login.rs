@@ -140,9 +140,17 @@ pub struct Login {
     penalty: Penalty,
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
+    /// `[fleet]`: the penalty counted for every gate.
+    fleet: Option<Arc<crate::fleet::Fleet>>,
 }
 
 impl Login {
+    /// Shares the failed-login penalty with the fleet.
+    pub fn with_fleet(mut self, fleet: Arc<crate::fleet::Fleet>) -> Login {
+        self.fleet = Some(fleet);
+        self
+    }
+
     pub fn new(
         state: Arc<ArcSwap<State>>,
         backends: Arc<dyn Backends>,
@@ -157,6 +165,7 @@ impl Login {
             sessions,
             connections,
             penalty: Penalty::default(),
+            fleet: None,
             registry,
             metrics,
         }
@@ -190,6 +199,9 @@ impl Login {
         if let Outcome::Refused(Refusal::AuthFailed) = outcome {
             // Counted before the answer is sent.
             self.penalty.failed(client.peer.ip());
+            if let Some(fleet) = &self.fleet {
+                fleet.penalty_failed(client.peer.ip());
+            }
         }
         outcome
     }
@@ -356,16 +368,22 @@ impl Login {
         if imap4.trusted_networks.iter().any(|n| n.contains(&ip)) {
             return;
         }
-        let delay = self
-            .penalty
-            .delay(ip, imap4.auth_penalty_initial, imap4.auth_penalty_max);
+        let mut failures = self.penalty.failures(ip);
+        if let Some(fleet) = &self.fleet {
+            // The fleet's count, when Redis answers in time: failures at every gate.
+            if let Some(everywhere) = fleet.penalty_failures(ip).await {
+                failures = failures.max(everywhere);
+            }
+        }
+        let delay =
+            Penalty::delay_for(failures, imap4.auth_penalty_initial, imap4.auth_penalty_max);
         if delay.is_zero() {
             return;
         }
         tracing::info!(
             address = %ip,
             seconds = delay.as_secs_f64(),
-            failures = self.penalty.failures(ip),
+            failures,
             "failed-login penalty: this login waits"
         );
         self.metrics.penalty_waits.inc();

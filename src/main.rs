@@ -38,6 +38,9 @@ enum Command {
         /// Output: a table for people, or JSON for scripts.
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
+        /// Every gate of the fleet's sessions ([fleet]), each with its gate's node name.
+        #[arg(long)]
+        fleet: bool,
     },
     /// Each backend address and its state (up, or down since a failed connect or greeting).
     Backends {
@@ -50,6 +53,9 @@ enum Command {
         /// Display name, alias, email, UPN, DOMAIN\account, GUID or backend login of the mailbox.
         #[arg(long)]
         identity: String,
+        /// On every gate of the fleet ([fleet]), not only this one.
+        #[arg(long)]
+        fleet: bool,
     },
     /// Log in through the gate like a client, step by step with latencies (Test-ImapConnectivity).
     TestLogin(TestLoginArgs),
@@ -213,8 +219,8 @@ fn main() -> ExitCode {
             Command::Audit { identity, format } => {
                 admin::accounts::show(&config, identity.as_deref(), format).await
             }
-            Command::Sessions { format } => cli::sessions(&config, format).await,
-            Command::Kick { identity } => cli::kick(&config, &identity).await,
+            Command::Sessions { format, fleet } => cli::sessions(&config, format, fleet).await,
+            Command::Kick { identity, fleet } => cli::kick(&config, &identity, fleet).await,
             Command::Backends { format } => cli::backends(&config, format).await,
             Command::Mailbox(MailboxCommand::Set {
                 identity,

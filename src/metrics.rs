@@ -127,6 +127,8 @@ pub struct Metrics {
     pub protocol_log_dropped: Counter,
     pub penalty_waits: Counter,
     pub penalty_seconds: Counter<f64, AtomicU64>,
+    /// `[fleet]`: 1 while Redis answers, 0 while this gate goes on alone.
+    pub fleet_redis_up: Gauge,
     pub errors: Family<ErrorLabels, Counter>,
 }
 
@@ -138,6 +140,12 @@ impl Default for Metrics {
         let relayed_bytes = Family::<DirectionLabels, Counter>::default();
         let backend_connect: Latency = Family::new_with_constructor(latency_histogram);
         let backend_login: Latency = Family::new_with_constructor(latency_histogram);
+        let fleet_redis_up = Gauge::default();
+        registry.register(
+            "fleet_redis_up",
+            "With [fleet]: 1 while Redis answers (limits and changes shared), 0 while this gate goes on alone",
+            fleet_redis_up.clone(),
+        );
         let backend_failovers = Family::<BackendLabels, Counter>::default();
         let backend_address_up = Family::<AddressLabels, Gauge>::default();
         registry.register(
@@ -261,6 +269,7 @@ impl Default for Metrics {
             protocol_log_dropped,
             penalty_waits,
             penalty_seconds,
+            fleet_redis_up,
             errors,
         };
         m.mark_reload();

@@ -44,6 +44,8 @@ pub enum StartError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("[fleet]: {0}")]
+    Fleet(String),
     #[error("cannot listen on {address}: {source}")]
     Bind {
         address: SocketAddr,
@@ -61,6 +63,8 @@ struct Root {
     reload_lock: tokio::sync::Mutex<()>,
     /// The task following the directory in force (its changes close disabled sessions).
     follower: Mutex<Option<JoinHandle<()>>>,
+    /// `[fleet]`: state shared with the other gates on Redis (read at start).
+    fleet: Option<Arc<crate::fleet::Fleet>>,
 }
 
 pub struct Gate {
@@ -140,16 +144,30 @@ impl Gate {
         let state = Arc::new(ArcSwap::from_pointee(state));
         let registry = Arc::new(Registry::default());
         let connections = Arc::new(Connections::default());
-        let login = Login::new(
+        let fleet = match &state.load().config.fleet {
+            Some(config) => Some(
+                crate::fleet::Fleet::new(config, metrics.clone())
+                    .map_err(|e| StartError::Fleet(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let sessions: Arc<dyn crate::limits::SessionLimiter> = match &fleet {
+            Some(fleet) => Arc::new(crate::fleet::sessions::FleetSessions::new(fleet.clone())),
+            None => Arc::new(LocalSessions::default()),
+        };
+        let mut login = Login::new(
             state.clone(),
             Arc::new(Configured {
                 metrics: metrics.clone(),
             }),
-            Arc::new(LocalSessions::default()),
+            sessions,
             connections.clone(),
             registry.clone(),
             metrics.clone(),
         );
+        if let Some(fleet) = &fleet {
+            login = login.with_fleet(fleet.clone());
+        }
         let ctx = Arc::new(Context {
             state,
             phase: watch::channel(Phase::Running).0,
@@ -167,6 +185,7 @@ impl Gate {
             config_path: config_path.to_path_buf(),
             reload_lock: tokio::sync::Mutex::new(()),
             follower: Mutex::new(None),
+            fleet,
         });
         GateHandle { root: root.clone() }.follow_directory();
         Ok(Gate {
@@ -219,6 +238,16 @@ impl Gate {
     pub async fn run(self) {
         let ctx = self.root.ctx.clone();
         let sweeper = AbortOnDrop(tokio::spawn(sweeper::run(ctx.clone())));
+        // The fleet's own sweeper (leases) and its channels.
+        let _fleet_tasks = self.root.fleet.clone().map(|fleet| {
+            let member: Arc<dyn crate::fleet::bus::Member> = Arc::new(GateHandle {
+                root: self.root.clone(),
+            });
+            (
+                AbortOnDrop(tokio::spawn(fleet.clone().run())),
+                AbortOnDrop(tokio::spawn(crate::fleet::bus::listen(fleet, member))),
+            )
+        });
         let mut accept_loops = Vec::new();
         for (kind, l) in self.listeners {
             accept_loops.push(tokio::spawn(listener::accept_loop(l, kind, ctx.clone())));

@@ -58,6 +58,24 @@ pub async fn check(path: &Path, bind: bool) -> Report {
             report.problems.push(problem);
         }
     }
+    if let Some(fleet) = &config.fleet {
+        let ping = async {
+            let client = redis::Client::open(fleet.redis.as_str())?;
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            redis::cmd("PING").query_async::<String>(&mut conn).await
+        };
+        match tokio::time::timeout(Duration::from_secs(3), ping).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => report.warnings.push(format!(
+                "[fleet] redis {}: {e}; the gate would start and go on with local limits until it answers",
+                fleet.redis
+            )),
+            Err(_) => report.warnings.push(format!(
+                "[fleet] redis {}: no answer in 3 s; the gate would start and go on with local limits until it answers",
+                fleet.redis
+            )),
+        }
+    }
     if config.admin.control_socket.is_none() {
         report.warnings.push(
             "no [admin] control_socket: `imapgate reload` (the unit's ExecReload) can only send \

@@ -365,35 +365,62 @@ fn same_mailbox(a: &MailboxView, b: &MailboxView) -> bool {
     key(a) == key(b)
 }
 
-pub async fn sessions(config: &Config, format: Format) -> anyhow::Result<i32> {
-    let list: Vec<SessionView> = control::request(socket(config)?, "SESSIONS").await?;
-    match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&list)?),
-        Format::Table => {
-            println!(
-                "{:<8}  {:<28}  {:<20}  {:<22}  {:<10}  {:>10}  {:>12}  {:>12}",
-                "Id", "User", "Mailbox", "Client", "Backend", "Since", "FromClient", "FromBackend"
-            );
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            for s in &list {
-                println!(
-                    "{:<8}  {:<28}  {:<20}  {:<22}  {:<10}  {:>9}s  {:>12}  {:>12}",
-                    s.id,
-                    s.user,
-                    s.mailbox.as_deref().unwrap_or("-"),
-                    s.client,
-                    s.backend,
-                    now.saturating_sub(s.since),
-                    s.bytes_from_client,
-                    s.bytes_from_backend
-                );
-            }
-            println!("{} session(s)", list.len());
+pub async fn sessions(config: &Config, format: Format, fleet: bool) -> anyhow::Result<i32> {
+    let list: Vec<(Option<String>, SessionView)> = if fleet {
+        let all: Vec<crate::fleet::bus::FleetSession> =
+            control::request(socket(config)?, "FLEET-SESSIONS").await?;
+        if format == Format::Json {
+            println!("{}", serde_json::to_string_pretty(&all)?);
+            return Ok(0);
         }
+        all.into_iter().map(|f| (Some(f.node), f.session)).collect()
+    } else {
+        let list: Vec<SessionView> = control::request(socket(config)?, "SESSIONS").await?;
+        if format == Format::Json {
+            println!("{}", serde_json::to_string_pretty(&list)?);
+            return Ok(0);
+        }
+        list.into_iter().map(|s| (None, s)).collect()
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let gate = |node: &Option<String>| match node {
+        Some(n) => format!("{n:<12}  "),
+        None => String::new(),
+    };
+    println!(
+        "{}{:<8}  {:<28}  {:<20}  {:<22}  {:<10}  {:>10}  {:>12}  {:>12}",
+        if fleet {
+            format!("{:<12}  ", "Gate")
+        } else {
+            String::new()
+        },
+        "Id",
+        "User",
+        "Mailbox",
+        "Client",
+        "Backend",
+        "Since",
+        "FromClient",
+        "FromBackend"
+    );
+    for (node, s) in &list {
+        println!(
+            "{}{:<8}  {:<28}  {:<20}  {:<22}  {:<10}  {:>9}s  {:>12}  {:>12}",
+            gate(node),
+            s.id,
+            s.user,
+            s.mailbox.as_deref().unwrap_or("-"),
+            s.client,
+            s.backend,
+            now.saturating_sub(s.since),
+            s.bytes_from_client,
+            s.bytes_from_backend
+        );
     }
+    println!("{} session(s)", list.len());
     Ok(0)
 }
 
@@ -428,16 +455,28 @@ pub async fn backends(config: &Config, format: Format) -> anyhow::Result<i32> {
     Ok(i32::from(list.iter().any(|a| !a.up)))
 }
 
-pub async fn kick(config: &Config, identity: &str) -> anyhow::Result<i32> {
+pub async fn kick(config: &Config, identity: &str, fleet: bool) -> anyhow::Result<i32> {
     #[derive(serde::Deserialize)]
     struct Closed {
         closed: usize,
     }
-    let line = format!("KICK {identity}");
-    if line.contains(['\r', '\n']) {
+    if identity.contains(['\r', '\n']) {
         anyhow::bail!("an identity cannot contain a line break");
     }
-    let r: Closed = control::request(socket(config)?, &line).await?;
+    if fleet {
+        let by_gate: std::collections::BTreeMap<String, usize> =
+            control::request(socket(config)?, &format!("FLEET-KICK {identity}")).await?;
+        for (gate, closed) in &by_gate {
+            println!("{gate}: {closed} session(s) closed");
+        }
+        println!(
+            "{} session(s) closed on {} gate(s)",
+            by_gate.values().sum::<usize>(),
+            by_gate.len()
+        );
+        return Ok(0);
+    }
+    let r: Closed = control::request(socket(config)?, &format!("KICK {identity}")).await?;
     println!("{} session(s) closed", r.closed);
     Ok(0)
 }

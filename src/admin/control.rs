@@ -7,6 +7,7 @@
 //! penalty the gate applies to an address). A malformed request gets `ERR` and changes
 //! nothing. Besides the file mode, the peer's uid must be root's or the socket owner's.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -75,6 +76,11 @@ pub trait Controlled: Send + Sync {
     fn sessions(&self) -> Vec<SessionView>;
     /// Each backend address and its state.
     fn backends(&self) -> Vec<crate::backend::health::AddressView>;
+    /// Every gate's sessions (`[fleet]`).
+    async fn fleet_sessions(&self) -> Result<Vec<crate::fleet::bus::FleetSession>, String>;
+    /// Closes the sessions of the mailbox `identity` names on every gate (`[fleet]`): how many
+    /// each gate closed.
+    async fn fleet_kick(&self, identity: &str) -> Result<BTreeMap<String, usize>, String>;
     /// Closes the sessions of the mailbox `identity` names; how many.
     async fn kick(&self, identity: &str) -> Result<usize, String>;
     /// Closes the sessions of the mailbox with this key ([`crate::directory::mailbox_key`]);
@@ -236,6 +242,22 @@ async fn handle_request(line: &str, who: &str, gate: &dyn Controlled) -> String 
         },
         ("SESSIONS", true) => ok(&gate.sessions()),
         ("BACKENDS", true) => ok(&gate.backends()),
+        ("FLEET-SESSIONS", true) => match gate.fleet_sessions().await {
+            Ok(s) => ok(&s),
+            Err(e) => format!("ERR {}", one_line(&e)),
+        },
+        ("FLEET-KICK", false) => match gate.fleet_kick(arg).await {
+            Ok(closed) => {
+                let total: usize = closed.values().sum();
+                audit(
+                    "close-sessions",
+                    arg,
+                    &format!("{total} session(s) closed on {} gate(s)", closed.len()),
+                );
+                ok(&closed)
+            }
+            Err(e) => format!("ERR {}", one_line(&e)),
+        },
         ("PENALTY", false) => match arg.parse::<IpAddr>() {
             Ok(ip) => ok(&gate.penalty(ip)),
             Err(_) => format!("ERR {arg:?} is not an IP address"),
@@ -250,9 +272,9 @@ async fn handle_request(line: &str, who: &str, gate: &dyn Controlled) -> String 
         ("PING" | "RELOAD" | "MAILBOXES" | "SESSIONS" | "BACKENDS", false) => {
             format!("ERR {verb} takes no argument")
         }
-        ("KICK", true) => "ERR KICK needs an identity".to_string(),
+        ("KICK" | "FLEET-KICK", true) => "ERR KICK needs an identity".to_string(),
         ("PENALTY", true) => "ERR PENALTY needs an address".to_string(),
-        _ => "ERR unknown request; expected PING, RELOAD, MAILBOXES, SESSIONS, BACKENDS, KICK <identity> or PENALTY <address>"
+        _ => "ERR unknown request; expected PING, RELOAD, MAILBOXES, SESSIONS, BACKENDS, FLEET-SESSIONS, KICK, FLEET-KICK <identity> or PENALTY <address>"
             .to_string(),
     }
 }

@@ -262,6 +262,25 @@ impl Config {
                 ));
             }
         }
+        if let Some(fleet) = &self.fleet {
+            if !(fleet.redis.starts_with("redis://") || fleet.redis.starts_with("rediss://")) {
+                return Err(self.invalid("fleet.redis", "expected a redis:// or rediss:// URL"));
+            }
+            if redis::Client::open(fleet.redis.as_str()).is_err() {
+                return Err(self.invalid("fleet.redis", "not a valid Redis URL"));
+            }
+            if fleet.lease < Duration::from_secs(5) || fleet.lease > Duration::from_secs(300) {
+                return Err(self.invalid("fleet.lease", "must be between 5s and 5m"));
+            }
+            if fleet.node.as_deref().is_some_and(|n| {
+                n.is_empty()
+                    || !n
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            }) {
+                return Err(self.invalid("fleet.node", "letters, digits, '-', '_' and '.' only"));
+            }
+        }
         if self.backends.is_empty() {
             return Err(self.invalid("backends", "at least one [backends.NAME] is needed"));
         }

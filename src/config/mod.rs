@@ -461,9 +461,41 @@ pub struct Config {
     pub security: SecurityConfig,
     /// The admin center; off when absent.
     pub admin_web: Option<AdminWebConfig>,
+    /// State shared by a fleet of gates on Redis; off when absent.
+    pub fleet: Option<FleetConfig>,
     /// Where the file was read from; relative paths were resolved against its directory.
     #[serde(skip)]
     pub path: PathBuf,
+}
+
+/// `[fleet]`: gates sharing limits, the penalty and directory changes on Redis.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    /// `redis://host:port/db` (or `rediss://` for TLS); Valkey speaks the same protocol.
+    pub redis: String,
+    /// This gate's name in the fleet (default: the host name).
+    pub node: Option<String>,
+    /// How long a session counts on Redis without its gate renewing it: the sessions of a gate
+    /// that died stop counting after this.
+    #[serde(default = "default_lease", with = "humantime_serde_compat")]
+    pub lease: Duration,
+}
+
+fn default_lease() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl FleetConfig {
+    /// The node name in force.
+    pub fn node_name(&self) -> String {
+        self.node.clone().unwrap_or_else(|| {
+            rustix::system::uname()
+                .nodename()
+                .to_string_lossy()
+                .into_owned()
+        })
+    }
 }
 
 impl BackendConfig {

@@ -24,7 +24,11 @@ impl Default for Penalty {
 impl Penalty {
     /// The delay owed before the next login from `ip`.
     pub fn delay(&self, ip: IpAddr, initial: Duration, max: Duration) -> Duration {
-        let failures = self.failures.get(&ip).unwrap_or(0);
+        Self::delay_for(self.failures.get(&ip).unwrap_or(0), initial, max)
+    }
+
+    /// The delay owed after `failures` failed logins.
+    pub fn delay_for(failures: u32, initial: Duration, max: Duration) -> Duration {
         if failures == 0 || initial.is_zero() {
             return Duration::ZERO;
         }

@@ -28,6 +28,12 @@ impl GateHandle {
     /// valid, with an empty directory cache. On error nothing changes. Sessions of mailboxes
     /// the new directory disables are closed (unless `disconnect_disabled_on_reload = false`).
     pub async fn reload(&self) -> Result<ReloadReport, LoadError> {
+        self.reload_and_tell(true).await
+    }
+
+    /// A reload; with `tell`, the other gates of the fleet are told (not when the reload
+    /// follows their own change).
+    async fn reload_and_tell(&self, tell: bool) -> Result<ReloadReport, LoadError> {
         let _one_at_a_time = self.root.reload_lock.lock().await;
         let ctx = self.ctx();
         let metrics = &ctx.metrics;
@@ -82,6 +88,9 @@ impl GateHandle {
             sessions_closed,
             "reload complete: directory, certificate and backends in force, policy cache emptied"
         );
+        if let (Some(fleet), true) = (&self.root.fleet, tell) {
+            fleet.publish_change(None);
+        }
         Ok(ReloadReport {
             mailboxes,
             sessions_closed,
@@ -175,6 +184,9 @@ impl GateHandle {
         } else {
             0
         };
+        if let Some(fleet) = &self.root.fleet {
+            fleet.publish_change(Some(&key));
+        }
         Ok(ChangeReport {
             mailbox: outcome.mailbox,
             changed: outcome.changed,
@@ -259,6 +271,38 @@ impl GateHandle {
 }
 
 #[async_trait]
+impl crate::fleet::bus::Member for GateHandle {
+    async fn changed(&self, mailbox: Option<String>) {
+        let state = self.state();
+        if state.config.directory.source == crate::config::DirectorySource::File {
+            // The file changed where the other gate wrote it (shared storage or configuration
+            // management): read it again, as a reload does.
+            if let Err(e) = self.reload_and_tell(false).await {
+                tracing::warn!(error = %e, "fleet change: the reload was refused; the directory in force stays");
+            }
+            return;
+        }
+        state.policies.clear();
+        if state.config.directory.disconnect_disabled_on_reload {
+            let closed = self.close_disabled(&state, mailbox.as_deref()).await;
+            tracing::info!(
+                mailbox = mailbox.as_deref().unwrap_or("(all)"),
+                sessions_closed = closed,
+                "fleet change in force"
+            );
+        }
+    }
+
+    fn sessions(&self) -> Vec<SessionView> {
+        self.registry().list()
+    }
+
+    async fn kick(&self, identity: &str) -> usize {
+        Controlled::kick(self, identity).await.unwrap_or(0)
+    }
+}
+
+#[async_trait]
 impl Controlled for GateHandle {
     async fn reload(&self) -> Result<ReloadReport, String> {
         let reload = async { GateHandle::reload(self).await.map_err(|e| e.to_string()) };
@@ -277,6 +321,39 @@ impl Controlled for GateHandle {
 
     fn sessions(&self) -> Vec<SessionView> {
         self.registry().list()
+    }
+
+    async fn fleet_sessions(&self) -> Result<Vec<crate::fleet::bus::FleetSession>, String> {
+        use crate::fleet::bus::{FleetSession, Request};
+        let fleet = self.root.fleet.as_ref().ok_or("no [fleet] configured")?;
+        let answers = fleet.ask(Request::Sessions).await?;
+        let mut all = Vec::new();
+        for (node, text) in answers {
+            let sessions: Vec<SessionView> =
+                serde_json::from_str(&text).map_err(|e| format!("{node}: {e}"))?;
+            all.extend(sessions.into_iter().map(|session| FleetSession {
+                node: node.clone(),
+                session,
+            }));
+        }
+        Ok(all)
+    }
+
+    async fn fleet_kick(
+        &self,
+        identity: &str,
+    ) -> Result<std::collections::BTreeMap<String, usize>, String> {
+        use crate::fleet::bus::Request;
+        let fleet = self.root.fleet.as_ref().ok_or("no [fleet] configured")?;
+        let answers = fleet
+            .ask(Request::Kick {
+                identity: identity.to_string(),
+            })
+            .await?;
+        Ok(answers
+            .into_iter()
+            .map(|(node, text)| (node, text.trim().parse().unwrap_or(0)))
+            .collect())
     }
 
     fn backends(&self) -> Vec<crate::backend::health::AddressView> {

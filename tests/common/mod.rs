@@ -7,6 +7,7 @@ pub mod dovecot;
 pub mod fake;
 pub mod fixtures;
 pub mod https;
+pub mod redis;
 pub mod slapd;
 
 use std::net::SocketAddr;
@@ -54,6 +55,8 @@ pub struct GateConfig {
     pub directory: Vec<String>,
     pub backends: Vec<(String, String)>,
     pub mailboxes: String,
+    /// Another gate's mailboxes file to read instead of writing one (gates of one fleet).
+    pub mailboxes_file: Option<PathBuf>,
     /// Sections after the backends (`[admin]`, `[metrics]`, ...).
     pub extra: String,
 }
@@ -80,6 +83,7 @@ impl GateConfig {
                 format!("address = \"{backend_address}\"\nconnect_timeout = \"2s\"\nlogin_timeout = \"2s\""),
             )],
             mailboxes: fixtures::FAKE_USERS.into(),
+            mailboxes_file: None,
             extra: String::new(),
         }
     }
@@ -143,8 +147,18 @@ impl GateConfig {
         self
     }
 
+    /// Reads this mailboxes file (another gate's) instead of a file of its own.
+    pub fn shared_mailboxes(mut self, path: &Path) -> Self {
+        self.mailboxes_file = Some(path.to_path_buf());
+        self
+    }
+
     pub fn render(&self) -> String {
-        let mut s = format!("[imap4]\n{}\n\n[directory]\nmailboxes = \"mailboxes.toml\"\ncache_ttl = \"5m\"\ncache_capacity = 1000\n{}\n\n", self.imap4.join("\n"), self.directory.join("\n"));
+        let mailboxes = self
+            .mailboxes_file
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("mailboxes.toml"));
+        let mut s = format!("[imap4]\n{}\n\n[directory]\nmailboxes = {mailboxes:?}\ncache_ttl = \"5m\"\ncache_capacity = 1000\n{}\n\n", self.imap4.join("\n"), self.directory.join("\n"));
         for (name, body) in &self.backends {
             s.push_str(&format!("[backends.{name}]\n{body}\n\n"));
         }
