@@ -63,6 +63,10 @@ struct Args {
     /// Processes whose RSS is measured around the idle hold (the proxy's).
     #[arg(long)]
     pids: Vec<u32>,
+    /// Start each connection with a PROXY protocol v2 header (as HAProxy's send-proxy-v2),
+    /// naming a client address of 198.51.100.0/24.
+    #[arg(long)]
+    proxy_v2: bool,
     /// Label printed with the figures.
     #[arg(long, default_value = "")]
     label: String,
@@ -78,8 +82,21 @@ struct Conn {
 
 impl Conn {
     async fn open(args: &Args, tls: &Option<TlsConnector>) -> anyhow::Result<Conn> {
-        let tcp = TcpStream::connect(args.addr).await?;
+        let mut tcp = TcpStream::connect(args.addr).await?;
         tcp.set_nodelay(true)?;
+        if args.proxy_v2 {
+            use tokio::io::AsyncWriteExt;
+            let local = tcp.local_addr()?;
+            let client: std::net::SocketAddr =
+                ([198, 51, 100, local.port() as u8], local.port()).into();
+            let header = ppp::v2::Builder::with_addresses(
+                ppp::v2::Version::Two | ppp::v2::Command::Proxy,
+                ppp::v2::Protocol::Stream,
+                (client, args.addr),
+            )
+            .build()?;
+            tcp.write_all(&header).await?;
+        }
         let name = ServerName::try_from(args.server_name.clone())?;
         let stream = match (args.security, tls) {
             (Security::Tls, Some(c)) => {

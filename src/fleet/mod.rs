@@ -68,6 +68,42 @@ pub struct Fleet {
     acquire: redis::Script,
     renew: redis::Script,
     metrics: Arc<Metrics>,
+    /// Ended leases (mailbox set key, member), removed in batches by [`Fleet::run`].
+    ended: tokio::sync::mpsc::UnboundedSender<(String, String)>,
+    ended_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(String, String)>>>,
+}
+
+/// Removes ended leases: all that are waiting in one pipeline, so a burst of logouts costs Redis
+/// one round trip, not one each.
+async fn remove_ended(
+    fleet: std::sync::Weak<Fleet>,
+    mut ended: tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
+) {
+    let mut batch = Vec::new();
+    while ended.recv_many(&mut batch, RENEW_BATCH).await > 0 {
+        let Some(fleet) = fleet.upgrade() else {
+            return;
+        };
+        let Some(mut conn) = fleet.connection() else {
+            batch.clear();
+            continue;
+        };
+        let mut pipe = redis::pipe();
+        for (key, member) in batch.drain(..) {
+            pipe.zrem(key, member).ignore();
+        }
+        let _ =
+            tokio::time::timeout(Duration::from_secs(2), pipe.query_async::<()>(&mut conn)).await;
+    }
+}
+
+/// Aborts a helper task when the fleet's own task ends (the gate stops).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -88,7 +124,10 @@ impl Fleet {
         let mut nonce = [0u8; 6];
         let _ = getrandom::getrandom(&mut nonce);
         let instance = nonce.iter().map(|b| format!("{b:02x}")).collect();
+        let (ended, ended_rx) = tokio::sync::mpsc::unbounded_channel();
         Ok(Arc::new(Fleet {
+            ended,
+            ended_rx: Mutex::new(Some(ended_rx)),
             node: config.node_name(),
             instance,
             client,
@@ -166,25 +205,12 @@ impl Fleet {
 
     /// Ends a session's lease (from a permit's drop: the removal runs in a task). A session
     /// counted while Redis was down has no lease here and nothing to remove.
-    pub fn release(self: &Arc<Self>, member: &str) {
+    pub fn release(&self, member: &str) {
         let Some(key) = lock(&self.leases).remove(member) else {
             return;
         };
-        let Some(mut conn) = self.connection() else {
-            return;
-        };
-        let member = member.to_string();
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    redis::cmd("ZREM")
-                        .arg(&key)
-                        .arg(&member)
-                        .query_async::<i64>(&mut conn),
-                )
-                .await;
-            });
+        if self.is_up() {
+            let _ = self.ended.send((key, member.to_string()));
         }
     }
 
@@ -226,6 +252,10 @@ impl Fleet {
     /// Connects, then renews the leases every third of the lease (and at once after Redis
     /// comes back, which puts them back); runs until aborted.
     pub async fn run(self: Arc<Self>) {
+        let remover = lock(&self.ended_rx)
+            .take()
+            .map(|rx| AbortOnDrop(tokio::spawn(remove_ended(Arc::downgrade(&self), rx))));
+        let _remover = remover;
         let mut retry = Duration::from_millis(500);
         loop {
             if lock(&self.manager).is_none() {

@@ -111,7 +111,7 @@ pub fn serve(
             Origin::Balancer(caps) => {
                 tracing::Span::current().record("balancer", tracing::field::display(peer));
                 let wait = ctx.state.load().config.imap4.tls_handshake_timeout;
-                let client = match tokio::time::timeout(wait, proxy_header::read(&mut tcp, peer)).await {
+                let client = match tokio::time::timeout(wait, proxy_header::read_tcp(&mut tcp, peer)).await {
                     Ok(Ok(client)) => client,
                     Ok(Err(e)) => {
                         tracing::info!(blame = "client", balancer = %peer, error = %e, "connection from a balancer refused");

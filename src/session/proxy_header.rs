@@ -38,6 +38,40 @@ pub fn looks_like_header(bytes: &[u8]) -> bool {
     bytes.starts_with(b"PROXY ") || bytes.starts_with(V2_SIGNATURE)
 }
 
+/// Reads one header from a balancer's connection: when the whole header is already there (the
+/// usual case: a balancer sends it in one segment) it is taken in one read after a peek;
+/// otherwise byte-exact reads as [`read`].
+pub async fn read_tcp(
+    tcp: &mut tokio::net::TcpStream,
+    balancer: SocketAddr,
+) -> Result<SocketAddr, HeaderError> {
+    let mut ahead = [0u8; 512];
+    let n = tcp.peek(&mut ahead).await?;
+    let Some(len) = complete_length(&ahead[..n]) else {
+        return read(tcp, balancer).await;
+    };
+    let mut header = vec![0u8; len];
+    tcp.read_exact(&mut header).await?;
+    if header.starts_with(V2_SIGNATURE) {
+        v2(&header, balancer)
+    } else {
+        v1(&header, balancer)
+    }
+}
+
+/// The length of the header at the start of `bytes`, when all of it is there.
+fn complete_length(bytes: &[u8]) -> Option<usize> {
+    if bytes.starts_with(V2_SIGNATURE) && bytes.len() >= 16 {
+        let len = 16 + usize::from(u16::from_be_bytes([bytes[14], bytes[15]]));
+        return (len <= bytes.len()).then_some(len);
+    }
+    if bytes.starts_with(b"PROXY ") {
+        let end = memchr::memmem::find(&bytes[..bytes.len().min(V1_LONGEST)], b"\r\n")?;
+        return Some(end + 2);
+    }
+    None
+}
+
 /// Reads one header from `io`; the client's address it names, or `balancer` when it names none.
 pub async fn read<R: AsyncRead + Unpin>(
     io: &mut R,
@@ -152,6 +186,41 @@ mod tests {
         let mut local = V2_SIGNATURE.to_vec();
         local.extend([0x20, 0x00, 0, 0]);
         assert_eq!(parse(&local).await.0.unwrap(), BALANCER);
+    }
+
+    #[tokio::test]
+    async fn a_whole_header_is_taken_in_one_read_and_the_rest_stays() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        for (sent, client) in [
+            (v2_tcp4([203, 0, 113, 9], 4000, &[]), "203.0.113.9:4000"),
+            (
+                b"PROXY TCP4 203.0.113.8 10.0.0.1 4001 143\r\n".to_vec(),
+                "203.0.113.8:4001",
+            ),
+        ] {
+            let mut bytes = sent.clone();
+            bytes.extend_from_slice(b"a NOOP\r\n");
+            let writer = tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+                c.write_all(&bytes).await.unwrap();
+                c
+            });
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let _client_side = writer.await.unwrap();
+            // Let the whole segment arrive, as from a balancer.
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            assert_eq!(
+                read_tcp(&mut tcp, BALANCER).await.unwrap(),
+                client.parse::<SocketAddr>().unwrap()
+            );
+            let mut rest = [0u8; 8];
+            tcp.read_exact(&mut rest).await.unwrap();
+            assert_eq!(&rest, b"a NOOP\r\n");
+        }
+        assert_eq!(complete_length(b"PROXY TCP4 1.2.3.4"), None);
+        assert_eq!(complete_length(&v2_tcp4([1, 2, 3, 4], 1, &[])[..20]), None);
     }
 
     #[tokio::test]
