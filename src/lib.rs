@@ -25,8 +25,9 @@
 //! 6. [`state`]: the reloadable snapshot (configuration, directory and its cache, certificate,
 //!    backends).
 //! 7. [`backend`]: the IMAP client on imap-codec and the login on a user's behalf;
-//!    [`directory`]: the directory trait, the mailboxes file, the moka cache; [`limits`]:
-//!    connection counts, the session limiter trait, the failed-login penalty.
+//!    [`directory`]: the directory trait, the mailboxes file, LDAP, the moka cache; [`limits`]:
+//!    connection counts, the session limiter trait, the failed-login penalty; [`fleet`]: state
+//!    shared with the other gates on Redis (the fleet's session limiter, penalty, changes).
 //! 8. [`registry`]: open sessions (byte counts, kicks); [`metrics`]: Prometheus;
 //!    [`protocol_log`]: Exchange-style CSV rows; [`tls`]; [`permissions`]: strict modes.
 //! 9. [`wire`], [`credentials`], [`errors`] (who is to blame), [`config`], [`phase`],
