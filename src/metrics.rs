@@ -143,7 +143,7 @@ impl Default for Metrics {
         let fleet_redis_up = Gauge::default();
         registry.register(
             "fleet_redis_up",
-            "With [fleet]: 1 while Redis answers (limits and changes shared), 0 while this gate goes on alone",
+            "With [fleet]: 1 while Redis answers and this gate hears the fleet's channels (limits and changes shared), 0 while it goes on alone",
             fleet_redis_up.clone(),
         );
         let backend_failovers = Family::<BackendLabels, Counter>::default();

@@ -356,3 +356,66 @@ async fn compress_behind_a_long_tag_is_seen() {
     );
     gate.stop().await;
 }
+
+/// AUTHENTICATE LOGIN (old clients and devices) through the gate to Dovecot: curl asked for it,
+/// and by hand with and without SASL-IR; refusals as for LOGIN.
+#[tokio::test]
+async fn authenticate_login_reaches_dovecot() {
+    let Some(d) = dovecot() else { return };
+    let gate = gate(d.port, d.tls_port).await;
+    let tls = gate.tls.expect("tls").port();
+    let out = Command::new("curl")
+        .args(["-sS", "-v", "--max-time", "20", "--cacert"])
+        .arg(certs().join("ca.pem"))
+        .args(["--login-options", "AUTH=LOGIN", "-u", "jsmith:pass1"])
+        .arg(format!("imaps://localhost:{tls}/INBOX;UID=1"))
+        .output()
+        .await
+        .expect("run curl");
+    let body = String::from_utf8_lossy(&out.stdout);
+    let trace = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && body.contains("Subject: Hello 1"),
+        "{body}{trace}"
+    );
+    assert!(trace.contains("AUTHENTICATE LOGIN"), "{trace}");
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let tls_addr = gate.tls.expect("tls");
+    // Each try from an address of its own: Dovecot's penalty for the wrong password is per
+    // client address (which it learns through ID).
+    for (n, (user, pass, want)) in [
+        ("jsmith", "pass1", "a OK"),
+        ("jsmith", "wrong", "a NO [AUTHENTICATIONFAILED]"),
+        ("jane.doe@example.com", "pass2", "a NO [CONTACTADMIN]"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let source = 60 + 2 * n as u8;
+        // Two steps.
+        let mut c = common::Client::tls_from([127, 0, 0, source], tls_addr).await;
+        c.greeting().await;
+        c.send(b"a AUTHENTICATE LOGIN\r\n").await;
+        assert_eq!(c.line().await, "+ VXNlcm5hbWU6");
+        c.send(format!("{}\r\n", b64(user)).as_bytes()).await;
+        assert_eq!(c.line().await, "+ UGFzc3dvcmQ6");
+        c.send(format!("{}\r\n", b64(pass)).as_bytes()).await;
+        let r = c.until_tag("a").await;
+        assert!(last(&r).starts_with(want), "{user}: {r:?}");
+        // SASL-IR.
+        let mut c = common::Client::tls_from([127, 0, 0, source + 1], tls_addr).await;
+        c.greeting().await;
+        c.send(format!("a AUTHENTICATE LOGIN {}\r\n", b64(user)).as_bytes())
+            .await;
+        assert_eq!(c.line().await, "+ UGFzc3dvcmQ6");
+        c.send(format!("{}\r\n", b64(pass)).as_bytes()).await;
+        let r = c.until_tag("a").await;
+        assert!(last(&r).starts_with(want), "{user}: {r:?}");
+        if want == "a OK" {
+            let r = c.cmd("s", "SELECT INBOX").await;
+            assert!(last(&r).starts_with("s OK"), "{r:?}");
+        }
+    }
+    gate.stop().await;
+}

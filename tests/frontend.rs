@@ -24,16 +24,16 @@ async fn capabilities_follow_login_type_and_tls() {
         (
             "secure-login",
             vec!["STARTTLS", "LOGINDISABLED"],
-            vec!["AUTH=PLAIN", "SASL-IR"],
+            vec!["AUTH=PLAIN", "AUTH=LOGIN", "SASL-IR"],
         ),
         (
             "plain-text-authentication",
-            vec!["STARTTLS", "LOGINDISABLED", "AUTH=PLAIN"],
+            vec!["STARTTLS", "LOGINDISABLED", "AUTH=PLAIN", "AUTH=LOGIN"],
             vec![],
         ),
         (
             "plain-text-login",
-            vec!["STARTTLS", "AUTH=PLAIN", "SASL-IR"],
+            vec!["STARTTLS", "AUTH=PLAIN", "AUTH=LOGIN", "SASL-IR"],
             vec!["LOGINDISABLED"],
         ),
     ] {

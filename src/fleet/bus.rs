@@ -116,6 +116,11 @@ impl Fleet {
             .query_async(&mut conn)
             .await
             .map_err(|e| e.to_string())?;
+        if reached == 0 {
+            return Err(
+                "no gate hears the fleet's channels yet (this one included): try again".into(),
+            );
+        }
         let key = reply_key(&id);
         let started = Instant::now();
         loop {
@@ -166,6 +171,7 @@ pub async fn listen(fleet: Arc<Fleet>, member: Arc<dyn Member>) {
             }
         };
         retry = Duration::from_millis(500);
+        fleet.set_listening(true);
         if lost {
             // Changes made while this gate was not listening were not heard.
             member.changed(None).await;
@@ -191,6 +197,7 @@ pub async fn listen(fleet: Arc<Fleet>, member: Arc<dyn Member>) {
             }
         }
         lost = true;
+        fleet.set_listening(false);
         tracing::warn!(node = %fleet.node, "fleet: lost the Redis channels; resubscribing");
     }
 }

@@ -62,6 +62,8 @@ pub struct Fleet {
     client: redis::Client,
     manager: Mutex<Option<ConnectionManager>>,
     up: AtomicBool,
+    /// The bus is subscribed to the fleet's channels.
+    listening: AtomicBool,
     lease: Duration,
     /// Live leases: member -> mailbox set key.
     leases: Mutex<HashMap<String, String>>,
@@ -133,6 +135,7 @@ impl Fleet {
             client,
             manager: Mutex::new(None),
             up: AtomicBool::new(false),
+            listening: AtomicBool::new(false),
             lease: config.lease,
             leases: Mutex::new(HashMap::new()),
             acquire: redis::Script::new(ACQUIRE),
@@ -153,9 +156,20 @@ impl Fleet {
         self.up.load(Ordering::Relaxed)
     }
 
+    /// `imapgate_fleet_redis_up`: 1 once Redis answers and this gate hears the fleet's channels.
+    fn show_state(&self) {
+        let both = self.up.load(Ordering::Relaxed) && self.listening.load(Ordering::Relaxed);
+        self.metrics.fleet_redis_up.set(i64::from(both));
+    }
+
+    pub(crate) fn set_listening(&self, listening: bool) {
+        self.listening.store(listening, Ordering::Relaxed);
+        self.show_state();
+    }
+
     fn set_up(&self, up: bool, why: &str) {
         if self.up.swap(up, Ordering::Relaxed) != up {
-            self.metrics.fleet_redis_up.set(i64::from(up));
+            self.show_state();
             if up {
                 tracing::info!(node = %self.node, "fleet: Redis reachable, sharing limits and changes");
             } else {

@@ -117,6 +117,29 @@ enum State {
     LoggedIn,
 }
 
+/// An AUTHENTICATE waiting for the client's next response line.
+#[derive(Debug, Clone)]
+enum Sasl {
+    /// PLAIN, after its empty `+`: the whole message.
+    Plain { tag: String },
+    /// LOGIN, after `+ VXNlcm5hbWU6` ("Username:"): the user name.
+    LoginUser { tag: String },
+    /// LOGIN, after `+ UGFzc3dvcmQ6` ("Password:"): the password.
+    LoginPassword { tag: String, user: Vec<u8> },
+}
+
+impl Sasl {
+    fn tag(&self) -> &str {
+        match self {
+            Sasl::Plain { tag } | Sasl::LoginUser { tag } | Sasl::LoginPassword { tag, .. } => tag,
+        }
+    }
+}
+
+/// AUTHENTICATE LOGIN's prompts (RFC-less but universal: base64 of "Username:" and "Password:").
+pub(super) const LOGIN_USER_PROMPT: &[u8] = b"+ VXNlcm5hbWU6\r\n";
+pub(super) const LOGIN_PASSWORD_PROMPT: &[u8] = b"+ UGFzc3dvcmQ6\r\n";
+
 /// What a discarded command gets when it ends.
 #[derive(Debug)]
 struct Discarding {
@@ -138,8 +161,8 @@ pub struct Dialogue {
     /// Buffer length at which the synchronizing literal we said `+` to is complete.
     literal_until: Option<usize>,
     discarding: Option<Discarding>,
-    /// An AUTHENTICATE PLAIN waiting for its response line: its tag.
-    sasl: Option<String>,
+    /// An AUTHENTICATE waiting for a response line.
+    sasl: Option<Sasl>,
     login: Option<(String, Mechanism, Result<Credentials, CredentialError>)>,
     client_id: Vec<(String, Option<String>)>,
     bad_commands: u32,
@@ -311,8 +334,8 @@ impl Dialogue {
                 }
             }
         }
-        if let Some(tag) = self.sasl.clone() {
-            return self.sasl_response(&tag);
+        if let Some(sasl) = self.sasl.clone() {
+            return self.sasl_response(sasl);
         }
         if let Some(until) = self.literal_until {
             if self.buf.len() < until {
@@ -363,14 +386,27 @@ impl Dialogue {
         None
     }
 
-    /// The response to `AUTHENTICATE PLAIN`'s empty `+`.
-    fn sasl_response(&mut self, tag: &str) -> Option<Step> {
+    /// A response line to an AUTHENTICATE continuation.
+    fn sasl_response(&mut self, sasl: Sasl) -> Option<Step> {
+        let tag = sasl.tag();
         match input::decode_sasl(&self.buf, self.settings.max_command_size) {
             SaslDecoded::Message { message, consumed } => {
                 self.buf.drain(..consumed);
                 self.sasl = None;
-                let credentials = Credentials::from_sasl_plain(&message);
-                self.start_login(tag.to_string(), Mechanism::Authenticate, credentials);
+                match sasl {
+                    Sasl::Plain { tag } => {
+                        let credentials = Credentials::from_sasl_plain(&message);
+                        self.start_login(tag, Mechanism::Authenticate, credentials);
+                    }
+                    Sasl::LoginUser { tag } => {
+                        self.queue(LOGIN_PASSWORD_PROMPT);
+                        self.sasl = Some(Sasl::LoginPassword { tag, user: message });
+                    }
+                    Sasl::LoginPassword { tag, user } => {
+                        let credentials = Credentials::password(&user, &message);
+                        self.start_login(tag, Mechanism::Authenticate, credentials);
+                    }
+                }
             }
             SaslDecoded::Cancel { consumed } => {
                 self.buf.drain(..consumed);
@@ -422,7 +458,7 @@ impl Dialogue {
             caps.push("STARTTLS");
         }
         if self.authenticate_allowed() {
-            caps.extend(["SASL-IR", "AUTH=PLAIN"]);
+            caps.extend(["SASL-IR", "AUTH=PLAIN", "AUTH=LOGIN"]);
         }
         if !self.login_allowed() {
             caps.push("LOGINDISABLED");

@@ -5,7 +5,9 @@ use std::time::Instant;
 use imap_codec::imap_types::auth::AuthMechanism;
 use imap_codec::imap_types::command::{Command, CommandBody};
 
-use super::{Answer, Dialogue, Mechanism, Record, State};
+use super::{
+    Answer, Dialogue, Mechanism, Record, Sasl, State, LOGIN_PASSWORD_PROMPT, LOGIN_USER_PROMPT,
+};
 use crate::credentials::{CredentialError, Credentials};
 use crate::session::input;
 
@@ -84,7 +86,8 @@ impl Dialogue {
                 initial_response,
             } => {
                 self.bad_commands = 0;
-                if mechanism != AuthMechanism::Plain {
+                let known = matches!(mechanism, AuthMechanism::Plain | AuthMechanism::Login);
+                if !known {
                     self.queue(
                         format!("{tag} NO [CANNOT] Unsupported authentication mechanism.\r\n")
                             .as_bytes(),
@@ -92,17 +95,27 @@ impl Dialogue {
                 } else if !self.authenticate_allowed() {
                     return self.privacy_required(&tag);
                 } else {
-                    match initial_response {
-                        Some(ir) => {
-                            let credentials = Credentials::from_sasl_plain(ir.declassify());
+                    let ir = initial_response.map(|ir| ir.declassify().to_vec());
+                    match (mechanism, ir) {
+                        (AuthMechanism::Plain, Some(ir)) => {
+                            let credentials = Credentials::from_sasl_plain(&ir);
                             return self.start_login(tag, Mechanism::Authenticate, credentials);
                         }
-                        None => {
+                        (AuthMechanism::Plain, None) => {
                             self.queue(b"+ \r\n");
-                            self.sasl = Some(tag);
-                            return;
+                            self.sasl = Some(Sasl::Plain { tag });
+                        }
+                        // LOGIN: the initial response (SASL-IR) is the user name.
+                        (_, Some(user)) => {
+                            self.queue(LOGIN_PASSWORD_PROMPT);
+                            self.sasl = Some(Sasl::LoginPassword { tag, user });
+                        }
+                        (_, None) => {
+                            self.queue(LOGIN_USER_PROMPT);
+                            self.sasl = Some(Sasl::LoginUser { tag });
                         }
                     }
+                    return;
                 }
             }
             _ => {

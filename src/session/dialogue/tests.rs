@@ -55,7 +55,7 @@ fn greeting_and_capabilities_follow_login_type_and_tls() {
     let mut tls = Dialogue::new(settings(LoginType::SecureLogin, false), true);
     let (out, _) = exchange(&mut tls, b"c CAPABILITY\r\n");
     assert!(out.ends_with(
-        "* CAPABILITY IMAP4rev1 LITERAL+ ID SASL-IR AUTH=PLAIN\r\nc OK CAPABILITY completed.\r\n"
+        "* CAPABILITY IMAP4rev1 LITERAL+ ID SASL-IR AUTH=PLAIN AUTH=LOGIN\r\nc OK CAPABILITY completed.\r\n"
     ));
 }
 
@@ -245,4 +245,41 @@ fn a_proxy_header_from_a_client_ends_the_session() {
     let (out, step) = exchange(&mut d, b"a NOOP\r\nPROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n");
     assert!(!out.contains("BYE"), "{out}");
     assert!(!matches!(step, Step::Close));
+}
+
+#[test]
+fn authenticate_login_asks_for_the_user_then_the_password() {
+    let mut d = plain();
+    let _ = exchange(&mut d, b"");
+    let (out, _) = exchange(&mut d, b"a AUTHENTICATE LOGIN\r\n");
+    assert_eq!(out, "+ VXNlcm5hbWU6\r\n");
+    let (out, _) = exchange(&mut d, b"YW5u\r\n");
+    assert_eq!(out, "+ UGFzc3dvcmQ6\r\n");
+    let (_, step) = exchange(&mut d, b"czNjcmV0\r\n");
+    assert_eq!(user_of(&step).as_deref(), Some("ann"));
+    let Step::Login { credentials: Ok(c) } = step else {
+        panic!("{step:?}")
+    };
+    assert_eq!(c.secret().expose(), b"s3cret");
+    // SASL-IR: the user name in the command, then only the password.
+    let mut d = plain();
+    let _ = exchange(&mut d, b"");
+    let (out, _) = exchange(&mut d, b"b AUTHENTICATE LOGIN Ym9i\r\n");
+    assert_eq!(out, "+ UGFzc3dvcmQ6\r\n");
+    let (_, step) = exchange(&mut d, b"cHc=\r\n");
+    assert_eq!(user_of(&step).as_deref(), Some("bob"));
+    // Cancelled at the password, and bad base64.
+    let mut d = plain();
+    let _ = exchange(&mut d, b"");
+    let _ = exchange(&mut d, b"c AUTHENTICATE LOGIN Ym9i\r\n");
+    let (out, _) = exchange(&mut d, b"*\r\n");
+    assert_eq!(out, "c BAD AUTHENTICATE cancelled.\r\n");
+    let _ = exchange(&mut d, b"d AUTHENTICATE LOGIN\r\n");
+    let (out, _) = exchange(&mut d, b"!!!\r\n");
+    assert_eq!(out, "d BAD Invalid base64 in AUTHENTICATE.\r\n");
+    // secure-login before TLS: as LOGIN and PLAIN.
+    let mut d = Dialogue::new(settings(LoginType::SecureLogin, true), false);
+    let _ = exchange(&mut d, b"");
+    let (out, _) = exchange(&mut d, b"e AUTHENTICATE LOGIN\r\n");
+    assert!(out.starts_with("e NO [PRIVACYREQUIRED]"), "{out}");
 }
