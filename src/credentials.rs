@@ -75,6 +75,26 @@ pub enum CredentialError {
     MalformedPlain,
     #[error("authorization identity differs from the authentication identity")]
     AuthzidMismatch,
+    #[error("malformed OAUTHBEARER or XOAUTH2 message")]
+    MalformedToken,
+}
+
+/// The SASL mechanism that carries a bearer token (OAuth 2.0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenMechanism {
+    /// RFC 7628.
+    OAuthBearer,
+    /// The older form most clients still speak.
+    XOAuth2,
+}
+
+impl TokenMechanism {
+    pub fn name(self) -> &'static str {
+        match self {
+            TokenMechanism::OAuthBearer => "OAUTHBEARER",
+            TokenMechanism::XOAuth2 => "XOAUTH2",
+        }
+    }
 }
 
 /// Longest user name accepted: longer ones are no one's, and would only cost memory and logs.
@@ -85,8 +105,15 @@ pub const MAX_USER: usize = 256;
 /// on the backend.
 #[derive(Debug, Clone)]
 pub enum Credentials {
-    /// A user name and password (LOGIN, AUTHENTICATE PLAIN).
+    /// A user name and password (LOGIN, AUTHENTICATE PLAIN and LOGIN).
     Password { user: String, password: Secret },
+    /// A bearer token and the user it claims to be for (OAUTHBEARER, XOAUTH2): only the token
+    /// proves it, where it is checked (the backend, or the introspection endpoint).
+    Token {
+        user: String,
+        token: Secret,
+        mechanism: TokenMechanism,
+    },
 }
 
 impl Credentials {
@@ -118,6 +145,58 @@ impl Credentials {
         Credentials::password(authcid, passwd)
     }
 
+    /// Decodes an OAUTHBEARER message (RFC 7628): `n,a=USER,` then `^Aauth=Bearer TOKEN^A^A`
+    /// (other key=value pairs, such as host and port, are ignored). Without `a=` the user is
+    /// empty (refused unless the token itself names the user).
+    pub fn from_oauthbearer(message: &[u8]) -> Result<Credentials, CredentialError> {
+        let bad = CredentialError::MalformedToken;
+        let text = std::str::from_utf8(message).map_err(|_| bad)?;
+        let (gs2, rest) = text.split_once('\u{1}').ok_or(bad)?;
+        let mut fields = gs2.split(',');
+        let flag = fields.next().ok_or(bad)?;
+        if !(flag == "n" || flag == "y" || flag.starts_with("p=")) {
+            return Err(bad);
+        }
+        let authzid = fields.next().ok_or(bad)?;
+        if fields.next() != Some("") || fields.next().is_some() {
+            return Err(bad);
+        }
+        let user = match authzid.strip_prefix("a=") {
+            Some(name) => unescape_saslname(name).ok_or(bad)?,
+            None if authzid.is_empty() => String::new(),
+            None => return Err(bad),
+        };
+        let token = bearer(rest).ok_or(bad)?;
+        Credentials::token(&user, token, TokenMechanism::OAuthBearer)
+    }
+
+    /// Decodes an XOAUTH2 message: `user=USER^Aauth=Bearer TOKEN^A^A`.
+    pub fn from_xoauth2(message: &[u8]) -> Result<Credentials, CredentialError> {
+        let bad = CredentialError::MalformedToken;
+        let text = std::str::from_utf8(message).map_err(|_| bad)?;
+        let (first, rest) = text.split_once('\u{1}').ok_or(bad)?;
+        let user = first.strip_prefix("user=").ok_or(bad)?;
+        let token = bearer(rest).ok_or(bad)?;
+        Credentials::token(user, token, TokenMechanism::XOAuth2)
+    }
+
+    fn token(
+        user: &str,
+        token: &str,
+        mechanism: TokenMechanism,
+    ) -> Result<Credentials, CredentialError> {
+        let user = if user.is_empty() {
+            String::new()
+        } else {
+            check_user(user.as_bytes())?
+        };
+        Ok(Credentials::Token {
+            user,
+            token: Secret::new(token.as_bytes().to_vec()),
+            mechanism,
+        })
+    }
+
     /// Credentials that cannot log in as `user` anywhere (a random password), for a login that
     /// must fail at the backend the way a wrong password does.
     pub fn decoy(user: String) -> Credentials {
@@ -130,14 +209,23 @@ impl Credentials {
     /// The user name the client gave.
     pub fn user(&self) -> &str {
         match self {
-            Credentials::Password { user, .. } => user,
+            Credentials::Password { user, .. } | Credentials::Token { user, .. } => user,
         }
     }
 
-    /// The secret that proves it (a password), for encoding towards a backend only.
+    /// The secret that proves it (a password or a token), for encoding towards a backend only.
     pub fn secret(&self) -> &Secret {
         match self {
             Credentials::Password { password, .. } => password,
+            Credentials::Token { token, .. } => token,
+        }
+    }
+
+    /// The token mechanism, for bearer tokens.
+    pub fn token_mechanism(&self) -> Option<TokenMechanism> {
+        match self {
+            Credentials::Password { .. } => None,
+            Credentials::Token { mechanism, .. } => Some(*mechanism),
         }
     }
 
@@ -148,8 +236,68 @@ impl Credentials {
                 user: user.to_string(),
                 password: password.clone(),
             },
+            Credentials::Token {
+                token, mechanism, ..
+            } => Credentials::Token {
+                user: user.to_string(),
+                token: token.clone(),
+                mechanism: *mechanism,
+            },
         }
     }
+
+    /// The SASL message of a token towards a backend (its user and token, nothing else).
+    pub fn token_message(&self) -> Option<Vec<u8>> {
+        let Credentials::Token {
+            user,
+            token,
+            mechanism,
+        } = self
+        else {
+            return None;
+        };
+        let mut m = match mechanism {
+            TokenMechanism::OAuthBearer => {
+                let name = user.replace('=', "=3D").replace(',', "=2C");
+                format!("n,a={name},\u{1}auth=Bearer ").into_bytes()
+            }
+            TokenMechanism::XOAuth2 => format!("user={user}\u{1}auth=Bearer ").into_bytes(),
+        };
+        m.extend_from_slice(token.expose());
+        m.extend_from_slice(b"\x01\x01");
+        Some(m)
+    }
+}
+
+/// The token of an `auth=Bearer TOKEN` field among `^A`-separated fields ending `^A^A`.
+fn bearer(fields: &str) -> Option<&str> {
+    let body = fields.strip_suffix("\u{1}\u{1}")?;
+    let auth = body.split('\u{1}').find_map(|f| f.strip_prefix("auth="))?;
+    let (scheme, token) = auth.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    // RFC 6750's b64token: nothing that could end a line or a field.
+    let b64token = |c: char| c.is_ascii_alphanumeric() || "-._~+/=".contains(c);
+    (!token.is_empty() && token.len() <= 16 * 1024 && token.chars().all(b64token)).then_some(token)
+}
+
+/// RFC 5801's saslname: `=2C` is a comma, `=3D` an equals sign, any other `=` is an error.
+fn unescape_saslname(name: &str) -> Option<String> {
+    let mut out = String::with_capacity(name.len());
+    let mut rest = name;
+    while let Some(i) = rest.find('=') {
+        out.push_str(&rest[..i]);
+        let code = rest.get(i + 1..i + 3)?;
+        out.push(match code {
+            "2C" | "2c" => ',',
+            "3D" | "3d" => '=',
+            _ => return None,
+        });
+        rest = &rest[i + 3..];
+    }
+    out.push_str(rest);
+    Some(out)
 }
 
 fn check_user(user: &[u8]) -> Result<String, CredentialError> {
@@ -174,9 +322,49 @@ mod tests {
     use super::*;
 
     fn parts(c: &Credentials) -> (&str, &[u8]) {
-        match c {
-            Credentials::Password { user, password } => (user, password.expose()),
+        (c.user(), c.secret().expose())
+    }
+
+    #[test]
+    fn bearer_tokens_are_read_and_written() {
+        let c = Credentials::from_oauthbearer(
+            b"n,a=ann@example.com,\x01host=imap.example.com\x01port=993\x01auth=Bearer vF9dft4qmT\x01\x01",
+        )
+        .unwrap();
+        assert_eq!(parts(&c), ("ann@example.com", &b"vF9dft4qmT"[..]));
+        assert_eq!(c.token_mechanism(), Some(TokenMechanism::OAuthBearer));
+        let back = c.for_user("a,b=c").token_message().unwrap();
+        assert_eq!(back, b"n,a=a=2Cb=3Dc,\x01auth=Bearer vF9dft4qmT\x01\x01");
+        let round = Credentials::from_oauthbearer(&back).unwrap();
+        assert_eq!(round.user(), "a,b=c");
+        // No authzid: no user.
+        let c = Credentials::from_oauthbearer(b"n,,\x01auth=Bearer abc\x01\x01").unwrap();
+        assert_eq!(c.user(), "");
+        let x = Credentials::from_xoauth2(b"user=bob\x01auth=Bearer ya29.a0-b_c~d+e/f==\x01\x01")
+            .unwrap();
+        assert_eq!(parts(&x), ("bob", &b"ya29.a0-b_c~d+e/f=="[..]));
+        assert_eq!(
+            x.token_message().unwrap(),
+            b"user=bob\x01auth=Bearer ya29.a0-b_c~d+e/f==\x01\x01"
+        );
+        assert!(format!("{x:?}").contains("redacted"));
+        for bad in [
+            &b"n,a=ann,\x01auth=Bearer \x01\x01"[..],
+            b"n,a=ann,\x01auth=Basic abc\x01\x01",
+            b"n,a=ann,\x01auth=Bearer a\r\nb\x01\x01",
+            b"n,a=ann,\x01auth=Bearer abc\x01",
+            b"q,a=ann,\x01auth=Bearer abc\x01\x01",
+            b"n,a=a=ZZ,\x01auth=Bearer abc\x01\x01",
+            b"n,a=ann\x01auth=Bearer abc\x01\x01",
+        ] {
+            assert_eq!(
+                Credentials::from_oauthbearer(bad).unwrap_err(),
+                CredentialError::MalformedToken,
+                "{bad:?}"
+            );
         }
+        assert!(Credentials::from_xoauth2(b"usr=bob\x01auth=Bearer abc\x01\x01").is_err());
+        assert!(Credentials::from_xoauth2(b"user=b\rob\x01auth=Bearer abc\x01\x01").is_err());
     }
 
     #[test]

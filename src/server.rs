@@ -238,6 +238,7 @@ impl Gate {
     pub async fn run(self) {
         let ctx = self.root.ctx.clone();
         let sweeper = AbortOnDrop(tokio::spawn(sweeper::run(ctx.clone())));
+        probe_backends(&ctx.state.load(), &ctx.metrics);
         // The fleet's own sweeper (leases) and its channels.
         let _fleet_tasks = self.root.fleet.clone().map(|fleet| {
             let member: Arc<dyn crate::fleet::bus::Member> = Arc::new(GateHandle {
@@ -317,6 +318,23 @@ impl Gate {
         if let Some(follower) = lock(&self.root.follower).take() {
             follower.abort();
         }
+    }
+}
+
+/// Asks each backend for its capabilities (the mechanisms offered before login), in tasks of
+/// their own: a backend that does not answer now is learned about at its first login.
+pub(crate) fn probe_backends(state: &State, metrics: &Arc<Metrics>) {
+    // Only bearer tokens depend on it (`[oauth]`); passwords work with whatever is offered.
+    if state.config.oauth.is_none() {
+        return;
+    }
+    for backend in state.backends.values() {
+        let (backend, metrics) = (backend.clone(), metrics.clone());
+        tokio::spawn(async move {
+            if let Err(e) = backend.probe(&metrics).await {
+                tracing::info!(backend = %backend.name, error = %e, "backend capabilities not known yet");
+            }
+        });
     }
 }
 

@@ -44,6 +44,19 @@ pub struct State {
 }
 
 impl State {
+    /// The bearer-token mechanisms offered before login: those of the backend a name not yet
+    /// known goes to (the directory's default).
+    pub fn token_mechanisms(&self) -> Vec<crate::credentials::TokenMechanism> {
+        if self.config.oauth.is_none() {
+            return Vec::new();
+        }
+        let (_, backend) = self.policies.source().defaults();
+        self.backends
+            .get(&*backend)
+            .map(|b| b.token_mechanisms())
+            .unwrap_or_default()
+    }
+
     /// Reads and checks the configuration file and everything it names.
     pub fn load(config_path: &Path) -> Result<State, LoadError> {
         Self::load_with(config_path, DirectoryStats::default())

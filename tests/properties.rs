@@ -20,6 +20,7 @@ fn caps() -> impl Strategy<Value = LoginCaps> {
             sasl_ir,
             literal_plus,
             login_disabled: false,
+            ..LoginCaps::default()
         }
     })
 }

@@ -301,6 +301,20 @@ impl Client {
         tag: &str,
         fragments: &[Vec<u8>],
         phase: &'static str,
+        untagged: impl FnMut(&Message),
+    ) -> Result<Message, ClientError> {
+        self.command_answering(tag, fragments, phase, b"*\r\n", untagged)
+            .await
+    }
+
+    /// Like [`Client::command`], answering a continuation after the last fragment with
+    /// `challenge_reply` (a SASL mechanism's error challenge wants one before its `NO`).
+    pub async fn command_answering(
+        &mut self,
+        tag: &str,
+        fragments: &[Vec<u8>],
+        phase: &'static str,
+        challenge_reply: &[u8],
         mut untagged: impl FnMut(&Message),
     ) -> Result<Message, ClientError> {
         for (i, fragment) in fragments.iter().enumerate() {
@@ -310,7 +324,7 @@ impl Client {
                 let m = self.message(phase).await?;
                 match &m.kind {
                     Kind::Tagged { tag: t, .. } if t == tag => return Ok(m),
-                    Kind::Continuation if last => self.write(phase, b"*\r\n").await?,
+                    Kind::Continuation if last => self.write(phase, challenge_reply).await?,
                     Kind::Continuation => break,
                     _ => untagged(&m),
                 }

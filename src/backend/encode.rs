@@ -15,7 +15,7 @@ use imap_codec::imap_types::core::{AString, IString, Literal, LiteralMode, NStri
 use imap_codec::imap_types::secret::Secret;
 use imap_codec::{AuthenticateDataCodec, CommandCodec};
 
-use crate::credentials::Credentials;
+use crate::credentials::{Credentials, TokenMechanism};
 pub use crate::wire::quotable;
 
 /// What the server advertised that changes how the login is written.
@@ -25,6 +25,8 @@ pub struct LoginCaps {
     pub sasl_ir: bool,
     pub literal_plus: bool,
     pub login_disabled: bool,
+    pub oauthbearer: bool,
+    pub xoauth2: bool,
 }
 
 impl LoginCaps {
@@ -36,6 +38,8 @@ impl LoginCaps {
                 "SASL-IR" => c.sasl_ir = true,
                 "LITERAL+" => c.literal_plus = true,
                 "LOGINDISABLED" => c.login_disabled = true,
+                "AUTH=OAUTHBEARER" => c.oauthbearer = true,
+                "AUTH=XOAUTH2" => c.xoauth2 = true,
                 _ => {}
             }
         }
@@ -91,7 +95,22 @@ fn astring(value: &[u8], literal_plus: bool) -> Option<AString<'_>> {
 /// Prefers `AUTHENTICATE PLAIN` (with SASL-IR: one round trip, base64 carries any byte), then LOGIN.
 pub fn login_command(tag: &str, creds: &Credentials, caps: LoginCaps) -> Option<Vec<Vec<u8>>> {
     let tag = Tag::try_from(tag).ok()?;
-    let Credentials::Password { user, password } = creds;
+    let (user, password) = match creds {
+        Credentials::Password { user, password } => (user, password),
+        Credentials::Token { mechanism, .. } => {
+            let (offered, mechanism) = match mechanism {
+                TokenMechanism::OAuthBearer => (caps.oauthbearer, AuthMechanism::OAuthBearer),
+                TokenMechanism::XOAuth2 => (caps.xoauth2, AuthMechanism::XOAuth2),
+            };
+            if !offered {
+                return None;
+            }
+            let mut message = creds.token_message()?;
+            let fragments = authenticate(tag, mechanism, &message, caps.sasl_ir);
+            message.fill(0);
+            return fragments;
+        }
+    };
     if caps.auth_plain {
         let mut message = Vec::with_capacity(user.len() + password.expose().len() + 2);
         message.push(0);
@@ -126,6 +145,30 @@ pub fn login_command(tag: &str, creds: &Credentials, caps: LoginCaps) -> Option<
         password: Secret::new(astring(password.expose(), caps.literal_plus)?),
     };
     encode(tag, body)
+}
+
+/// `AUTHENTICATE mechanism` with `message`: as the initial response (SASL-IR) or after the `+`.
+fn authenticate(
+    tag: Tag<'_>,
+    mechanism: AuthMechanism<'static>,
+    message: &[u8],
+    sasl_ir: bool,
+) -> Option<Vec<Vec<u8>>> {
+    if sasl_ir {
+        let body = CommandBody::Authenticate {
+            mechanism,
+            initial_response: Some(Secret::new(Cow::Borrowed(message))),
+        };
+        return encode(tag, body);
+    }
+    let body = CommandBody::Authenticate {
+        mechanism,
+        initial_response: None,
+    };
+    let response = AuthenticateData::Continue(Secret::new(Cow::Borrowed(message)));
+    let mut first = encode(tag, body)?;
+    first.push(AuthenticateDataCodec::default().encode(&response).dump());
+    Some(first)
 }
 
 /// One command line without arguments (`CAPABILITY`, `STARTTLS`, `LOGOUT`, `NOOP`).

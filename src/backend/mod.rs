@@ -27,7 +27,7 @@ use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
 use crate::config::{BackendConfig, BackendTls, ProxyProtocolVersion};
-use crate::credentials::Credentials;
+use crate::credentials::{Credentials, TokenMechanism};
 use crate::errors::{Blame, Blamed};
 use crate::metrics::{AddressLabels, BackendLabels, Metrics};
 use crate::stream::Stream;
@@ -40,6 +40,8 @@ pub struct Backend {
     pub config: BackendConfig,
     connector: Option<TlsConnector>,
     pub health: health::Health,
+    /// The SASL mechanisms its CAPABILITY offered, once seen.
+    learned: Mutex<Option<Vec<String>>>,
     /// The task checking addresses marked down, while there are any.
     checker: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -83,7 +85,7 @@ pub enum BackendError {
     /// The backend did not understand the gate's login (`BAD`).
     #[error("login: the backend refused the command: {0}")]
     Refused(String),
-    #[error("login: backend offers neither AUTH=PLAIN nor LOGIN")]
+    #[error("login: the backend offers no mechanism for these credentials (AUTH=PLAIN or LOGIN for a password, AUTH=OAUTHBEARER or AUTH=XOAUTH2 for a token)")]
     NoLoginMethod,
     /// The gate's own set-up: no TLS configuration or an unusable server name.
     #[error("tls: {0}")]
@@ -166,6 +168,7 @@ impl Backend {
             config,
             connector,
             health,
+            learned: Mutex::new(None),
             checker: Mutex::new(None),
         })
     }
@@ -363,14 +366,12 @@ impl Backend {
             })?
     }
 
-    async fn login_on(
+    /// STARTTLS when configured, then the capabilities (learning the mechanisms offered).
+    async fn prepare(
         &self,
         mut conn: Client,
-        caps: Option<Vec<String>>,
-        creds: &Credentials,
-        info: &ClientInfo,
-    ) -> Result<LoginResult, BackendError> {
-        let mut caps = caps;
+        mut caps: Option<Vec<String>>,
+    ) -> Result<(Client, Vec<String>), BackendError> {
         if self.config.tls == BackendTls::Starttls {
             conn = self.starttls(conn).await?;
             caps = None;
@@ -379,6 +380,72 @@ impl Backend {
             Some(c) => c,
             None => conn.capability(&next_tag(), "capability").await?,
         };
+        let mechanisms: Vec<String> = caps
+            .iter()
+            .filter_map(|c| {
+                c.get(..5)
+                    .filter(|p| p.eq_ignore_ascii_case("AUTH="))
+                    .map(|_| c[5..].to_ascii_uppercase())
+            })
+            .collect();
+        *self.learned.lock().unwrap_or_else(PoisonError::into_inner) = Some(mechanisms);
+        Ok((conn, caps))
+    }
+
+    /// Connects, reads the capabilities and logs out: what the gate offers for this backend
+    /// before anyone logged in (run at start and at each reload).
+    pub async fn probe(self: &Arc<Self>, metrics: &Arc<Metrics>) -> Result<(), BackendError> {
+        let budget = self.config.connect_timeout + self.config.login_timeout;
+        let deadline = Instant::now() + budget;
+        let (conn, caps, _) = self
+            .open_any(&ClientInfo::default(), metrics, deadline)
+            .await?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (conn, _) = tokio::time::timeout(left, self.prepare(conn, caps))
+            .await
+            .map_err(|_| BackendError::Budget { after: budget })??;
+        let (stream, pending) = conn.into_parts();
+        BackendSession {
+            stream,
+            pending,
+            prelude: Vec::new(),
+            ok_text: String::new(),
+        }
+        .logout()
+        .await;
+        Ok(())
+    }
+
+    /// The bearer-token mechanisms this backend takes: `mechanisms` when configured, else what
+    /// its CAPABILITY said (at start, at reload, at each login).
+    pub fn token_mechanisms(&self) -> Vec<TokenMechanism> {
+        let learned;
+        let names: &[String] = match &self.config.mechanisms {
+            Some(list) => list,
+            None => {
+                learned = self
+                    .learned
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone()
+                    .unwrap_or_default();
+                &learned
+            }
+        };
+        [TokenMechanism::OAuthBearer, TokenMechanism::XOAuth2]
+            .into_iter()
+            .filter(|m| names.iter().any(|n| n.eq_ignore_ascii_case(m.name())))
+            .collect()
+    }
+
+    async fn login_on(
+        &self,
+        conn: Client,
+        caps: Option<Vec<String>>,
+        creds: &Credentials,
+        info: &ClientInfo,
+    ) -> Result<LoginResult, BackendError> {
+        let (mut conn, caps) = self.prepare(conn, caps).await?;
         let has = |name: &str| caps.iter().any(|c| c.eq_ignore_ascii_case(name));
         if has("ID") {
             // Pipelined: its answer is read (and dropped) on the way to the login's.
@@ -392,8 +459,15 @@ impl Backend {
             login_command(&tag, creds, login_caps).ok_or(BackendError::NoLoginMethod)?;
         // Untagged lines the backend sends with its answer (an [ALERT], say) are the client's.
         let mut prelude = Vec::new();
+        // A token refused: RFC 7628's error challenge gets its dummy response (XOAUTH2 an
+        // empty one), then the NO.
+        let challenge_reply: &[u8] = match creds.token_mechanism() {
+            Some(TokenMechanism::OAuthBearer) => b"AQ==\r\n",
+            Some(TokenMechanism::XOAuth2) => b"\r\n",
+            None => b"*\r\n",
+        };
         let reply = conn
-            .command(&tag, &fragments, "login", |m: &Message| {
+            .command_answering(&tag, &fragments, "login", challenge_reply, |m: &Message| {
                 // Untagged lines only: `* ID`, `* CAPABILITY` and the pipelined ID's own answer
                 // are the gate's.
                 let theirs = matches!(m.kind, Kind::Untagged | Kind::Bye);

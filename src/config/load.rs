@@ -262,6 +262,16 @@ impl Config {
                 ));
             }
         }
+        if self
+            .oauth
+            .as_ref()
+            .is_some_and(|o| o.mode == super::OAuthMode::Introspect)
+        {
+            return Err(self.invalid(
+                "oauth.mode",
+                "\"introspect\" is not available yet; use \"backend\" (the backend checks the token)",
+            ));
+        }
         if let Some(fleet) = &self.fleet {
             if !(fleet.redis.starts_with("redis://") || fleet.redis.starts_with("rediss://")) {
                 return Err(self.invalid("fleet.redis", "expected a redis:// or rediss:// URL"));
@@ -307,6 +317,17 @@ impl Config {
                         "must be between 100ms and 5m",
                     ));
                 }
+            }
+            if let Some(m) = b.mechanisms.as_ref().and_then(|list| {
+                list.iter().find(|m| {
+                    !["PLAIN", "LOGIN", "OAUTHBEARER", "XOAUTH2"]
+                        .contains(&m.to_ascii_uppercase().as_str())
+                })
+            }) {
+                return Err(self.invalid(
+                    &format!("backends.{name}.mechanisms"),
+                    format!("{m:?}: expected PLAIN, LOGIN, OAUTHBEARER or XOAUTH2"),
+                ));
             }
             if b.health_check_interval < Duration::from_secs(1)
                 || b.health_check_interval > Duration::from_secs(3600)

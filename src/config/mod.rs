@@ -236,6 +236,9 @@ pub struct BackendConfig {
     /// Send a PROXY protocol header with the client's address first (Dovecot's
     /// `haproxy_trusted_networks`).
     pub proxy_protocol: Option<ProxyProtocolVersion>,
+    /// The SASL mechanisms to offer for this backend (`PLAIN`, `OAUTHBEARER`, `XOAUTH2`);
+    /// default: what its CAPABILITY says.
+    pub mechanisms: Option<Vec<String>>,
 }
 
 /// The PROXY protocol version sent to a backend.
@@ -463,9 +466,31 @@ pub struct Config {
     pub admin_web: Option<AdminWebConfig>,
     /// State shared by a fleet of gates on Redis; off when absent.
     pub fleet: Option<FleetConfig>,
+    /// Bearer tokens (OAUTHBEARER, XOAUTH2); not offered when absent.
+    pub oauth: Option<OAuthConfig>,
     /// Where the file was read from; relative paths were resolved against its directory.
     #[serde(skip)]
     pub path: PathBuf,
+}
+
+/// `[oauth]`: sign-in with OAuth 2.0 bearer tokens.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthConfig {
+    #[serde(default)]
+    pub mode: OAuthMode,
+}
+
+/// Who checks that a token belongs to the user it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OAuthMode {
+    /// The mailbox's backend (Dovecot's oauth2 passdb compares the token's user with the
+    /// login name): the gate resolves the named user and enforces the flag and limits.
+    #[default]
+    Backend,
+    /// The gate first, with RFC 7662 token introspection (not available yet).
+    Introspect,
 }
 
 /// `[fleet]`: gates sharing limits, the penalty and directory changes on Redis.

@@ -56,6 +56,7 @@ impl GateHandle {
         }
         let new = Arc::new(new);
         ctx.state.store(new.clone());
+        super::probe_backends(&new, metrics);
         self.follow_directory();
         let mailboxes = new
             .policies

@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use super::input::{self, Decoded, Discard, Discarded, SaslDecoded};
 use crate::config::LoginType;
-use crate::credentials::{CredentialError, Credentials};
+use crate::credentials::{CredentialError, Credentials, TokenMechanism};
 
 /// What the dialogue needs to know of the gate's settings.
 #[derive(Debug, Clone)]
@@ -29,6 +29,8 @@ pub struct Settings {
     pub banner: String,
     /// STARTTLS is offered (a plain listener, with a certificate configured).
     pub starttls: bool,
+    /// Bearer-token mechanisms offered (those the backend of a not-yet-known user takes).
+    pub token_mechanisms: Vec<TokenMechanism>,
 }
 
 /// Which command carried the credentials, for the failure text.
@@ -36,14 +38,28 @@ pub struct Settings {
 pub enum Mechanism {
     Login,
     Authenticate,
+    /// AUTHENTICATE OAUTHBEARER or XOAUTH2: a failure is an error challenge first.
+    Token(TokenMechanism),
 }
 
 impl Mechanism {
     fn failed(self) -> &'static str {
         match self {
             Mechanism::Login => "LOGIN failed.",
-            Mechanism::Authenticate => "AUTHENTICATE failed.",
+            Mechanism::Authenticate | Mechanism::Token(_) => "AUTHENTICATE failed.",
         }
+    }
+}
+
+/// The error challenge of a refused token (RFC 7628 section 3.2.2; XOAUTH2's own form), base64.
+fn token_error_challenge(mechanism: TokenMechanism) -> &'static str {
+    match mechanism {
+        // {"status":"invalid_token","schemes":"bearer"}
+        TokenMechanism::OAuthBearer => {
+            "eyJzdGF0dXMiOiJpbnZhbGlkX3Rva2VuIiwic2NoZW1lcyI6ImJlYXJlciJ9"
+        }
+        // {"status":"401","schemes":"bearer"}
+        TokenMechanism::XOAuth2 => "eyJzdGF0dXMiOiI0MDEiLCJzY2hlbWVzIjoiYmVhcmVyIn0=",
     }
 }
 
@@ -126,12 +142,23 @@ enum Sasl {
     LoginUser { tag: String },
     /// LOGIN, after `+ UGFzc3dvcmQ6` ("Password:"): the password.
     LoginPassword { tag: String, user: Vec<u8> },
+    /// OAUTHBEARER or XOAUTH2 after an empty `+`: the message with the token.
+    Token {
+        tag: String,
+        mechanism: TokenMechanism,
+    },
+    /// A refused token's error challenge was sent: the client's (dummy) response, then `NO`.
+    TokenRefused { tag: String },
 }
 
 impl Sasl {
     fn tag(&self) -> &str {
         match self {
-            Sasl::Plain { tag } | Sasl::LoginUser { tag } | Sasl::LoginPassword { tag, .. } => tag,
+            Sasl::Plain { tag }
+            | Sasl::LoginUser { tag }
+            | Sasl::LoginPassword { tag, .. }
+            | Sasl::Token { tag, .. }
+            | Sasl::TokenRefused { tag } => tag,
         }
     }
 }
@@ -406,7 +433,21 @@ impl Dialogue {
                         let credentials = Credentials::password(&user, &message);
                         self.start_login(tag, Mechanism::Authenticate, credentials);
                     }
+                    Sasl::Token { tag, mechanism } => {
+                        let credentials = token_credentials(mechanism, &message);
+                        self.start_login(tag, Mechanism::Token(mechanism), credentials);
+                    }
+                    Sasl::TokenRefused { tag } => self.refused(&tag, "AUTHENTICATE failed."),
                 }
+            }
+            // After a refused token's challenge, whatever the client answers ends it the same.
+            SaslDecoded::Cancel { consumed } | SaslDecoded::Bad { consumed }
+                if matches!(sasl, Sasl::TokenRefused { .. }) =>
+            {
+                self.buf.drain(..consumed);
+                self.sasl = None;
+                let tag = tag.to_string();
+                self.refused(&tag, "AUTHENTICATE failed.");
             }
             SaslDecoded::Cancel { consumed } => {
                 self.buf.drain(..consumed);
@@ -430,6 +471,23 @@ impl Dialogue {
             }
         }
         None
+    }
+
+    /// A failed login's `NO [AUTHENTICATIONFAILED]`; too many on one connection end it.
+    pub(super) fn refused(&mut self, tag: &str, text: &str) {
+        self.failed_logins += 1;
+        self.queue(format!("{tag} NO [AUTHENTICATIONFAILED] {text}\r\n").as_bytes());
+        if self.failed_logins >= self.settings.max_failed_login_attempts {
+            self.bye(b"* BYE Too many failed logins.\r\n");
+        } else {
+            self.finish_record();
+        }
+    }
+
+    /// A refused token: its error challenge; the `NO` follows the client's response.
+    pub(super) fn token_refused(&mut self, tag: String, mechanism: TokenMechanism) {
+        self.queue(format!("+ {}\r\n", token_error_challenge(mechanism)).as_bytes());
+        self.sasl = Some(Sasl::TokenRefused { tag });
     }
 
     /// Answers a bad command; too many in a row end the session.
@@ -459,6 +517,12 @@ impl Dialogue {
         }
         if self.authenticate_allowed() {
             caps.extend(["SASL-IR", "AUTH=PLAIN", "AUTH=LOGIN"]);
+            for m in &self.settings.token_mechanisms {
+                caps.push(match m {
+                    TokenMechanism::OAuthBearer => "AUTH=OAUTHBEARER",
+                    TokenMechanism::XOAuth2 => "AUTH=XOAUTH2",
+                });
+            }
         }
         if !self.login_allowed() {
             caps.push("LOGINDISABLED");
@@ -479,3 +543,14 @@ mod commands;
 
 #[cfg(test)]
 mod tests;
+
+/// The credentials of an OAUTHBEARER or XOAUTH2 message.
+pub(super) fn token_credentials(
+    mechanism: TokenMechanism,
+    message: &[u8],
+) -> Result<Credentials, CredentialError> {
+    match mechanism {
+        TokenMechanism::OAuthBearer => Credentials::from_oauthbearer(message),
+        TokenMechanism::XOAuth2 => Credentials::from_xoauth2(message),
+    }
+}

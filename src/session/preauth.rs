@@ -82,6 +82,7 @@ impl PreAuth {
             login_type: imap4.login_type,
             banner: imap4.banner.clone(),
             starttls: kind == ListenerKind::Plain && state.acceptor.is_some(),
+            token_mechanisms: state.token_mechanisms(),
         };
         let timeout = imap4.preauthenticated_connection_timeout;
         drop(state);

@@ -6,9 +6,10 @@ use imap_codec::imap_types::auth::AuthMechanism;
 use imap_codec::imap_types::command::{Command, CommandBody};
 
 use super::{
-    Answer, Dialogue, Mechanism, Record, Sasl, State, LOGIN_PASSWORD_PROMPT, LOGIN_USER_PROMPT,
+    token_credentials, Answer, Dialogue, Mechanism, Record, Sasl, State, LOGIN_PASSWORD_PROMPT,
+    LOGIN_USER_PROMPT,
 };
-use crate::credentials::{CredentialError, Credentials};
+use crate::credentials::{CredentialError, Credentials, TokenMechanism};
 use crate::session::input;
 
 impl Dialogue {
@@ -86,7 +87,14 @@ impl Dialogue {
                 initial_response,
             } => {
                 self.bad_commands = 0;
-                let known = matches!(mechanism, AuthMechanism::Plain | AuthMechanism::Login);
+                let token = match mechanism {
+                    AuthMechanism::OAuthBearer => Some(TokenMechanism::OAuthBearer),
+                    AuthMechanism::XOAuth2 => Some(TokenMechanism::XOAuth2),
+                    _ => None,
+                }
+                .filter(|m| self.settings.token_mechanisms.contains(m));
+                let known = matches!(mechanism, AuthMechanism::Plain | AuthMechanism::Login)
+                    || token.is_some();
                 if !known {
                     self.queue(
                         format!("{tag} NO [CANNOT] Unsupported authentication mechanism.\r\n")
@@ -96,6 +104,23 @@ impl Dialogue {
                     return self.privacy_required(&tag);
                 } else {
                     let ir = initial_response.map(|ir| ir.declassify().to_vec());
+                    if let Some(mechanism) = token {
+                        match ir {
+                            Some(message) => {
+                                let credentials = token_credentials(mechanism, &message);
+                                return self.start_login(
+                                    tag,
+                                    Mechanism::Token(mechanism),
+                                    credentials,
+                                );
+                            }
+                            None => {
+                                self.queue(b"+ \r\n");
+                                self.sasl = Some(Sasl::Token { tag, mechanism });
+                                return;
+                            }
+                        }
+                    }
                     match (mechanism, ir) {
                         (AuthMechanism::Plain, Some(ir)) => {
                             let credentials = Credentials::from_sasl_plain(&ir);
@@ -158,18 +183,10 @@ impl Dialogue {
                 self.finish_record();
                 self.state = State::LoggedIn;
             }
-            Answer::AuthFailed => {
-                self.failed_logins += 1;
-                self.queue(
-                    format!("{tag} NO [AUTHENTICATIONFAILED] {}\r\n", mechanism.failed())
-                        .as_bytes(),
-                );
-                if self.failed_logins >= self.settings.max_failed_login_attempts {
-                    self.bye(b"* BYE Too many failed logins.\r\n");
-                } else {
-                    self.finish_record();
-                }
-            }
+            Answer::AuthFailed => match mechanism {
+                Mechanism::Token(m) => self.token_refused(tag, m),
+                _ => self.refused(&tag, mechanism.failed()),
+            },
             Answer::Disabled { message } => {
                 self.queue(format!("{tag} NO [CONTACTADMIN] {message}\r\n").as_bytes());
                 self.finish_record();

@@ -11,6 +11,7 @@ fn settings(login_type: LoginType, starttls: bool) -> Settings {
         login_type,
         banner: "ready".into(),
         starttls,
+        token_mechanisms: Vec::new(),
     }
 }
 
