@@ -8,7 +8,8 @@
 # and strips their domain (auth_username_format = %Ln: user2@anything.example is user2), and
 # has a master user (helpdesk/masterpw: "user2*helpdesk" logs in as user2): the spellings a
 # gate must not let through for a disabled mailbox. COMPRESS=DEFLATE is on (imap_zlib).
-# With HAPROXY_PORT set, a third listener there takes only connections that start with a PROXY
+# With OAUTH_INTROSPECTION_URL set, OAUTHBEARER and XOAUTH2 tokens are checked there (oauth2
+# passdb, RFC 7662 introspection by POST). With HAPROXY_PORT set, a third listener there takes only connections that start with a PROXY
 # protocol header (haproxy = yes; haproxy_trusted_networks = 127.0.0.0/8), as behind HAProxy.
 # With --hold the script stays in the foreground until its standard input closes, then stops
 # Dovecot: a test harness keeps the pipe open and the backend dies with the harness.
@@ -88,6 +89,26 @@ mail_location = maildir:~/Maildir
 first_valid_uid = 1
 log_path = $dir/dovecot.log
 CONF
+if [ -n "${OAUTH_INTROSPECTION_URL:-}" ]; then
+  # Bearer tokens (OAUTHBEARER, XOAUTH2) checked by RFC 7662 introspection at that URL; the
+  # token's "username" must be the login name.
+  cat > "$dir/oauth2.conf.ext" <<CONF
+introspection_mode = post
+introspection_url = $OAUTH_INTROSPECTION_URL
+force_introspection = yes
+username_attribute = username
+active_attribute = active
+active_value = true
+CONF
+  cat >> "$dir/dovecot.conf" <<CONF
+auth_mechanisms = plain login oauthbearer xoauth2
+passdb {
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = $dir/oauth2.conf.ext
+}
+CONF
+fi
 if [ -n "${HAPROXY_PORT:-}" ]; then
   cat >> "$dir/dovecot.conf" <<CONF
 haproxy_trusted_networks = 127.0.0.0/8

@@ -28,29 +28,36 @@ pub fn dovecot() -> Option<&'static Dovecot> {
             if !super::installed(&["dovecot"], "dovecot-imapd") {
                 return None;
             }
-            let dir = tempfile::tempdir().expect("tempdir");
-            let (port, tls_port, haproxy_port) = (free_port(), free_port(), free_port());
-            let mut child = Command::new(super::repo().join("scripts/throwaway-dovecot.sh"))
-                .arg(dir.path())
-                .arg(port.to_string())
-                .arg(tls_port.to_string())
-                .arg("--hold")
-                .env("HAPROXY_PORT", haproxy_port.to_string())
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("start dovecot script");
-            let stdout = child.stdout.take().expect("stdout");
-            let mut first = String::new();
-            BufReader::new(stdout).read_line(&mut first).expect("read");
-            assert_eq!(first.trim(), "ready", "dovecot did not start");
-            Some(Dovecot {
-                port,
-                tls_port,
-                haproxy_port,
-                dir,
-                _child: Mutex::new(child),
-            })
+            Some(start(&[]))
         })
         .as_ref()
+}
+
+/// A new throwaway Dovecot with these extra environment variables for the script
+/// (`OAUTH_INTROSPECTION_URL`, say); it stops when the test binary exits.
+pub fn start(env: &[(&str, String)]) -> Dovecot {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (port, tls_port, haproxy_port) = (free_port(), free_port(), free_port());
+    let mut child = Command::new(super::repo().join("scripts/throwaway-dovecot.sh"))
+        .arg(dir.path())
+        .arg(port.to_string())
+        .arg(tls_port.to_string())
+        .arg("--hold")
+        .env("HAPROXY_PORT", haproxy_port.to_string())
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start dovecot script");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut first = String::new();
+    BufReader::new(stdout).read_line(&mut first).expect("read");
+    assert_eq!(first.trim(), "ready", "dovecot did not start");
+    Dovecot {
+        port,
+        tls_port,
+        haproxy_port,
+        dir,
+        _child: Mutex::new(child),
+    }
 }

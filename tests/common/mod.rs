@@ -7,6 +7,7 @@ pub mod dovecot;
 pub mod fake;
 pub mod fixtures;
 pub mod https;
+pub mod oauth;
 pub mod redis;
 pub mod slapd;
 
