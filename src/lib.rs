@@ -27,7 +27,8 @@
 //! 7. [`backend`]: the IMAP client on imap-codec and the login on a user's behalf;
 //!    [`directory`]: the directory trait, the mailboxes file, LDAP, the moka cache; [`limits`]:
 //!    connection counts, the session limiter trait, the failed-login penalty; [`fleet`]: state
-//!    shared with the other gates on Redis (the fleet's session limiter, penalty, changes).
+//!    shared with the other gates on Redis (the fleet's session limiter, penalty, changes);
+//!    [`oauth`]: bearer tokens checked by RFC 7662 introspection.
 //! 8. [`registry`]: open sessions (byte counts, kicks); [`metrics`]: Prometheus;
 //!    [`protocol_log`]: Exchange-style CSV rows; [`tls`]; [`permissions`]: strict modes.
 //! 9. [`wire`], [`credentials`], [`errors`] (who is to blame), [`config`], [`phase`],
@@ -46,6 +47,7 @@ pub mod limits;
 pub mod listener;
 pub mod login;
 pub mod metrics;
+pub mod oauth;
 pub mod permissions;
 pub mod phase;
 pub mod protocol_log;

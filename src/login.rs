@@ -223,6 +223,10 @@ impl Login {
         if creds.user() == "fault-injection-panic" {
             panic!("fault injection: this session panics");
         }
+        let creds = match self.token_checked(state, creds).await {
+            Ok(c) => c,
+            Err(refused) => return refused,
+        };
         let policy = match state.policies.resolve(creds.user()).await {
             Ok(Some(p)) => p,
             Ok(None) => return self.refuse_unknown(state, creds.user(), client).await,
@@ -341,6 +345,64 @@ impl Login {
         }
         tracing::info!(outcome = "auth_failed", blame = %Blame::Client, reason, "login refused before the backend saw the password");
         Outcome::Refused(Refusal::AuthFailed)
+    }
+
+    /// A bearer token under `[oauth] mode = "introspect"`: checked at the endpoint before
+    /// anything else, and the user it names must be the token's (the same mailbox); a message
+    /// naming no user takes the token's. Other credentials pass unchanged.
+    async fn token_checked(
+        &self,
+        state: &State,
+        creds: Credentials,
+    ) -> Result<Credentials, Outcome> {
+        let refuse = |reason: &str| {
+            tracing::info!(outcome = "auth_failed", blame = %Blame::Client, reason, "token refused before the backend");
+            Outcome::Refused(Refusal::AuthFailed)
+        };
+        if creds.token_mechanism().is_none() {
+            return Ok(creds);
+        }
+        let Some(introspector) = &state.introspector else {
+            if creds.user().is_empty() {
+                return Err(refuse("the token message names no user"));
+            }
+            return Ok(creds);
+        };
+        let user = match introspector.check(creds.secret()).await {
+            Ok(crate::oauth::Verdict::Active { user }) => user,
+            Ok(crate::oauth::Verdict::Refused) => {
+                return Err(refuse(
+                    "the token is not active, has expired, or names no user",
+                ))
+            }
+            Err(e) => {
+                self.unavailable(&e, "token introspection");
+                return Err(Outcome::Refused(Refusal::Unavailable));
+            }
+        };
+        let named = creds.user();
+        if named.is_empty() || named.eq_ignore_ascii_case(&user) {
+            return Ok(creds.for_user(&user));
+        }
+        // Two spellings of one mailbox (an alias and an address, say) are the same user.
+        let same = match (
+            state.policies.resolve(named).await,
+            state.policies.resolve(&user).await,
+        ) {
+            (Ok(Some(a)), Ok(Some(b))) => a.mailbox_key == b.mailbox_key,
+            (Err(e), _) | (_, Err(e)) => {
+                self.unavailable(&e, "directory");
+                return Err(Outcome::Refused(Refusal::Unavailable));
+            }
+            _ => false,
+        };
+        if same {
+            Ok(creds)
+        } else {
+            Err(refuse(
+                "the token belongs to another user than the one named",
+            ))
+        }
     }
 
     fn unavailable(&self, e: &dyn std::fmt::Display, what: &str) {

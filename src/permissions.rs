@@ -57,6 +57,15 @@ pub fn check(config: &Config) -> Result<(), PermissionError> {
             files.push((ca, Kind::Decides));
         }
     }
+    if let Some(oauth) = &config.oauth {
+        // The gate's client secret at the introspection endpoint.
+        if let Some(secret) = &oauth.client_secret_file {
+            files.push((secret, Kind::Secret));
+        }
+        if let Some(ca) = &oauth.ca {
+            files.push((ca, Kind::Decides));
+        }
+    }
     if let Some(web) = &config.admin_web {
         // The administrators' password hashes are secrets like a key.
         files.push((&web.users_file, Kind::Secret));

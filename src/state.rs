@@ -27,6 +27,8 @@ pub enum LoadError {
     Backend { name: String, source: TlsError },
     #[error(transparent)]
     Permission(#[from] crate::permissions::PermissionError),
+    #[error("[oauth]: {0}")]
+    OAuth(String),
     /// Reading the files failed in an unexpected way (the loading task panicked).
     #[error("loading the configuration failed: {0}")]
     Internal(String),
@@ -41,6 +43,9 @@ pub struct State {
     /// The admin center's, when `[admin_web]` is configured (reloaded like the IMAP one).
     pub admin_acceptor: Option<TlsAcceptor>,
     pub backends: HashMap<String, Arc<Backend>>,
+    /// `[oauth] mode = "introspect"`: the token checker (a new one, with an empty cache, per
+    /// reload).
+    pub introspector: crate::oauth::Shared,
 }
 
 impl State {
@@ -94,12 +99,19 @@ impl State {
             backends.insert(name.clone(), Arc::new(backend));
         }
         let policies = CachedDirectory::new(directory, &config.directory, stats);
+        let introspector = match &config.oauth {
+            Some(o) if o.mode == crate::config::OAuthMode::Introspect => Some(Arc::new(
+                crate::oauth::Introspector::new(o).map_err(LoadError::OAuth)?,
+            )),
+            _ => None,
+        };
         Ok(State {
             config: Arc::new(config),
             policies,
             acceptor,
             admin_acceptor,
             backends,
+            introspector,
         })
     }
 }

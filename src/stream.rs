@@ -129,3 +129,7 @@ impl AsyncWrite for Stream {
         }
     }
 }
+
+/// Any byte stream a client of the gate's own talks over (TCP, or TLS over it).
+pub trait AsyncIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> AsyncIo for T {}

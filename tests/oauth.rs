@@ -13,6 +13,18 @@ use common::{certs, last, Client, GateConfig, TestGate};
 const OAUTHBEARER_ERROR: &str = "+ eyJzdGF0dXMiOiJpbnZhbGlkX3Rva2VuIiwic2NoZW1lcyI6ImJlYXJlciJ9";
 
 async fn gate(port: u16, oauth: bool) -> TestGate {
+    gate_with(
+        port,
+        if oauth {
+            "[oauth]\nmode = \"backend\"\n\n"
+        } else {
+            ""
+        },
+    )
+    .await
+}
+
+async fn gate_with(port: u16, oauth_section: &str) -> TestGate {
     let ca = certs().join("ca.pem");
     let mut config = GateConfig::new("unused:1")
         .imap4("login_type = \"secure-login\"")
@@ -26,8 +38,8 @@ async fn gate(port: u16, oauth: bool) -> TestGate {
         .backend("imaps", &format!("address = \"127.0.0.1:{port}\""))
         .backend("plain", &format!("address = \"127.0.0.1:{port}\""))
         .mailboxes(&dovecot_demo(true));
-    if oauth {
-        config = config.section("[oauth]\nmode = \"backend\"\n\n");
+    if !oauth_section.is_empty() {
+        config = config.section(oauth_section);
     }
     config.start().await
 }
@@ -233,5 +245,109 @@ async fn curl_fetches_a_message_with_a_bearer_token() {
         trace.contains("AUTHENTICATE OAUTHBEARER") || trace.contains("AUTHENTICATE XOAUTH2"),
         "{trace}"
     );
+    gate.stop().await;
+}
+
+/// `[oauth] mode = "introspect"` with the tests' client credentials.
+fn introspect_section(url: &str) -> String {
+    let secret = tempfile::NamedTempFile::new().expect("tempfile");
+    let (file, path) = secret.keep().expect("keep");
+    std::fs::write(&path, format!("{}\n", common::oauth::CLIENT.1)).expect("write");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+    drop(file);
+    format!(
+        "[oauth]\nmode = \"introspect\"\nintrospection_url = {url:?}\nclient_id = {:?}\n\
+         client_secret_file = {path:?}\ncache_ttl = \"30s\"\ntimeout = \"2s\"\n\n",
+        common::oauth::CLIENT.0
+    )
+}
+
+#[tokio::test]
+async fn introspect_mode_checks_tokens_at_the_gate_first() {
+    let Some(d) = dovecot() else { return };
+    let gate = gate_with(d.port, &introspect_section(&issuer().url)).await;
+    offered(&gate).await;
+    // John's token naming him by alias: the same mailbox as the token's user1.
+    let john = issuer().issue("user1", true);
+    let mut c = client(&gate, 60).await;
+    let r = c
+        .cmd(
+            "a",
+            &format!("AUTHENTICATE OAUTHBEARER {}", oauthbearer("jsmith", &john)),
+        )
+        .await;
+    assert!(last(&r).starts_with("a OK"), "{r:?}");
+    // The gate asked once (the backend asks on its own); a second login is answered from the
+    // gate's cache.
+    let asked = issuer().asked(&john);
+    let mut c = client(&gate, 61).await;
+    let r = c
+        .cmd(
+            "a",
+            &format!("AUTHENTICATE XOAUTH2 {}", xoauth2("user1", &john)),
+        )
+        .await;
+    assert!(last(&r).starts_with("a OK"), "{r:?}");
+    assert_eq!(
+        issuer().asked(&john),
+        asked + 1,
+        "only the backend's own introspection"
+    );
+    // No user named: the token's.
+    let mut c = client(&gate, 62).await;
+    let message = b64(format!("n,,\x01auth=Bearer {john}\x01\x01").as_bytes());
+    let r = c
+        .cmd("a", &format!("AUTHENTICATE OAUTHBEARER {message}"))
+        .await;
+    assert!(last(&r).starts_with("a OK"), "{r:?}");
+    // Another user's token, and an inactive one: refused by the gate, before any backend.
+    let sams = issuer().issue("user3", true);
+    let expired = issuer().issue("user1", false);
+    for (n, token) in [&sams, &expired].into_iter().enumerate() {
+        let mut c = client(&gate, 63 + n as u8).await;
+        c.send(
+            format!(
+                "b AUTHENTICATE OAUTHBEARER {}\r\n",
+                oauthbearer("jsmith", token)
+            )
+            .as_bytes(),
+        )
+        .await;
+        assert_eq!(c.line().await, OAUTHBEARER_ERROR);
+        c.send(b"AQ==\r\n").await;
+        let r = c.until_tag("b").await;
+        assert!(last(&r).starts_with("b NO [AUTHENTICATIONFAILED]"), "{r:?}");
+        assert_eq!(issuer().asked(token), 1, "the backend never saw it");
+    }
+    // A disabled mailbox with a good token.
+    let jane = issuer().issue("user2", true);
+    let mut c = client(&gate, 66).await;
+    let r = c
+        .cmd(
+            "a",
+            &format!(
+                "AUTHENTICATE OAUTHBEARER {}",
+                oauthbearer("jane.doe@example.com", &jane)
+            ),
+        )
+        .await;
+    assert!(last(&r).starts_with("a NO [CONTACTADMIN]"), "{r:?}");
+    gate.stop().await;
+    // The endpoint unreachable: unavailable, never a yes.
+    let dead = format!("http://127.0.0.1:{}/introspect", common::closed_port());
+    let gate = gate_with(d.port, &introspect_section(&dead)).await;
+    offered(&gate).await;
+    let token = issuer().issue("user1", true);
+    let mut c = client(&gate, 67).await;
+    let r = c
+        .cmd(
+            "a",
+            &format!("AUTHENTICATE OAUTHBEARER {}", oauthbearer("jsmith", &token)),
+        )
+        .await;
+    assert!(last(&r).starts_with("a NO [UNAVAILABLE]"), "{r:?}");
     gate.stop().await;
 }

@@ -262,15 +262,26 @@ impl Config {
                 ));
             }
         }
-        if self
-            .oauth
-            .as_ref()
-            .is_some_and(|o| o.mode == super::OAuthMode::Introspect)
-        {
-            return Err(self.invalid(
-                "oauth.mode",
-                "\"introspect\" is not available yet; use \"backend\" (the backend checks the token)",
-            ));
+        if let Some(oauth) = &self.oauth {
+            if oauth.mode == super::OAuthMode::Introspect && oauth.introspection_url.is_none() {
+                return Err(self.invalid(
+                    "oauth.introspection_url",
+                    "needed with mode = \"introspect\"",
+                ));
+            }
+            if oauth.client_id.is_some() != oauth.client_secret_file.is_some() {
+                return Err(self.invalid(
+                    "oauth.client_id",
+                    "client_id and client_secret_file go together",
+                ));
+            }
+            if oauth.timeout < Duration::from_millis(100) || oauth.timeout > Duration::from_secs(60)
+            {
+                return Err(self.invalid("oauth.timeout", "must be between 100ms and 1m"));
+            }
+            if oauth.cache_ttl > Duration::from_secs(3600) {
+                return Err(self.invalid("oauth.cache_ttl", "must be at most 1h"));
+            }
         }
         if let Some(fleet) = &self.fleet {
             if !(fleet.redis.starts_with("redis://") || fleet.redis.starts_with("rediss://")) {

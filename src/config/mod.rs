@@ -479,6 +479,34 @@ pub struct Config {
 pub struct OAuthConfig {
     #[serde(default)]
     pub mode: OAuthMode,
+    /// RFC 7662 endpoint (`mode = "introspect"`).
+    pub introspection_url: Option<String>,
+    /// The gate's client at the endpoint (HTTP Basic with the secret's first line).
+    pub client_id: Option<String>,
+    pub client_secret_file: Option<PathBuf>,
+    /// CA certificates for an https endpoint (system roots otherwise).
+    pub ca: Option<PathBuf>,
+    /// The claim naming the token's user (then `sub`).
+    #[serde(default = "default_username_claim")]
+    pub username_claim: String,
+    /// How long a verdict is kept (never past the token's `exp`).
+    #[serde(default = "default_oauth_cache", with = "humantime_serde_compat")]
+    pub cache_ttl: Duration,
+    /// Each introspection gets this long.
+    #[serde(default = "default_oauth_timeout", with = "humantime_serde_compat")]
+    pub timeout: Duration,
+}
+
+fn default_username_claim() -> String {
+    "username".into()
+}
+
+fn default_oauth_cache() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_oauth_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 
 /// Who checks that a token belongs to the user it names.
@@ -489,7 +517,7 @@ pub enum OAuthMode {
     /// login name): the gate resolves the named user and enforces the flag and limits.
     #[default]
     Backend,
-    /// The gate first, with RFC 7662 token introspection (not available yet).
+    /// The gate first, with RFC 7662 token introspection, then the backend.
     Introspect,
 }
 

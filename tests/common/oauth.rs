@@ -18,7 +18,12 @@ pub struct Issuer {
     pub url: String,
     tokens: Arc<Mutex<HashMap<String, Grant>>>,
     next: Mutex<u64>,
+    /// Introspections asked, by token.
+    asked: Arc<Mutex<HashMap<String, usize>>>,
 }
+
+/// The client the gate's tests configure (`client_id`, and its secret's file content).
+pub const CLIENT: (&str, &str) = ("imapgate", "client-secret-for-tests");
 
 impl Issuer {
     /// A new token for `username`; `active = false` for one that expired or was revoked.
@@ -34,6 +39,16 @@ impl Issuer {
             },
         );
         token
+    }
+
+    /// How many times `token` was introspected.
+    pub fn asked(&self, token: &str) -> usize {
+        self.asked
+            .lock()
+            .expect("lock")
+            .get(token)
+            .copied()
+            .unwrap_or(0)
     }
 }
 
@@ -51,6 +66,8 @@ pub fn issuer() -> &'static Issuer {
             listener.local_addr().expect("addr").port()
         );
         let shared = tokens.clone();
+        let asked: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+        let counted = asked.clone();
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -60,24 +77,42 @@ pub fn issuer() -> &'static Issuer {
                 use axum::routing::post;
                 let app = axum::Router::new().route(
                     "/introspect",
-                    post(move |form: axum::Form<HashMap<String, String>>| {
-                        let known = form
-                            .get("token")
-                            .and_then(|t| shared.lock().expect("lock").get(t).cloned());
-                        async move {
-                            let body = match known {
-                                Some(g) if g.active => serde_json::json!({
-                                    "active": true,
-                                    "username": g.username,
-                                }),
-                                _ => serde_json::json!({ "active": false }),
-                            };
-                            (
-                                [(axum::http::header::CONTENT_TYPE, "application/json")],
-                                body.to_string(),
-                            )
-                        }
-                    }),
+                    post(
+                        move |headers: axum::http::HeaderMap,
+                              form: axum::Form<HashMap<String, String>>| {
+                            // A client that authenticates must be the tests' one (Dovecot does not).
+                            use base64::Engine;
+                            let expected = format!(
+                                "Basic {}",
+                                base64::engine::general_purpose::STANDARD
+                                    .encode(format!("{}:{}", CLIENT.0, CLIENT.1))
+                            );
+                            let authorized = headers
+                                .get(axum::http::header::AUTHORIZATION)
+                                .is_none_or(|v| v.as_bytes() == expected.as_bytes());
+                            let token = form.get("token").cloned().unwrap_or_default();
+                            *counted
+                                .lock()
+                                .expect("lock")
+                                .entry(token.clone())
+                                .or_insert(0) += 1;
+                            let known = shared.lock().expect("lock").get(&token).cloned();
+                            let known = known.filter(|_| authorized);
+                            async move {
+                                let body = match known {
+                                    Some(g) if g.active => serde_json::json!({
+                                        "active": true,
+                                        "username": g.username,
+                                    }),
+                                    _ => serde_json::json!({ "active": false }),
+                                };
+                                (
+                                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                                    body.to_string(),
+                                )
+                            }
+                        },
+                    ),
                 );
                 let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
                 axum::serve(listener, app).await.expect("serve");
@@ -87,6 +122,7 @@ pub fn issuer() -> &'static Issuer {
             url,
             tokens,
             next: Mutex::new(0),
+            asked,
         }
     })
 }
