@@ -180,6 +180,21 @@ impl Credentials {
         Credentials::token(user, token, TokenMechanism::XOAuth2)
     }
 
+    /// A bearer token for `user` (`imapgate test-login --oauth2-token-file`), checked like one
+    /// from a client.
+    pub fn bearer(
+        user: &str,
+        token: &[u8],
+        mechanism: TokenMechanism,
+    ) -> Result<Credentials, CredentialError> {
+        let token = std::str::from_utf8(token).map_err(|_| CredentialError::MalformedToken)?;
+        let mut fields = String::from("auth=Bearer ");
+        fields.push_str(token);
+        fields.push_str("\u{1}\u{1}");
+        let token = bearer(&fields).ok_or(CredentialError::MalformedToken)?;
+        Credentials::token(user, token, mechanism)
+    }
+
     fn token(
         user: &str,
         token: &str,

@@ -108,6 +108,18 @@ struct TestLoginArgs {
     /// Read the password from this file (first line); without it, prompt on the terminal.
     #[arg(long)]
     password_file: Option<PathBuf>,
+    /// Sign in with the OAuth 2.0 bearer token on this file's first line instead of a password
+    /// (AUTHENTICATE OAUTHBEARER, or --mechanism xoauth2).
+    #[arg(long, conflicts_with = "password_file")]
+    oauth2_token_file: Option<PathBuf>,
+    /// The token's SASL mechanism.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "oauthbearer",
+        requires = "oauth2_token_file"
+    )]
+    mechanism: admin::probe::TokenMechanismArg,
     /// Use the implicit-TLS listener instead of STARTTLS.
     #[arg(long)]
     tls: bool,
@@ -196,6 +208,8 @@ fn main() -> ExitCode {
                 let options = admin::probe::Options {
                     identity: a.identity,
                     password_file: a.password_file,
+                    token_file: a.oauth2_token_file,
+                    mechanism: a.mechanism.into(),
                     implicit_tls: a.tls,
                     address: a.address,
                     server_name: a.server_name,

@@ -351,3 +351,51 @@ async fn introspect_mode_checks_tokens_at_the_gate_first() {
     assert!(last(&r).starts_with("a NO [UNAVAILABLE]"), "{r:?}");
     gate.stop().await;
 }
+
+#[tokio::test]
+async fn test_login_tries_the_token_path_step_by_step() {
+    let Some(d) = dovecot() else { return };
+    let gate = gate(d.port, true).await;
+    offered(&gate).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = dir.path().join("good-token");
+    std::fs::write(&good, format!("{}\n", issuer().issue("user1", true))).expect("write");
+    let bad = dir.path().join("bad-token");
+    std::fs::write(&bad, format!("{}\n", issuer().issue("user3", true))).expect("write");
+    let address = format!("127.0.0.1:{}", gate.plain.port());
+    let ca = certs().join("ca.pem");
+    for (file, mechanism, ok_expected) in [
+        (&good, "oauthbearer", true),
+        (&good, "xoauth2", true),
+        (&bad, "oauthbearer", false),
+    ] {
+        let (ok, out, err) = common::daemon::cli(
+            &gate.config_path,
+            &[
+                "test-login",
+                "--identity",
+                "jsmith",
+                "--oauth2-token-file",
+                file.to_str().expect("path"),
+                "--mechanism",
+                mechanism,
+                "--address",
+                &address,
+                "--ca",
+                ca.to_str().expect("path"),
+            ],
+        )
+        .await;
+        assert_eq!(ok, ok_expected, "{mechanism}: {out}{err}");
+        let login = out.lines().find(|l| l.starts_with("login")).expect("login step");
+        let token = std::fs::read_to_string(file).expect("read");
+        assert!(!out.contains(token.trim()), "the token is never printed");
+        if ok_expected {
+            assert!(login.contains("OK"), "{out}");
+            assert!(out.lines().any(|l| l.starts_with("select")), "{out}");
+        } else {
+            assert!(login.contains("NO [AUTHENTICATIONFAILED]"), "{out}");
+        }
+    }
+    gate.stop().await;
+}

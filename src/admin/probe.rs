@@ -19,7 +19,9 @@ use super::control::PenaltyView;
 use crate::backend::client::{Client, Kind, Message, StatusOf};
 use crate::backend::encode::{self, login_command, LoginCaps};
 use crate::config::Config;
-use crate::credentials::Credentials;
+use anyhow::Context;
+
+use crate::credentials::{Credentials, TokenMechanism};
 use crate::stream::Stream;
 
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -28,11 +30,30 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Options {
     pub identity: String,
     pub password_file: Option<PathBuf>,
+    /// A bearer token's file instead of a password.
+    pub token_file: Option<PathBuf>,
+    pub mechanism: TokenMechanism,
     pub implicit_tls: bool,
     pub address: Option<SocketAddr>,
     pub server_name: String,
     pub ca: Option<PathBuf>,
     pub trust_any_certificate: bool,
+}
+
+/// `--mechanism` of `test-login --oauth2-token-file`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum TokenMechanismArg {
+    Oauthbearer,
+    Xoauth2,
+}
+
+impl From<TokenMechanismArg> for TokenMechanism {
+    fn from(m: TokenMechanismArg) -> TokenMechanism {
+        match m {
+            TokenMechanismArg::Oauthbearer => TokenMechanism::OAuthBearer,
+            TokenMechanismArg::Xoauth2 => TokenMechanism::XOAuth2,
+        }
+    }
 }
 
 /// Where and how to connect.
@@ -67,10 +88,23 @@ pub async fn test_login(config: &Config, o: Options) -> anyhow::Result<i32> {
         }
         None => anyhow::bail!("no listener of that kind is configured; give --address"),
     };
-    let password = super::read_password(
-        o.password_file.as_deref(),
-        &format!("Password for {}: ", o.identity),
-    )?;
+    let creds = match &o.token_file {
+        Some(file) => {
+            let text = std::fs::read(file)
+                .with_context(|| format!("cannot read the token file {}", file.display()))?;
+            let first = text.split(|&b| b == b'\n').next().unwrap_or_default();
+            let token = first.strip_suffix(b"\r").unwrap_or(first);
+            Credentials::bearer(&o.identity, token, o.mechanism)
+        }
+        None => {
+            let password = super::read_password(
+                o.password_file.as_deref(),
+                &format!("Password for {}: ", o.identity),
+            )?;
+            Credentials::password(o.identity.as_bytes(), password.expose())
+        }
+    }
+    .map_err(|e| anyhow::anyhow!("unusable credentials: {e}"))?;
     let connector = if o.trust_any_certificate {
         crate::tls::trust_any_connector()?
     } else {
@@ -84,7 +118,7 @@ pub async fn test_login(config: &Config, o: Options) -> anyhow::Result<i32> {
         verifying: !o.trust_any_certificate,
         control_socket: config.admin.control_socket.clone(),
     };
-    run(probe, &o.identity, password.expose()).await
+    run(probe, creds).await
 }
 
 /// A step that did not work: what went wrong in words, and what to do about it.
@@ -142,9 +176,8 @@ fn is_ok(m: &Message) -> bool {
 }
 
 /// Runs the probe; returns the process exit code (0: logged in and out).
-pub async fn run(probe: Probe, user: &str, password: &[u8]) -> anyhow::Result<i32> {
-    let creds = Credentials::password(user.as_bytes(), password)
-        .map_err(|e| anyhow::anyhow!("unusable credentials: {e}"))?;
+pub async fn run(probe: Probe, creds: Credentials) -> anyhow::Result<i32> {
+    let user = creds.user().to_string();
     let name = ServerName::try_from(probe.server_name.clone())?;
     let started = Instant::now();
     let tcp = match tokio::time::timeout(STEP_TIMEOUT, TcpStream::connect(probe.address)).await {
@@ -230,9 +263,26 @@ pub async fn run(probe: Probe, user: &str, password: &[u8]) -> anyhow::Result<i3
     let started = Instant::now();
     let login_caps = LoginCaps::from_capabilities(caps.iter().map(String::as_str));
     let Some(fragments) = login_command("t3", &creds, login_caps) else {
-        anyhow::bail!("the gate offers no way to log in here (LOGINDISABLED without AUTH=PLAIN)");
+        match creds.token_mechanism() {
+            Some(m) => anyhow::bail!(
+                "the gate does not offer AUTH={} here (is [oauth] configured, and does the default backend offer it?)",
+                m.name()
+            ),
+            None => anyhow::bail!(
+                "the gate offers no way to log in here (LOGINDISABLED without AUTH=PLAIN)"
+            ),
+        }
     };
-    let answer = match conn.command("t3", &fragments, "login", |_| {}).await {
+    // A refused token comes as an error challenge first: the dummy response, then the NO.
+    let challenge_reply: &[u8] = match creds.token_mechanism() {
+        Some(TokenMechanism::OAuthBearer) => b"AQ==\r\n",
+        Some(TokenMechanism::XOAuth2) => b"\r\n",
+        None => b"*\r\n",
+    };
+    let answer = match conn
+        .command_answering("t3", &fragments, "login", challenge_reply, |_| {})
+        .await
+    {
         Ok(answer) => answer,
         Err(e) => return Ok(failed("login", started, e.into())),
     };
