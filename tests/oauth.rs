@@ -303,10 +303,12 @@ async fn introspect_mode_checks_tokens_at_the_gate_first() {
         .cmd("a", &format!("AUTHENTICATE OAUTHBEARER {message}"))
         .await;
     assert!(last(&r).starts_with("a OK"), "{r:?}");
-    // Another user's token, and an inactive one: refused by the gate, before any backend.
+    // Another user's token, an inactive one, and one called active but past its `exp`: refused
+    // by the gate, before any backend.
     let sams = issuer().issue("user3", true);
-    let expired = issuer().issue("user1", false);
-    for (n, token) in [&sams, &expired].into_iter().enumerate() {
+    let inactive = issuer().issue("user1", false);
+    let expired = issuer().issue_until("user1", true, Some(1_000_000_000));
+    for (n, token) in [&sams, &inactive, &expired].into_iter().enumerate() {
         let mut c = client(&gate, 63 + n as u8).await;
         c.send(
             format!(
@@ -324,7 +326,7 @@ async fn introspect_mode_checks_tokens_at_the_gate_first() {
     }
     // A disabled mailbox with a good token.
     let jane = issuer().issue("user2", true);
-    let mut c = client(&gate, 66).await;
+    let mut c = client(&gate, 69).await;
     let r = c
         .cmd(
             "a",
@@ -387,7 +389,10 @@ async fn test_login_tries_the_token_path_step_by_step() {
         )
         .await;
         assert_eq!(ok, ok_expected, "{mechanism}: {out}{err}");
-        let login = out.lines().find(|l| l.starts_with("login")).expect("login step");
+        let login = out
+            .lines()
+            .find(|l| l.starts_with("login"))
+            .expect("login step");
         let token = std::fs::read_to_string(file).expect("read");
         assert!(!out.contains(token.trim()), "the token is never printed");
         if ok_expected {

@@ -12,6 +12,8 @@ use super::dovecot::Dovecot;
 pub struct Grant {
     pub username: String,
     pub active: bool,
+    /// `exp`, seconds since the epoch, when the answer carries one.
+    pub exp: Option<u64>,
 }
 
 pub struct Issuer {
@@ -28,6 +30,11 @@ pub const CLIENT: (&str, &str) = ("imapgate", "client-secret-for-tests");
 impl Issuer {
     /// A new token for `username`; `active = false` for one that expired or was revoked.
     pub fn issue(&self, username: &str, active: bool) -> String {
+        self.issue_until(username, active, None)
+    }
+
+    /// A new token whose answer says `exp` (an endpoint may call a token active past it).
+    pub fn issue_until(&self, username: &str, active: bool, exp: Option<u64>) -> String {
         let mut next = self.next.lock().expect("lock");
         *next += 1;
         let token = format!("tok-{}-{}", *next, std::process::id());
@@ -36,6 +43,7 @@ impl Issuer {
             Grant {
                 username: username.to_string(),
                 active,
+                exp,
             },
         );
         token
@@ -103,6 +111,7 @@ pub fn issuer() -> &'static Issuer {
                                     Some(g) if g.active => serde_json::json!({
                                         "active": true,
                                         "username": g.username,
+                                        "exp": g.exp,
                                     }),
                                     _ => serde_json::json!({ "active": false }),
                                 };
