@@ -506,10 +506,24 @@ async fn every_option_has_a_help_text() {
             .split("Options:")
             .nth(1)
             .unwrap_or_else(|| panic!("{command:?}: no options: {text}"));
-        for line in options.lines().filter(|l| l.trim_start().starts_with('-')) {
-            // `  --name <VALUE>  Help text`: something after the option's own words.
+        let lines: Vec<&str> = options.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            if !line.trim_start().starts_with('-') {
+                continue;
+            }
+            // `  --name <VALUE>  Help text`: something after the option's own words, or (clap's
+            // layout when some option is long) the help on the next, further indented line.
             let words: Vec<&str> = line.split("  ").filter(|w| !w.trim().is_empty()).collect();
-            assert!(words.len() >= 2, "{command:?}: no help for {line:?}");
+            let below = lines.get(i + 1).is_some_and(|next| {
+                let text = next.trim_start();
+                !text.is_empty()
+                    && !text.starts_with('-')
+                    && next.len() - text.len() > line.len() - line.trim_start().len()
+            });
+            assert!(
+                words.len() >= 2 || below,
+                "{command:?}: no help for {line:?}"
+            );
         }
     }
 }
