@@ -35,13 +35,17 @@ certificate = "$PWD/certs/localhost.pem"
 private_key = "$PWD/certs/localhost.key"
 trusted_networks = ["127.0.0.0/8"]
 max_connections_per_user = 100000
+# Every load comes from 127.0.0.1: the per-address caps would refuse a storm from one address.
+max_connections_from_single_ip = 100000
+max_preauth_connections_from_single_ip = 100000
 [directory]
 mailboxes = "$work/mailboxes.toml"
 [backends.main]
 address = "127.0.0.1:$4"
-# Like nginx here (worker_processes 1): one worker, the other core is the backend's and the load's.
+# The shipped runtime defaults (worker_threads = 0: half the cores, one here, like nginx's one
+# worker), unless a fifth argument gives a worker count to compare the default with.
 [runtime]
-worker_threads = 1
+worker_threads = ${5:-0}
 CONF
 }
 # The load's users as mailboxes (names outside the directory are refused by default).
@@ -53,8 +57,11 @@ start_gate() { # name -> pid
 }
 gate_config gate-dovecot 31143 31993 10143
 gate_config gate-fake 32143 32993 20143
+# The same gate with one worker per core (the default before issue 17), for the default's choice.
+gate_config gate-dovecot-percore 33143 33993 10143 "$(nproc)"
 start_gate gate-dovecot >/dev/null
 start_gate gate-fake >/dev/null
+start_gate gate-dovecot-percore >/dev/null
 sleep 1
 out="$work/results.txt"; : > "$out"
 run() { # label args...
@@ -70,13 +77,15 @@ rounds=${ROUNDS:-5}
 run_part throughput && for round in $(seq "$rounds"); do
   for kind in "fetch --first-user 1" "noop --sessions 16 --users 16" "noop --sessions 1" \
       "login --sessions 16 --users 2000 --first-user 2"; do
-    for t in "direct 10143" "nginx 11143" "dovecot-proxy 12143" "imapgate 31143"; do
+    for t in "direct 10143 plain" "nginx 11143 plain" "dovecot-proxy 12143 plain" "imapgate 31143 plain" \
+        "imapgate-percore 33143 plain" "nginx-tls 11993 tls" "dovecot-proxy-tls 12993 tls" "imapgate-tls 31993 tls"; do
       set -- $t
-      run "dovecot/$1" --addr "127.0.0.1:$2" --mode $kind
+      run "dovecot/$1" --addr "127.0.0.1:$2" --mode $kind --security "$3" "${ca[@]}"
     done
   done
   for kind in "fetch" "noop --sessions 16" "noop --sessions 1" "login --sessions 16 --users 2000"; do
-    for t in "direct 20143 plain" "nginx 11144 plain" "imapgate 32143 plain" "imapgate-tls 32993 tls"; do
+    for t in "direct 20143 plain" "nginx 11144 plain" "imapgate 32143 plain" "nginx-tls 11994 tls" \
+        "imapgate-tls 32993 tls"; do
       set -- $t
       run "fake/$1" --addr "127.0.0.1:$2" --mode $kind --security "$3" "${ca[@]}"
     done
@@ -95,13 +104,24 @@ run_part sizes && for size in 4096 65536 1048576; do
   run "$label/imapgate-tls" --addr 127.0.0.1:25993 --mode fetch --security tls "${ca[@]}"
   kill "$pid" "$fpid"; wait "$pid" "$fpid" 2>/dev/null || true
 done
+# Idle sessions held in IDLE, arriving one after another and all at once (a reconnect storm after
+# a restart or a failover): a fresh gate for each, and nginx's worker measured the same way (its
+# memory is not fresh: each nginx row is the growth over what its worker already held).
+nginx_worker() { pgrep -P "$(cat "$work/peers/nginx/nginx.pid")" | head -1; }
 run_part idle && for n in "${idle_counts[@]}"; do
-  for sec in plain tls; do
-    gate_config gate-idle 23143 23993 20143
-    pid=$(start_gate gate-idle)
-    port=$([ $sec = plain ] && echo 23143 || echo 23993)
-    run "fake/imapgate-idle-$sec" --addr "127.0.0.1:$port" --mode idle --sessions "$n" --security "$sec" "${ca[@]}" --pids "$pid"
-    kill "$pid"; wait "$pid" 2>/dev/null || true
+  for arrival in one-by-one at-once; do
+    storm=(); [ $arrival = at-once ] && storm=(--storm)
+    for sec in plain tls; do
+      gate_config gate-idle 23143 23993 20143
+      pid=$(start_gate gate-idle)
+      port=$([ $sec = plain ] && echo 23143 || echo 23993)
+      run "fake/imapgate-idle-$sec" --addr "127.0.0.1:$port" --mode idle --sessions "$n" --security "$sec" \
+        "${ca[@]}" --pids "$pid" "${storm[@]}"
+      kill "$pid"; wait "$pid" 2>/dev/null || true
+      port=$([ $sec = plain ] && echo 11144 || echo 11994)
+      run "fake/nginx-idle-$sec" --addr "127.0.0.1:$port" --mode idle --sessions "$n" --security "$sec" \
+        "${ca[@]}" --pids "$(nginx_worker)" "${storm[@]}"
+    done
   done
 done
 if run_part reload; then
@@ -164,5 +184,7 @@ for r in rows:
                 print(f"reload  {x['label']:<28} {x['cycles']} logins during the reloads, errors={x['errors']}")
 for r in rows:
     if r["mode"] == "idle":
-        print(f"idle    {r['label']:<28} {r['sessions']:>7} sessions  {r['per_session']:>8}/session  alive={r['still_alive']} errors={r['errors']}")
+        print(f"idle    {r['label']:<28} {r.get('arrival', 'one-by-one'):>10} {r['sessions']:>7} sessions in {r.get('opened_in', '?'):>6}"
+              f"  {r['per_session']:>8}/session  after close {r.get('rss_after_close', '?'):>9} (before {r['rss_before']})"
+              f"  alive={r['still_alive']} errors={r['errors']}")
 PY

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
+use futures_util::FutureExt;
 use imapgate::stream::Stream;
 use imapgate::wire::literal_announced;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -67,6 +68,10 @@ struct Args {
     /// naming a client address of 198.51.100.0/24.
     #[arg(long)]
     proxy_v2: bool,
+    /// Idle load: every session connects and logs in at once (a reconnect storm after a restart
+    /// or a failover) instead of one after another.
+    #[arg(long)]
+    storm: bool,
     /// Label printed with the figures.
     #[arg(long, default_value = "")]
     label: String,
@@ -322,18 +327,35 @@ async fn main() -> anyhow::Result<()> {
         }
         Mode::Idle => {
             let before: u64 = args.pids.iter().map(|&p| rss_kb(p)).sum();
-            let mut held = Vec::new();
-            for s in 0..args.sessions {
-                let r = async {
-                    let mut c = Conn::open(&args, &tls).await?;
-                    c.login(&args, args.first_user + s % args.users).await?;
-                    c.command("s", "SELECT INBOX").await?;
-                    c.send("i IDLE\r\n").await?;
-                    let plus = c.line().await?;
-                    anyhow::ensure!(plus.starts_with('+'), "{plus}");
-                    anyhow::Ok(c)
+            let open = |s: usize, args: Arc<Args>, tls: Option<TlsConnector>| async move {
+                let mut c = Conn::open(&args, &tls).await?;
+                c.login(&args, args.first_user + s % args.users).await?;
+                c.command("s", "SELECT INBOX").await?;
+                c.send("i IDLE\r\n").await?;
+                let plus = c.line().await?;
+                anyhow::ensure!(plus.starts_with('+'), "{plus}");
+                anyhow::Ok(c)
+            };
+            let shared = Arc::new(args.clone());
+            let started = Instant::now();
+            let mut results = Vec::with_capacity(args.sessions);
+            if args.storm {
+                // All at once: every connection is started before any has logged in.
+                let mut tasks = tokio::task::JoinSet::new();
+                for s in 0..args.sessions {
+                    tasks.spawn(open(s, shared.clone(), tls.clone()).map(move |r| (s, r)));
                 }
-                .await;
+                while let Some(r) = tasks.join_next().await {
+                    results.push(r?);
+                }
+            } else {
+                for s in 0..args.sessions {
+                    results.push((s, open(s, shared.clone(), tls.clone()).await));
+                }
+            }
+            let took = started.elapsed().as_secs_f64();
+            let mut held = Vec::new();
+            for (s, r) in results {
                 match r {
                     Ok(c) => held.push(c),
                     Err(e) => {
@@ -357,15 +379,24 @@ async fn main() -> anyhow::Result<()> {
                     ended += 1;
                 }
             }
-            // Memory only when there is a process to measure: no figure rather than a zero.
+            // Memory only when there is a process to measure: no figure rather than a zero. The
+            // RSS once every session has closed (and the proxy has had 3 s to settle) tells
+            // whether the memory of the peak stays.
             let memory = if args.pids.is_empty() {
                 String::new()
             } else {
-                format!(" rss_before={before}KB rss_during={during}KB per_session={per:.1}KB")
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                let after: u64 = args.pids.iter().map(|&p| rss_kb(p)).sum();
+                format!(
+                    " rss_before={before}KB rss_during={during}KB per_session={per:.1}KB \
+                     rss_after_close={after}KB"
+                )
             };
             println!(
-                "{label}mode=idle security={:?} sessions={n} still_alive={ended}{memory} errors={}",
+                "{label}mode=idle security={:?} arrival={} sessions={n} opened_in={took:.1}s \
+                 still_alive={ended}{memory} errors={}",
                 args.security,
+                if args.storm { "at-once" } else { "one-by-one" },
                 errors.load(Ordering::Relaxed)
             );
         }

@@ -5,6 +5,8 @@
 #   11143  nginx mail proxy in front of Dovecot (auth_http answered by nginx itself)
 #   11144  nginx mail proxy in front of the fake backend (bench/fakebackend.rs on 20143)
 #   12143  Dovecot's login proxy in front of Dovecot
+#   11993, 11994, 12993  the same proxies with implicit TLS to the client (nginx to Dovecot, nginx
+#          to the fake backend, Dovecot's proxy), with certs/localhost.pem like imapgate's
 # Usage: bench/peers.sh start|stop [DIR] [USERS]   (default /tmp/imapgate-peers, 2000 users)
 set -euo pipefail
 action=${1:-start}; dir=${2:-/tmp/imapgate-peers}; users=${3:-2000}
@@ -23,6 +25,7 @@ if ((${#missing[@]})); then
 fi
 id imapgate-mail >/dev/null 2>&1 || useradd -r -M -s /usr/sbin/nologin imapgate-mail
 uid=$(id -u imapgate-mail); gid=$(id -g imapgate-mail)
+certs=$(cd "$(dirname "$0")/../certs" && pwd)
 mkdir -p "$dir"/{backend/run,backend/mail,dproxy/run,nginx}
 : > "$dir/backend/users"; : > "$dir/dproxy/users"
 for i in $(seq 1 "$users"); do
@@ -47,7 +50,6 @@ listen = 127.0.0.1
 default_process_limit = 5000
 default_client_limit = 40000
 disable_plaintext_auth = no
-ssl = no
 auth_mechanisms = plain login
 login_trusted_networks = 127.0.0.0/8
 service auth {
@@ -79,17 +81,26 @@ userdb {
   args = uid=$uid gid=$gid
 }"
   fi
+  if [ $c = backend ]; then
+    tls="ssl = no"; tls_port=0
+  else
+    tls="ssl = yes
+ssl_cert = <$certs/localhost.pem
+ssl_key = <$certs/localhost.key"; tls_port=12993
+  fi
   cat > "$dir/$c/dovecot.conf" <<CONF
 base_dir = $dir/$c/run
 instance_name = imapgate-bench-$c
 $common
+$tls
 service imap-login {
   inet_listener imap {
     address = 127.0.0.1
     port = $port
   }
   inet_listener imaps {
-    port = 0
+    address = 127.0.0.1
+    port = $tls_port
   }
   process_min_avail = 2
   service_count = 0
@@ -122,11 +133,15 @@ mail {
   imap_auth plain login;
   server { listen 127.0.0.1:11143; protocol imap; proxy on; auth_http 127.0.0.1:18080/dovecot; }
   server { listen 127.0.0.1:11144; protocol imap; proxy on; auth_http 127.0.0.1:18080/fake; }
+  ssl_certificate $certs/localhost.pem;
+  ssl_certificate_key $certs/localhost.key;
+  server { listen 127.0.0.1:11993 ssl; protocol imap; proxy on; auth_http 127.0.0.1:18080/dovecot; }
+  server { listen 127.0.0.1:11994 ssl; protocol imap; proxy on; auth_http 127.0.0.1:18080/fake; }
 }
 CONF
 [ -f "$dir/nginx/nginx.pid" ] && kill "$(cat "$dir/nginx/nginx.pid")" 2>/dev/null && sleep 0.5 || true
 nginx -c "$dir/nginx/nginx.conf" -p "$dir/nginx" 2>/dev/null
-for p in 10143 11143 12143; do
+for p in 10143 11143 12143 11993 12993; do
   for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done
 done
 echo "peers up in $dir"

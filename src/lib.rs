@@ -30,7 +30,8 @@
 //!    shared with the other gates on Redis (the fleet's session limiter, penalty, changes);
 //!    [`oauth`]: bearer tokens checked by RFC 7662 introspection.
 //! 8. [`registry`]: open sessions (byte counts, kicks); [`metrics`]: Prometheus;
-//!    [`protocol_log`]: Exchange-style CSV rows; [`tls`]; [`permissions`]: strict modes.
+//!    [`protocol_log`]: Exchange-style CSV rows; [`tls`]; [`permissions`]: strict modes;
+//!    [`memory`]: freed memory handed back after a burst.
 //! 9. [`wire`], [`credentials`], [`errors`] (who is to blame), [`config`], [`phase`],
 //!    [`stream`], [`files`] (locked, atomic edits): the floor.
 
@@ -46,6 +47,7 @@ pub mod lifecycle;
 pub mod limits;
 pub mod listener;
 pub mod login;
+pub mod memory;
 pub mod metrics;
 pub mod oauth;
 pub mod permissions;

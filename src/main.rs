@@ -2,6 +2,13 @@
 //! sessions of a running gate.
 
 use std::io::IsTerminal;
+
+#[cfg(feature = "alloc-mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+#[cfg(all(feature = "alloc-jemalloc", not(feature = "alloc-mimalloc")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -279,9 +286,8 @@ fn run_daemon(config_path: &std::path::Path) -> ExitCode {
     init_logging(&config.log);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
-    if config.runtime.worker_threads > 0 {
-        builder.worker_threads(config.runtime.worker_threads);
-    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    builder.worker_threads(config.runtime.workers(cores));
     let runtime = match builder.build() {
         Ok(r) => r,
         Err(e) => {

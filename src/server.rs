@@ -238,6 +238,7 @@ impl Gate {
     pub async fn run(self) {
         let ctx = self.root.ctx.clone();
         let sweeper = AbortOnDrop(tokio::spawn(sweeper::run(ctx.clone())));
+        let _release = AbortOnDrop(tokio::spawn(sweeper::release_after_bursts(ctx.clone())));
         probe_backends(&ctx.state.load(), &ctx.metrics);
         // The fleet's own sweeper (leases) and its channels.
         let _fleet_tasks = self.root.fleet.clone().map(|fleet| {

@@ -375,11 +375,38 @@ impl Default for LogConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
-    /// Threads serving sessions; 0 means one per CPU core. Read at start only.
+    /// Threads serving sessions; 0 (the default) means half the CPU cores, at least one (see
+    /// [`RuntimeConfig::workers`]). Read at start only.
     pub worker_threads: usize,
+    /// After a burst of connections has settled (a reconnect storm), hand the memory it freed
+    /// back to the system instead of keeping the storm's peak.
+    pub release_memory_after_bursts: bool,
+}
+
+impl RuntimeConfig {
+    /// The worker threads to start: `worker_threads`, or when 0 half of `cores`, at least one.
+    /// The gate's sessions spend most of their time in the kernel's TCP path, which runs on
+    /// every core; measured on two cores next to the backend, one worker was never slower than
+    /// two (bench/RESULTS.md), while one per core left the kernel and the backend short.
+    pub fn workers(&self, cores: usize) -> usize {
+        if self.worker_threads > 0 {
+            self.worker_threads
+        } else {
+            (cores / 2).max(1)
+        }
+    }
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            worker_threads: 0,
+            release_memory_after_bursts: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]

@@ -66,3 +66,15 @@ fn errors_name_file_line_and_key() {
     .unwrap_err();
     assert!(e.to_string().contains("backends"), "{e}");
 }
+
+#[test]
+fn workers_default_to_half_the_cores_and_memory_release_is_on() {
+    let r = RuntimeConfig::default();
+    assert_eq!((r.workers(1), r.workers(2), r.workers(8)), (1, 1, 4));
+    assert!(r.release_memory_after_bursts);
+    let set = RuntimeConfig {
+        worker_threads: 3,
+        ..RuntimeConfig::default()
+    };
+    assert_eq!(set.workers(2), 3);
+}

@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
@@ -49,6 +50,8 @@ struct Counts {
 
 pub struct Connections {
     counts: Mutex<Counts>,
+    /// Connections that came or went, ever (a burst of them is what leaves freed memory behind).
+    churn: AtomicU64,
     pressure: watch::Sender<Pressure>,
     logins: Mutex<HashMap<IpAddr, Arc<Semaphore>>>,
 }
@@ -57,6 +60,7 @@ impl Default for Connections {
     fn default() -> Self {
         Connections {
             counts: Mutex::default(),
+            churn: AtomicU64::new(0),
             pressure: watch::channel(Pressure::default()).0,
             logins: Mutex::default(),
         }
@@ -113,6 +117,7 @@ impl Connections {
             return Err(Over::AddressBeforeLogin);
         }
         c.total += 1;
+        self.churn.fetch_add(1, Ordering::Relaxed);
         c.per_ip.insert(ip, n + 1);
         c.preauth_per_ip.insert(ip, before + 1);
         c.pressure_at = caps.pressure_at;
@@ -153,6 +158,11 @@ impl Connections {
     /// The gate's pressure, followed.
     pub fn pressure(&self) -> watch::Receiver<Pressure> {
         self.pressure.subscribe()
+    }
+
+    /// Connections that came or went since the gate started.
+    pub fn churn(&self) -> u64 {
+        self.churn.load(Ordering::Relaxed)
     }
 
     /// Counter values: (connections, addresses, addresses with connections before login,
@@ -214,6 +224,7 @@ impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         let mut c = lock(&self.limits.counts);
         c.total = c.total.saturating_sub(1);
+        self.limits.churn.fetch_add(1, Ordering::Relaxed);
         decrement(&mut c.per_ip, &self.ip);
         if self.before_login {
             decrement(&mut c.preauth_per_ip, &self.ip);

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Context;
+use crate::memory::{self, BurstWatch};
 use crate::protocol_log::Entry;
 use crate::registry::{Kick, SessionEntry};
 
@@ -25,6 +26,29 @@ pub async fn run(shared: Arc<Context>) {
         let every = interval(idle, rows, shared.protocol_log.enabled());
         tokio::time::sleep(every).await;
         sweep(&shared, idle, rows, every);
+    }
+}
+
+/// Once a second, reads the gate's connection churn; when a burst of connections (a reconnect
+/// storm, or its sessions closing together) has settled, hands the memory it freed back to the
+/// system (`[runtime] release_memory_after_bursts`). Runs until the gate's runtime stops.
+pub async fn release_after_bursts(shared: Arc<Context>) {
+    const EVERY: Duration = Duration::from_secs(1);
+    let mut bursts = BurstWatch::default();
+    loop {
+        tokio::time::sleep(EVERY).await;
+        let settled = bursts.settled(shared.connections.churn(), EVERY);
+        if settled
+            && shared
+                .state
+                .load()
+                .config
+                .runtime
+                .release_memory_after_bursts
+        {
+            // Walking the heap takes milliseconds: not on a thread that serves sessions.
+            let _ = tokio::task::spawn_blocking(memory::release_free_memory).await;
+        }
     }
 }
 
