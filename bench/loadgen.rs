@@ -327,14 +327,21 @@ async fn main() -> anyhow::Result<()> {
         }
         Mode::Idle => {
             let before: u64 = args.pids.iter().map(|&p| rss_kb(p)).sum();
+            // A session not in IDLE within 60 s counts as an error (a proxy that drops part of
+            // a storm must not hang the run).
             let open = |s: usize, args: Arc<Args>, tls: Option<TlsConnector>| async move {
-                let mut c = Conn::open(&args, &tls).await?;
-                c.login(&args, args.first_user + s % args.users).await?;
-                c.command("s", "SELECT INBOX").await?;
-                c.send("i IDLE\r\n").await?;
-                let plus = c.line().await?;
-                anyhow::ensure!(plus.starts_with('+'), "{plus}");
-                anyhow::Ok(c)
+                let session = async {
+                    let mut c = Conn::open(&args, &tls).await?;
+                    c.login(&args, args.first_user + s % args.users).await?;
+                    c.command("s", "SELECT INBOX").await?;
+                    c.send("i IDLE\r\n").await?;
+                    let plus = c.line().await?;
+                    anyhow::ensure!(plus.starts_with('+'), "{plus}");
+                    anyhow::Ok(c)
+                };
+                tokio::time::timeout(Duration::from_secs(60), session)
+                    .await
+                    .map_err(|_| anyhow::anyhow!("not in IDLE after 60 s"))?
             };
             let shared = Arc::new(args.clone());
             let started = Instant::now();

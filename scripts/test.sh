@@ -40,6 +40,8 @@ browser=()
 if ((${#browser[@]})); then
   apt_install "the admin center is tested in a real browser (Chromium over WebDriver)" "${browser[@]}"
 fi
+# scripts/test-package.sh renders the manual page with man, as an administrator would.
+command -v man >/dev/null || apt_install "the package test reads the manual page with man -l" man-db
 # The scripts' own checks (each exits non-zero on failure).
 scripts/check-apt-lock.sh
 cargo fmt --all -- --check
@@ -54,4 +56,11 @@ status=${PIPESTATUS[0]}
 set -e
 awk '/^test result:/ {p += $4; f += $6} END {printf "tests: %d passed, %d failed\n", p, f}' "$log"
 rm -f "$log"
-exit "$status"
+[ "$status" = 0 ] || exit "$status"
+# The Debian package, installed on this machine, checked and purged (as root; it leaves the
+# machine as it was).
+if [ "$(id -u)" = 0 ]; then
+  scripts/test-package.sh
+else
+  echo "test-package: skipped (needs root for dpkg -i)"
+fi

@@ -1,7 +1,13 @@
 //! The `imapgate` command: run the daemon, check a configuration, administer mailboxes and
 //! sessions of a running gate.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
+use imapgate::admin::{self, cli, cli::Format};
+use imapgate::config::{Config, LogFormat};
 
 #[cfg(feature = "alloc-mimalloc")]
 #[global_allocator]
@@ -9,15 +15,24 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[cfg(all(feature = "alloc-jemalloc", not(feature = "alloc-mimalloc")))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-use std::path::PathBuf;
-use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use imapgate::admin::{self, cli, cli::Format};
-use imapgate::config::{Config, LogFormat};
+/// The crate's version and the git revision it was built from (build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("IMAPGATE_GIT_REV"),
+    ")"
+);
 
 #[derive(Parser)]
-#[command(version, about = "IMAP4 front end enforcing per-mailbox IMAP access")]
+#[command(
+    name = "imapgate",
+    version = VERSION,
+    about = "IMAP4 front end enforcing per-mailbox IMAP access",
+    long_about = "imapgate is an IMAP4 front end: it answers clients before login, has each user's backend \
+IMAP server verify the credentials, lets the session through only when the mailbox's ImapEnabled flag \
+allows IMAP4, and then relays bytes. Without a command it runs the daemon in the foreground."
+)]
 struct Cli {
     /// Configuration file.
     #[arg(long, global = true, default_value = "/etc/imapgate/imapgate.toml")]
@@ -78,6 +93,21 @@ enum Command {
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
+    /// Print a shell completion script to standard output (the package installs both).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
+    /// Print the imapgate(8) manual page (roff) to standard output.
+    #[command(hide = true)]
+    ManPage,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CompletionShell {
+    Bash,
+    Zsh,
 }
 
 #[derive(Subcommand)]
@@ -198,6 +228,26 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Generated from the definition above; no configuration needed.
+    match command {
+        Command::Completions { shell } => {
+            let shell = match shell {
+                CompletionShell::Bash => clap_complete::Shell::Bash,
+                CompletionShell::Zsh => clap_complete::Shell::Zsh,
+            };
+            return print(&admin::manual::completions(&Cli::command(), shell));
+        }
+        Command::ManPage => {
+            return match admin::manual::page(&Cli::command()) {
+                Ok(page) => print(&page),
+                Err(e) => {
+                    eprintln!("cannot render the manual page: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
+    }
     if let Command::CheckConfig { bind } = command {
         return exit(runtime.block_on(admin::check::run(&cli.config, bind)));
     }
@@ -210,7 +260,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match command {
-            Command::CheckConfig { .. } => Ok(0),
+            Command::CheckConfig { .. } | Command::Completions { .. } | Command::ManPage => Ok(0),
             Command::TestLogin(a) => {
                 let options = admin::probe::Options {
                     identity: a.identity,
@@ -258,6 +308,17 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(code) => exit(code),
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print(bytes: &[u8]) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{e}");
             ExitCode::FAILURE

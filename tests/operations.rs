@@ -789,3 +789,76 @@ fn the_shipped_configurations_are_fail_closed() {
         );
     }
 }
+
+/// `imapgate --version` names the build's git revision, and the manual page and completions the
+/// package installs are generated from the command line itself: every command and option of
+/// `--help` is in the page, with the files, signals and exit codes.
+#[test]
+fn version_manual_page_and_completions_come_from_the_command_line() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(BIN)
+            .args(args)
+            .output()
+            .expect("run");
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let version = run(&["--version"]);
+    let expected = format!("imapgate {} (git ", env!("CARGO_PKG_VERSION"));
+    assert!(version.starts_with(&expected), "{version}");
+    assert!(
+        !version.contains("(git unknown)"),
+        "built in a git checkout: {version}"
+    );
+    let page = run(&["man-page"]);
+    for section in [
+        ".SH NAME",
+        ".SH SYNOPSIS",
+        ".SH COMMANDS",
+        ".SH FILES",
+        ".SH SIGNALS",
+    ] {
+        assert!(page.contains(section), "no {section}");
+    }
+    assert!(page.contains(".SH \"EXIT STATUS\""));
+    // Every command and each of its options, as --help lists them.
+    let commands = [
+        vec!["check-config"],
+        vec!["reload"],
+        vec!["mailbox", "set"],
+        vec!["mailbox", "get"],
+        vec!["sessions"],
+        vec!["backends"],
+        vec!["kick"],
+        vec!["test-login"],
+        vec!["admin-user", "add"],
+        vec!["admin-user", "remove"],
+        vec!["admin-user", "list"],
+        vec!["audit"],
+        vec!["completions"],
+    ];
+    for command in commands {
+        let title = format!(".SS \"imapgate {}", command.join(" "));
+        assert!(page.contains(&title), "no {title}");
+        let mut args = command.clone();
+        args.push("--help");
+        let help = run(&args);
+        for long in help
+            .split_whitespace()
+            .filter(|w| w.starts_with("--") && *w != "--help" && *w != "--config")
+        {
+            let long = long.trim_end_matches(',');
+            let roff = long.replace('-', "\\-");
+            assert!(
+                page.contains(&roff),
+                "{command:?}: {long} is not in the page"
+            );
+        }
+    }
+    assert!(run(&["--help"]).contains("completions"), "listed");
+    assert!(!run(&["--help"]).contains("man-page"), "hidden");
+    let bash = run(&["completions", "bash"]);
+    assert!(bash.contains("complete -F") && bash.contains("check-config"));
+    let zsh = run(&["completions", "zsh"]);
+    assert!(zsh.starts_with("#compdef imapgate") && zsh.contains("test-login"));
+}

@@ -14,6 +14,7 @@ pub mod audit;
 pub mod check;
 pub mod cli;
 pub mod control;
+pub mod manual;
 pub mod probe;
 mod show;
 pub mod users;
