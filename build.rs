@@ -21,11 +21,14 @@ fn main() {
         .unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=IMAPGATE_GIT_REV={rev}");
     // A new commit moves the branch HEAD points at: build again then.
+    // (Only files that exist: cargo runs this again every build for one that does not.)
     if let Some(dir) = git(&["rev-parse", "--git-dir"]) {
-        println!("cargo:rerun-if-changed={dir}/HEAD");
+        let mut watch = vec![format!("{dir}/HEAD"), format!("{dir}/packed-refs")];
         if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
-            println!("cargo:rerun-if-changed={dir}/{branch}");
+            watch.push(format!("{dir}/{branch}"));
         }
-        println!("cargo:rerun-if-changed={dir}/packed-refs");
+        for path in watch.iter().filter(|p| std::path::Path::new(p).exists()) {
+            println!("cargo:rerun-if-changed={path}");
+        }
     }
 }

@@ -108,6 +108,15 @@ done
 # a restart or a failover): a fresh gate for each, and nginx's worker measured the same way (its
 # memory is not fresh: each nginx row is the growth over what its worker already held).
 nginx_worker() { pgrep -P "$(cat "$work/peers/nginx/nginx.pid")" | head -1; }
+# A fresh nginx for each idle measurement, as each gate is fresh (a worker keeps what it grew).
+fresh_nginx() {
+  local old; old=$(cat "$work/peers/nginx/nginx.pid" 2>/dev/null || true)
+  [ -n "$old" ] && kill "$old" 2>/dev/null || true
+  for _ in $(seq 100); do [ -n "$old" ] && kill -0 "$old" 2>/dev/null || break; sleep 0.1; done
+  while (exec 3<>/dev/tcp/127.0.0.1/11144) 2>/dev/null; do sleep 0.1; done
+  nginx -c "$work/peers/nginx/nginx.conf" -p "$work/peers/nginx" 2>/dev/null || true
+  for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/11994) 2>/dev/null && break; sleep 0.1; done
+}
 run_part idle && for n in "${idle_counts[@]}"; do
   for arrival in one-by-one at-once; do
     storm=(); [ $arrival = at-once ] && storm=(--storm)
@@ -119,6 +128,7 @@ run_part idle && for n in "${idle_counts[@]}"; do
         "${ca[@]}" --pids "$pid" "${storm[@]}"
       kill "$pid"; wait "$pid" 2>/dev/null || true
       port=$([ $sec = plain ] && echo 11144 || echo 11994)
+      fresh_nginx
       run "fake/nginx-idle-$sec" --addr "127.0.0.1:$port" --mode idle --sessions "$n" --security "$sec" \
         "${ca[@]}" --pids "$(nginx_worker)" "${storm[@]}"
     done

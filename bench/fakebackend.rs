@@ -38,7 +38,16 @@ async fn main() -> anyhow::Result<()> {
         fetch.extend_from_slice(b")\r\n");
     }
     let fetch = Arc::new(fetch);
-    let listener = TcpListener::bind(args.listen).await?;
+    // A deep accept queue: a proxy that connects a whole reconnect storm at once must not
+    // find the backend's queue full.
+    let socket = if args.listen.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(args.listen)?;
+    let listener: TcpListener = socket.listen(65535)?;
     eprintln!("fake backend on {}", listener.local_addr()?);
     loop {
         let (tcp, _) = listener.accept().await?;

@@ -838,7 +838,7 @@ fn version_manual_page_and_completions_come_from_the_command_line() {
         vec!["completions"],
     ];
     for command in commands {
-        let title = format!(".SS \"imapgate {}", command.join(" "));
+        let title = format!(".SS \"imapgate {}", command.join(" ").replace('-', "\\-"));
         assert!(page.contains(&title), "no {title}");
         let mut args = command.clone();
         args.push("--help");
