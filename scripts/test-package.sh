@@ -6,6 +6,8 @@
 #   - systemd-analyze verify on the installed unit; man -l renders imapgate(8); completions load;
 #   - imapgate --version names the git revision; check-config passes as the imapgate user once a
 #     certificate is in place;
+#   - the installed gate runs as imapgate with only CAP_NET_BIND_SERVICE, greets on 993, reloads
+#     with `imapgate reload` and stops cleanly on SIGTERM;
 #   - an edited conffile survives a reinstall; dpkg --purge removes everything the package made.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -84,6 +86,26 @@ chown root:imapgate /etc/imapgate/tls/privkey.pem /etc/imapgate/tls/fullchain.pe
 chmod 0640 /etc/imapgate/tls/privkey.pem /etc/imapgate/tls/fullchain.pem
 out=$(runuser -u imapgate -- /usr/bin/imapgate check-config --config /etc/imapgate/imapgate.toml 2>&1) \
   || fail "check-config as imapgate: $out"
+
+# Running and reloadable as the unit runs it: user imapgate with CAP_NET_BIND_SERVICE only, in
+# the runtime and logs directories systemd makes for it (RuntimeDirectory=, LogsDirectory=).
+for port in 143 993; do
+  ! (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null || fail "port $port is taken on this machine"
+done
+install -d -m 0750 -o imapgate -g imapgate /run/imapgate /var/log/imapgate
+gate_log=$(mktemp)
+setpriv --reuid imapgate --regid imapgate --init-groups --inh-caps +net_bind_service \
+  --ambient-caps +net_bind_service /usr/bin/imapgate --config /etc/imapgate/imapgate.toml \
+  </dev/null >/dev/null 2>"$gate_log" &
+gate=$!
+for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/993) 2>/dev/null && break; sleep 0.1; done
+greeting=$(timeout 10 openssl s_client -connect 127.0.0.1:993 -quiet </dev/null 2>/dev/null | head -1 || true)
+[[ "$greeting" == "* OK"* ]] || fail "no greeting on 993 from the installed gate: $greeting $(cat "$gate_log")"
+out=$(/usr/bin/imapgate reload --config /etc/imapgate/imapgate.toml 2>&1) || fail "imapgate reload: $out"
+grep -q "reload complete" "$gate_log" || fail "no reload in the gate's log: $(cat "$gate_log")"
+kill -TERM "$gate"
+wait "$gate" || fail "the gate did not stop cleanly: $(cat "$gate_log")"
+rm -f "$gate_log"
 
 # An administrator's edit of a conffile survives a reinstall (an upgrade's unpack).
 echo "# edited by the administrator" >> /etc/imapgate/imapgate.toml
