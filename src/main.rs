@@ -228,8 +228,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // Generated from the definition above; no configuration needed.
+    // Commands that need no loaded configuration.
     match command {
+        Command::CheckConfig { bind } => {
+            return exit(runtime.block_on(admin::check::run(&cli.config, bind)));
+        }
         Command::Completions { shell } => {
             let shell = match shell {
                 CompletionShell::Bash => clap_complete::Shell::Bash,
@@ -247,9 +250,6 @@ fn main() -> ExitCode {
             };
         }
         _ => {}
-    }
-    if let Command::CheckConfig { bind } = command {
-        return exit(runtime.block_on(admin::check::run(&cli.config, bind)));
     }
     let config = match Config::load(&cli.config) {
         Ok(c) => c,

@@ -127,6 +127,8 @@ pub struct Metrics {
     pub protocol_log_dropped: Counter,
     pub penalty_waits: Counter,
     pub penalty_seconds: Counter<f64, AtomicU64>,
+    /// Memory handed back to the system after a burst of connections had settled.
+    pub memory_releases: Counter,
     /// `[fleet]`: 1 while Redis answers, 0 while this gate goes on alone.
     pub fleet_redis_up: Gauge,
     pub errors: Family<ErrorLabels, Counter>,
@@ -181,6 +183,12 @@ impl Default for Metrics {
             "errors",
             "Logins and relayed sessions ended by an error, by who is to blame",
             errors.clone(),
+        );
+        let memory_releases = Counter::default();
+        registry.register(
+            "memory_releases",
+            "Times the gate handed freed memory back to the system after a burst of connections had settled ([runtime] release_memory_after_bursts)",
+            memory_releases.clone(),
         );
         let penalty_waits = Counter::default();
         let penalty_seconds = Counter::<f64, AtomicU64>::default();
@@ -269,6 +277,7 @@ impl Default for Metrics {
             protocol_log_dropped,
             penalty_waits,
             penalty_seconds,
+            memory_releases,
             fleet_redis_up,
             errors,
         };

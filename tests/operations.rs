@@ -862,3 +862,41 @@ fn version_manual_page_and_completions_come_from_the_command_line() {
     let zsh = run(&["completions", "zsh"]);
     assert!(zsh.starts_with("#compdef imapgate") && zsh.contains("test-login"));
 }
+
+/// A burst of connections, once it has settled, has the gate hand the memory it freed back to
+/// the system (counted in the metrics); with `release_memory_after_bursts = false` it does not.
+#[tokio::test]
+async fn a_settled_burst_of_connections_releases_memory_unless_turned_off() {
+    for release in [true, false] {
+        let (_fake, gate) = gate_with_fake_configured(Script::default(), FAKE_USERS, |config| {
+            config.section(METRICS).section(&format!(
+                "[runtime]\nrelease_memory_after_bursts = {release}\n"
+            ))
+        })
+        .await;
+        let addr = gate.metrics.expect("metrics endpoint");
+        // 300 connections in waves of 60 at once (under the per-address cap before login),
+        // each wave gone before the next: 600 comings and goings.
+        for _ in 0..5 {
+            let wave = futures_util::future::join_all((0..60).map(|_| gate.greeted())).await;
+            drop(wave);
+        }
+        // It is looked at once a second; released within two quiet seconds or not at all.
+        let series = "imapgate_memory_releases_total";
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
+        let mut released = 0.0;
+        while tokio::time::Instant::now() < deadline {
+            released = value(&common::scrape(addr).await, series);
+            if released >= 1.0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(
+            released >= 1.0,
+            release,
+            "release_memory_after_bursts = {release}"
+        );
+        gate.stop().await;
+    }
+}

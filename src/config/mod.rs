@@ -389,8 +389,8 @@ pub struct RuntimeConfig {
 impl RuntimeConfig {
     /// The worker threads to start: `worker_threads`, or when 0 half of `cores`, at least one.
     /// The gate's sessions spend most of their time in the kernel's TCP path, which runs on
-    /// every core; measured on two cores next to the backend, one worker was never slower than
-    /// two (bench/RESULTS.md), while one per core left the kernel and the backend short.
+    /// every core; measured on two cores next to the backend, one worker beat one per core on
+    /// fetch and NOOP (logins were within the run's noise either way; bench/RESULTS.md).
     pub fn workers(&self, cores: usize) -> usize {
         if self.worker_threads > 0 {
             self.worker_threads

@@ -47,7 +47,12 @@ pub async fn release_after_bursts(shared: Arc<Context>) {
                 .release_memory_after_bursts
         {
             // Walking the heap takes milliseconds: not on a thread that serves sessions.
-            let _ = tokio::task::spawn_blocking(memory::release_free_memory).await;
+            if tokio::task::spawn_blocking(memory::release_free_memory)
+                .await
+                .is_ok()
+            {
+                shared.metrics.memory_releases.inc();
+            }
         }
     }
 }
