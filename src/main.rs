@@ -345,10 +345,16 @@ fn run_daemon(config_path: &std::path::Path) -> ExitCode {
         }
     };
     init_logging(&config.log);
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    builder.worker_threads(config.runtime.workers(cores));
+    let workers = config.runtime.workers(cores);
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    builder.enable_all();
     let runtime = match builder.build() {
         Ok(r) => r,
         Err(e) => {

@@ -22,6 +22,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
+use tracing::Instrument;
 
 use super::preauth::LoggedIn;
 use super::sweeper::proxy_row;
@@ -100,14 +101,17 @@ impl Relay {
     ///
     /// Not an `async fn`: its arguments would be stored twice in the future. The closing steps
     /// are boxed, so that their state is only allocated when the session ends.
+    ///
+    /// The session's span is entered for the closing steps only (see [`crate::session::serve`]).
     #[allow(clippy::manual_async_fn)] // on purpose: see above
     pub fn run(
         mut self,
         ctx: &SessionContext,
+        span: tracing::Span,
     ) -> impl std::future::Future<Output = ()> + Send + '_ {
         async move {
             let ending = poll_fn(|cx| self.poll(cx)).await;
-            Box::pin(self.close(ending, ctx)).await;
+            Box::pin(self.close(ending, ctx).instrument(span)).await;
         }
     }
 
