@@ -214,6 +214,9 @@ fn parse_filter(s: &str) -> Result<bool, String> {
 }
 
 fn main() -> ExitCode {
+    // With both providers compiled in, rustls needs to be told which one to use.
+    #[cfg(feature = "tls-aws-lc-rs")]
+    let _ = tokio_rustls::rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     let Some(command) = cli.command else {
         return run_daemon(&cli.config);

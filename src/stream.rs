@@ -130,6 +130,32 @@ impl AsyncWrite for Stream {
     }
 }
 
+/// The most a read before login (the client's, or a backend's answers) takes at once.
+pub const READ_CHUNK: usize = 4096;
+
+/// Reads at most `want` (up to [`READ_CHUNK`]) bytes and hands them to `take`; the number read,
+/// 0 at the end of the stream.
+///
+/// The bytes land in a buffer on the stack of each poll, not in the waiting future: a session
+/// waiting for its client (or a backend login waiting for its backend) holds no read buffer.
+/// In a reconnect storm every connection waits at once, and 4 KB each held in the futures was
+/// the largest part of the storm's peak, which the allocator then kept.
+pub async fn read_into(
+    stream: &mut Stream,
+    want: usize,
+    mut take: impl FnMut(&[u8]),
+) -> std::io::Result<usize> {
+    use std::task::Poll;
+    std::future::poll_fn(|cx| {
+        let mut chunk = [0u8; READ_CHUNK];
+        let mut buf = ReadBuf::new(&mut chunk[..want.clamp(1, READ_CHUNK)]);
+        std::task::ready!(Pin::new(&mut *stream).poll_read(cx, &mut buf))?;
+        take(buf.filled());
+        Poll::Ready(Ok(buf.filled().len()))
+    })
+    .await
+}
+
 /// Any byte stream a client of the gate's own talks over (TCP, or TLS over it).
 pub trait AsyncIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> AsyncIo for T {}

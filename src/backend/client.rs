@@ -16,10 +16,10 @@ use imap_codec::imap_types::response::{
     Code, CommandContinuationRequest, Data, GreetingKind, Response, Status, StatusKind,
 };
 use imap_codec::{GreetingCodec, ResponseCodec};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use crate::errors::{Blame, Blamed};
-use crate::stream::Stream;
+use crate::stream::{read_into, Stream, READ_CHUNK};
 
 /// Longest message accepted (a response with its literals).
 pub const MAX_MESSAGE: u32 = 64 * 1024;
@@ -376,9 +376,15 @@ impl Client {
     }
 
     async fn fill(&mut self, phase: &'static str) -> Result<(), ClientError> {
-        let mut chunk = [0u8; 4096];
         let after = self.timeout;
-        let n = match tokio::time::timeout(after, self.stream.read(&mut chunk)).await {
+        let (frag, raw) = (&mut self.frag, &mut self.raw);
+        // Read straight into the fragmentizer and the raw copy: no buffer in the waiting future
+        // (see `read_into`).
+        let read = read_into(&mut self.stream, READ_CHUNK, |bytes| {
+            frag.enqueue_bytes(bytes);
+            raw.extend_from_slice(bytes);
+        });
+        let n = match tokio::time::timeout(after, read).await {
             Ok(Ok(n)) => n,
             Ok(Err(source)) => return Err(ClientError::Io { phase, source }),
             Err(_) => return Err(ClientError::Timeout { phase, after }),
@@ -387,11 +393,9 @@ impl Client {
             return Err(ClientError::Closed { phase });
         }
         // Bounded: a message over MAX_MESSAGE fails as soon as the fragmentizer has seen it.
-        if self.raw.len() > 2 * MAX_MESSAGE as usize {
+        if self.raw.len() > 2 * MAX_MESSAGE as usize + READ_CHUNK {
             return Err(protocol(phase, "answer too long"));
         }
-        self.frag.enqueue_bytes(&chunk[..n]);
-        self.raw.extend_from_slice(&chunk[..n]);
         Ok(())
     }
 }

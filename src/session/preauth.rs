@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -20,7 +20,7 @@ use crate::login::{self, Outcome, Refusal};
 use crate::phase::Phase;
 use crate::protocol_log::{Entry, SessionLog};
 use crate::registry::Registration;
-use crate::stream::Stream;
+use crate::stream::{read_into, Stream, READ_CHUNK};
 
 /// Deadline for writing one answer to a client that does not read.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -247,11 +247,11 @@ impl PreAuth {
 
     /// Reads at most `room` bytes into the dialogue, within the deadline.
     async fn fill(&mut self, room: usize) -> Result<(), Stop> {
-        let mut chunk = [0u8; 4096];
-        let want = room.clamp(1, chunk.len());
+        let want = room.clamp(1, READ_CHUNK);
         let mut pressure_changed = None;
+        let (client, dialogue) = (&mut self.client, &mut self.dialogue);
         let n = tokio::select! {
-            r = self.client.read(&mut chunk[..want]) => r.map_err(Stop::Gone)?,
+            r = read_into(client, want, |bytes| dialogue.feed(bytes)) => r.map_err(Stop::Gone)?,
             _ = tokio::time::sleep_until(self.deadline) => return Err(Stop::Timeout),
             _ = self.phase.wait_for(|p| *p != Phase::Running) => return Err(Stop::Shutdown),
             r = self.pressure.changed(), if !self.squeezed => {
@@ -276,7 +276,6 @@ impl PreAuth {
         if n == 0 {
             return Err(Stop::Gone(std::io::ErrorKind::UnexpectedEof.into()));
         }
-        self.dialogue.feed(&chunk[..n]);
         Ok(())
     }
 
