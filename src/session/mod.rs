@@ -159,6 +159,7 @@ pub fn serve(
     }
 }
 
+#[allow(clippy::boxed_local)] // the box by value is the point: it is freed on return
 fn unbox<T>(b: Box<T>) -> T {
     *b
 }
