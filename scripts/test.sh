@@ -42,6 +42,7 @@ if ((${#browser[@]})); then
 fi
 # scripts/test-package.sh renders the manual page with man, as an administrator would.
 command -v man >/dev/null || apt_install "the package test reads the manual page with man -l" man-db
+command -v ss >/dev/null || apt_install "a test reads the listeners' accept queue with ss" iproute2
 # The scripts' own checks (each exits non-zero on failure).
 scripts/check-apt-lock.sh
 cargo fmt --all -- --check

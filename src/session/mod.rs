@@ -89,13 +89,13 @@ pub enum Origin {
 ///
 /// Not an `async fn`: its arguments would be stored twice in every session's future.
 pub fn serve(
-    mut tcp: TcpStream,
+    tcp: TcpStream,
     peer: SocketAddr,
     origin: Origin,
     kind: ListenerKind,
     ctx: Arc<Context>,
     id: u64,
-    mut connection: ConnectionGuard,
+    connection: ConnectionGuard,
 ) -> impl std::future::Future<Output = ()> + Send {
     let span = tracing::info_span!(
         "session",
@@ -105,49 +105,14 @@ pub fn serve(
         listener = kind.name(),
         user = tracing::field::Empty,
     );
-    // The span is entered around the pre-login phase and the closing steps, not around every
-    // poll of the relay: entering and leaving it cost about a tenth of the gate's own CPU time per
-    // relayed command (perf, 16 sessions doing NOOP), and nothing logs while bytes move.
-    let prelogin_span = span.clone();
+    // Boxed, and gone once logged in: the PROXY header's read (with its look-ahead buffer and
+    // timer) and the pre-login phase would otherwise size every session's task for good (1,464
+    // bytes, where the relay needs about half of that). Made here, not inside the session's
+    // future, so that the arguments are not kept there too.
+    let admitting =
+        Box::pin(admit(tcp, peer, origin, kind, ctx, id, connection).instrument(span.clone()));
     async move {
-        // Boxed, and gone once logged in: the PROXY header's read (with its look-ahead buffer)
-        // and the pre-login phase would otherwise size every session's task for good (1,464
-        // bytes, where the relay needs about a third of that).
-        let logged_in = Box::pin(async move {
-        let peer = match origin {
-            Origin::Direct => peer,
-            Origin::Balancer(caps) => {
-                tracing::Span::current().record("balancer", tracing::field::display(peer));
-                let wait = ctx.state.load().config.imap4.tls_handshake_timeout;
-                let client = match tokio::time::timeout(wait, proxy_header::read_tcp(&mut tcp, peer)).await {
-                    Ok(Ok(client)) => client,
-                    Ok(Err(e)) => {
-                        tracing::info!(blame = "client", balancer = %peer, error = %e, "connection from a balancer refused");
-                        return None;
-                    }
-                    Err(_) => {
-                        tracing::info!(blame = "client", balancer = %peer, "no PROXY protocol header in time");
-                        return None;
-                    }
-                };
-                if let Err(over) = connection.move_to(client.ip(), caps) {
-                    tracing::info!(peer = %client, ?over, "connection refused: limit reached");
-                    if kind == ListenerKind::Plain {
-                        let _ = tcp.try_write(b"* BYE [LIMIT] Too many connections.\r\n");
-                    }
-                    return None;
-                }
-                client
-            }
-        };
-        tracing::Span::current().record("peer", tracing::field::display(peer));
-        let under_pressure = connection.came_under_pressure();
-        let logged_in = prelogin(tcp, peer, kind, ctx.clone(), id, under_pressure).await;
-        Some((logged_in?, connection, ctx))
-        }
-        .instrument(prelogin_span))
-        .await;
-        let Some((session, mut connection, ctx)) = logged_in else {
+        let Some((session, mut connection, ctx)) = admitting.await else {
             return;
         };
         connection.logged_in();
@@ -155,8 +120,57 @@ pub fn serve(
         // session ends.
         let relay = relay::Relay::new(unbox(session));
         let _relay_gauge = ctx.metrics.session("relay", kind.name());
+        // The span is entered around the pre-login phase and the closing steps, not around
+        // every poll of the relay: entering and leaving it cost about a tenth of the gate's own
+        // CPU time per relayed command (perf, 16 sessions doing NOOP), and nothing logs while
+        // bytes move.
         relay.run(&ctx, span).await;
     }
+}
+
+/// From accept to login: the PROXY header from a balancer, then [`prelogin`]. The session's
+/// connection guard and context come back with the logged-in session.
+async fn admit(
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    origin: Origin,
+    kind: ListenerKind,
+    ctx: Arc<Context>,
+    id: u64,
+    mut connection: ConnectionGuard,
+) -> Option<(Box<preauth::LoggedIn>, ConnectionGuard, Arc<Context>)> {
+    let peer = match origin {
+        Origin::Direct => peer,
+        Origin::Balancer(caps) => {
+            tracing::Span::current().record("balancer", tracing::field::display(peer));
+            let wait = ctx.state.load().config.imap4.tls_handshake_timeout;
+            let client = match tokio::time::timeout(wait, proxy_header::read_tcp(&mut tcp, peer))
+                .await
+            {
+                Ok(Ok(client)) => client,
+                Ok(Err(e)) => {
+                    tracing::info!(blame = "client", balancer = %peer, error = %e, "connection from a balancer refused");
+                    return None;
+                }
+                Err(_) => {
+                    tracing::info!(blame = "client", balancer = %peer, "no PROXY protocol header in time");
+                    return None;
+                }
+            };
+            if let Err(over) = connection.move_to(client.ip(), caps) {
+                tracing::info!(peer = %client, ?over, "connection refused: limit reached");
+                if kind == ListenerKind::Plain {
+                    let _ = tcp.try_write(b"* BYE [LIMIT] Too many connections.\r\n");
+                }
+                return None;
+            }
+            client
+        }
+    };
+    tracing::Span::current().record("peer", tracing::field::display(peer));
+    let under_pressure = connection.came_under_pressure();
+    let logged_in = prelogin(tcp, peer, kind, ctx.clone(), id, under_pressure).await?;
+    Some((logged_in, connection, ctx))
 }
 
 #[allow(clippy::boxed_local)] // the box by value is the point: it is freed on return

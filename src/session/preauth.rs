@@ -20,7 +20,7 @@ use crate::login::{self, Outcome, Refusal};
 use crate::phase::Phase;
 use crate::protocol_log::{Entry, SessionLog};
 use crate::registry::Registration;
-use crate::stream::{read_into, Stream, READ_CHUNK};
+use crate::stream::{read_into, Stream};
 
 /// Deadline for writing one answer to a client that does not read.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -247,11 +247,11 @@ impl PreAuth {
 
     /// Reads at most `room` bytes into the dialogue, within the deadline.
     async fn fill(&mut self, room: usize) -> Result<(), Stop> {
-        let want = room.clamp(1, READ_CHUNK);
         let mut pressure_changed = None;
         let (client, dialogue) = (&mut self.client, &mut self.dialogue);
         let n = tokio::select! {
-            r = read_into(client, want, |bytes| dialogue.feed(bytes)) => r.map_err(Stop::Gone)?,
+            // Bytes are fed only when the read completes, and then this branch is the one taken.
+            r = read_into(client, room, |bytes| dialogue.feed(bytes)) => r.map_err(Stop::Gone)?,
             _ = tokio::time::sleep_until(self.deadline) => return Err(Stop::Timeout),
             _ = self.phase.wait_for(|p| *p != Phase::Running) => return Err(Stop::Shutdown),
             r = self.pressure.changed(), if !self.squeezed => {
