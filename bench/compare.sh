@@ -78,16 +78,17 @@ run_part throughput && for round in $(seq "$rounds"); do
   for kind in "fetch --first-user 1" "noop --sessions 16 --users 16" "noop --sessions 1" \
       "login --sessions 16 --users 2000 --first-user 2"; do
     for t in "direct 10143 plain" "nginx 11143 plain" "dovecot-proxy 12143 plain" "imapgate 31143 plain" \
-        "imapgate-percore 33143 plain" "nginx-tls 11993 tls" "dovecot-proxy-tls 12993 tls" "imapgate-tls 31993 tls"; do
+        "imapgate-percore 33143 plain" "nginx-tls 11993 tls" "nginx-tls13 11995 tls" "dovecot-proxy-tls 12993 tls" \
+        "imapgate-tls 31993 tls" "imapgate-tls12 31993 tls --tls12"; do
       set -- $t
-      run "dovecot/$1" --addr "127.0.0.1:$2" --mode $kind --security "$3" "${ca[@]}"
+      run "dovecot/$1" --addr "127.0.0.1:$2" --mode $kind --security "$3" "${ca[@]}" "${@:4}"
     done
   done
   for kind in "fetch" "noop --sessions 16" "noop --sessions 1" "login --sessions 16 --users 2000"; do
     for t in "direct 20143 plain" "nginx 11144 plain" "imapgate 32143 plain" "nginx-tls 11994 tls" \
-        "imapgate-tls 32993 tls"; do
+        "nginx-tls13 11996 tls" "imapgate-tls 32993 tls" "imapgate-tls12 32993 tls --tls12"; do
       set -- $t
-      run "fake/$1" --addr "127.0.0.1:$2" --mode $kind --security "$3" "${ca[@]}"
+      run "fake/$1" --addr "127.0.0.1:$2" --mode $kind --security "$3" "${ca[@]}" "${@:4}"
     done
   done
 done

@@ -6,7 +6,9 @@
 #   11144  nginx mail proxy in front of the fake backend (bench/fakebackend.rs on 20143)
 #   12143  Dovecot's login proxy in front of Dovecot
 #   11993, 11994, 12993  the same proxies with implicit TLS to the client (nginx to Dovecot, nginx
-#          to the fake backend, Dovecot's proxy), with certs/localhost.pem like imapgate's
+#          to the fake backend, Dovecot's proxy), with certs/localhost.pem like imapgate's; nginx
+#          1.22 negotiates TLS 1.2 on these (its default), Dovecot's proxy TLS 1.3
+#   11995, 11996  nginx with TLS 1.3 enabled (to Dovecot, to the fake backend)
 # Usage: bench/peers.sh start|stop [DIR] [USERS]   (default /tmp/imapgate-peers, 2000 users)
 set -euo pipefail
 action=${1:-start}; dir=${2:-/tmp/imapgate-peers}; users=${3:-2000}
@@ -137,11 +139,14 @@ mail {
   ssl_certificate_key $certs/localhost.key;
   server { listen 127.0.0.1:11993 ssl; protocol imap; proxy on; auth_http 127.0.0.1:18080/dovecot; }
   server { listen 127.0.0.1:11994 ssl; protocol imap; proxy on; auth_http 127.0.0.1:18080/fake; }
+  # nginx 1.22 (Debian 12's) speaks TLS 1.2 by default; TLS 1.3, the default from 1.23.4, on these.
+  server { listen 127.0.0.1:11995 ssl; ssl_protocols TLSv1.2 TLSv1.3; protocol imap; proxy on; auth_http 127.0.0.1:18080/dovecot; }
+  server { listen 127.0.0.1:11996 ssl; ssl_protocols TLSv1.2 TLSv1.3; protocol imap; proxy on; auth_http 127.0.0.1:18080/fake; }
 }
 CONF
 [ -f "$dir/nginx/nginx.pid" ] && kill "$(cat "$dir/nginx/nginx.pid")" 2>/dev/null && sleep 0.5 || true
 nginx -c "$dir/nginx/nginx.conf" -p "$dir/nginx" 2>/dev/null
-for p in 10143 11143 12143 11993 12993; do
+for p in 10143 11143 12143 11993 11995 12993; do
   for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done
 done
 echo "peers up in $dir"

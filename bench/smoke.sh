@@ -32,7 +32,8 @@ for port in 29144 29143; do
   for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
 done
 fail=0
-for args in "--mode login --sessions 4" "--mode noop --sessions 4" "--mode fetch" "--mode idle --sessions 20 --users 20 --security tls --ca certs/ca.pem --pids $gate"; do
+for args in "--mode login --sessions 4" "--mode noop --sessions 4" "--mode fetch" \
+    "--mode login --sessions 4 --security tls --tls12 --ca certs/ca.pem" "--mode idle --sessions 20 --users 20 --security tls --ca certs/ca.pem --pids $gate"; do
   line=$(target/debug/examples/loadgen --addr "127.0.0.1:$([[ $args == *tls* ]] && echo 29993 || echo 29143)" --seconds 1 $args)
   echo "bench smoke: $line"
   [[ $line == *"errors=0"* ]] || fail=1

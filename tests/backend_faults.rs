@@ -151,6 +151,29 @@ async fn an_invalid_backend_certificate_is_refused_when_verification_is_on() {
     assert!(login_through(&fake, &body).await.starts_with("a OK"));
 }
 
+/// The gate offers a TLS backend AES-128-GCM first (`tls::provider`), and a backend that follows
+/// the client's order (rustls' and OpenSSL's default) picks it.
+#[tokio::test]
+async fn the_gate_offers_tls_backends_aes_128_gcm_first() {
+    let fake = FakeBackend::start(Script {
+        tls: true,
+        ..Script::default()
+    })
+    .await;
+    let ca = common::certs().join("ca.pem");
+    let body = format!(
+        "address = \"localhost:{}\"\ntls = \"tls\"\nca = {ca:?}",
+        fake.addr.port()
+    );
+    assert!(login_through(&fake, &body).await.starts_with("a OK"));
+    let suites = fake.suites.lock().expect("lock").clone();
+    assert!(!suites.is_empty());
+    assert!(
+        suites.iter().all(|s| s == "TLS13_AES_128_GCM_SHA256"),
+        "{suites:?}"
+    );
+}
+
 /// A backend that answers the gate's login `BAD` did not judge the password: the client hears
 /// `UNAVAILABLE` (not `AUTHENTICATIONFAILED`), its address is not penalized, and the error is the
 /// backend's in the metrics.

@@ -184,3 +184,53 @@ async fn sni_picks_the_certificate_for_the_name_asked() {
     );
     gate.stop().await;
 }
+
+/// The negotiated suite of a TLS 1.3 handshake with the gate by a client offering `first` before
+/// the provider's other suites.
+async fn suite_chosen_for(
+    addr: SocketAddr,
+    first: tokio_rustls::rustls::CipherSuite,
+) -> tokio_rustls::rustls::CipherSuite {
+    use tokio_rustls::rustls::{self, pki_types::pem::PemObject};
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites.sort_by_key(|s| s.suite() != first);
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(common::certs().join("ca.pem"))
+        .expect("ca.pem")
+    {
+        roots.add(cert.expect("ca cert")).expect("add ca");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("handshake");
+    tls.get_ref()
+        .1
+        .negotiated_cipher_suite()
+        .expect("suite")
+        .suite()
+}
+
+/// As a server the gate takes the client's preferred suite (a client without AES instructions
+/// asks for ChaCha20 first); its own AES-128-first order is what it offers as a client.
+#[tokio::test]
+async fn the_gate_follows_the_clients_cipher_suite_order() {
+    use tokio_rustls::rustls::CipherSuite as S;
+    let (_fake, gate) = gate_with_settings(&[] as &[&str]).await;
+    let addr = gate.tls.expect("tls listener");
+    for first in [
+        S::TLS13_AES_256_GCM_SHA384,
+        S::TLS13_CHACHA20_POLY1305_SHA256,
+        S::TLS13_AES_128_GCM_SHA256,
+    ] {
+        assert_eq!(suite_chosen_for(addr, first).await, first);
+    }
+    gate.stop().await;
+}

@@ -107,6 +107,8 @@ pub struct FakeBackend {
     pub addr: SocketAddr,
     /// Every complete command received, lossily decoded.
     pub commands: Arc<Mutex<Vec<String>>>,
+    /// The cipher suite of each TLS connection, as rustls names it.
+    pub suites: Arc<Mutex<Vec<String>>>,
 }
 
 impl FakeBackend {
@@ -119,15 +121,24 @@ impl FakeBackend {
         let listener = TcpListener::bind(address).await.expect("bind fake");
         let addr = listener.local_addr().expect("addr");
         let commands = Arc::new(Mutex::new(Vec::new()));
+        let suites = Arc::new(Mutex::new(Vec::new()));
         let log = commands.clone();
+        let suite_log = suites.clone();
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let script = script.clone();
                 let log = log.clone();
+                let suite_log = suite_log.clone();
                 tokio::spawn(async move {
                     let io: Box<dyn super::Io> = if script.tls {
                         match dev_acceptor().accept(tcp).await {
-                            Ok(tls) => Box::new(tls),
+                            Ok(tls) => {
+                                if let Some(suite) = tls.get_ref().1.negotiated_cipher_suite() {
+                                    let name = format!("{:?}", suite.suite());
+                                    suite_log.lock().expect("lock").push(name);
+                                }
+                                Box::new(tls)
+                            }
                             Err(_) => return,
                         }
                     } else {
@@ -137,7 +148,11 @@ impl FakeBackend {
                 });
             }
         });
-        FakeBackend { addr, commands }
+        FakeBackend {
+            addr,
+            commands,
+            suites,
+        }
     }
 
     pub fn address(&self) -> String {
