@@ -125,12 +125,30 @@ pub fn acceptor(cert: &Path, key: &Path, sni: &[SniCertificate]) -> Result<TlsAc
         default: certified_key(cert, key)?,
         names,
     };
-    let config = ServerConfig::builder_with_provider(provider())
+    let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError::Provider(e.to_string()))?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
+    config.ticketer = ticketer()?;
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Session tickets for resumption, one ticketer for the life of the process (a reload's new
+/// acceptor keeps resuming the sessions of the old one). A ticket is the session's state sealed
+/// with a key only the gate holds (ChaCha20-Poly1305, rotated every 6 hours), so any number of
+/// clients can resume: rustls' default, a server-side cache of 256 sessions, forgot most of
+/// them as soon as a few hundred clients came and went, and those clients paid a full handshake
+/// (a signature and the certificate chain) again.
+fn ticketer() -> Result<Arc<dyn rustls::server::ProducesTickets>, TlsError> {
+    static TICKETER: std::sync::OnceLock<Arc<dyn rustls::server::ProducesTickets>> =
+        std::sync::OnceLock::new();
+    if let Some(t) = TICKETER.get() {
+        return Ok(t.clone());
+    }
+    let made =
+        rustls::crypto::ring::Ticketer::new().map_err(|e| TlsError::Provider(e.to_string()))?;
+    Ok(TICKETER.get_or_init(|| made).clone())
 }
 
 /// A verifying connector for a backend: trusts `ca` when given, the system's roots otherwise.

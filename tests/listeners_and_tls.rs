@@ -234,3 +234,55 @@ async fn the_gate_follows_the_clients_cipher_suite_order() {
     }
     gate.stop().await;
 }
+
+/// Connects with `connector`, reads the greeting (which also takes in the session tickets sent
+/// after the handshake) and says whether the handshake resumed an earlier session.
+async fn resumed(addr: SocketAddr, connector: &tokio_rustls::TlsConnector) -> bool {
+    use tokio::io::AsyncReadExt;
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut tls = connector.connect(name, tcp).await.expect("handshake");
+    let mut greeting = [0u8; 64];
+    let n = tls.read(&mut greeting).await.expect("greeting");
+    assert!(greeting[..n].starts_with(b"* OK"));
+    tls.get_ref().1.handshake_kind() == Some(tokio_rustls::rustls::HandshakeKind::Resumed)
+}
+
+/// Any number of clients can resume their TLS session (tickets, not a server-side cache of a few
+/// hundred), and a reload, which builds a new acceptor, does not forget them.
+#[tokio::test]
+async fn tls_sessions_resume_after_many_other_clients_and_across_a_reload() {
+    let (_fake, gate) = gate_with_settings(&[] as &[&str]).await;
+    let addr = gate.tls.expect("tls listener");
+    let returning = common::dev_connector();
+    assert!(
+        !resumed(addr, &returning).await,
+        "a first visit is a full handshake"
+    );
+    // 300 other clients, each with its own session store.
+    for _ in 0..300 {
+        assert!(!resumed(addr, &common::dev_connector()).await);
+    }
+    assert!(resumed(addr, &returning).await, "resumed after 300 others");
+    let tls12 = tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        tokio_rustls::rustls::ClientConfig::builder_with_protocol_versions(&[
+            &tokio_rustls::rustls::version::TLS12,
+        ])
+        .with_root_certificates(dev_roots())
+        .with_no_client_auth(),
+    ));
+    assert!(!resumed(addr, &tls12).await);
+    assert!(resumed(addr, &tls12).await, "TLS 1.2 resumes too");
+    gate.handle.reload().await.expect("reload");
+    assert!(resumed(addr, &returning).await, "resumed across a reload");
+    gate.stop().await;
+}
+
+fn dev_roots() -> tokio_rustls::rustls::RootCertStore {
+    use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer};
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(common::certs().join("ca.pem")).expect("ca.pem") {
+        roots.add(cert.expect("ca cert")).expect("add ca");
+    }
+    roots
+}
