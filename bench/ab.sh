@@ -16,7 +16,7 @@ cargo build --release --quiet --examples
 load=target/release/examples/loadgen; fake=target/release/examples/fakebackend
 bench/peers.sh start "$work/peers" 2000 >/dev/null
 pkill -f "examples/fakebackend --listen 127.0.0.1:20143" 2>/dev/null || true
-$fake --listen 127.0.0.1:20143 --messages 1 --size 1048576 >/dev/null 2>&1 &
+setsid $fake --listen 127.0.0.1:20143 --messages 1 --size 1048576 >/dev/null 2>&1 &
 pids=($!)
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; bench/peers.sh stop "$work/peers" >/dev/null 2>&1 || true; }
 trap cleanup EXIT
@@ -37,7 +37,7 @@ address = "127.0.0.1:$4"
 [runtime]
 worker_threads = 1
 CONF
-  RUST_LOG=warn "$1" --config "$work/$2.toml" >/dev/null 2>>"$work/$2.log" &
+  RUST_LOG=warn setsid "$1" --config "$work/$2.toml" >/dev/null 2>>"$work/$2.log" &
   pids+=($!)
 }
 gate "$a" a-dovecot 41143 10143; gate "$a" a-fake 42143 20143

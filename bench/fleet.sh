@@ -16,16 +16,16 @@ gate=target/release/imapgate; load=target/release/examples/loadgen; fake=target/
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; }
 trap cleanup EXIT
-$fake --listen 127.0.0.1:27143 --messages 1 --size 1024 >/dev/null 2>&1 &
+setsid $fake --listen 127.0.0.1:27143 --messages 1 --size 1024 >/dev/null 2>&1 &
 pids+=($!)
-redis-server --bind 127.0.0.1 --port 27379 --save "" --appendonly no >/dev/null 2>&1 &
+setsid redis-server --bind 127.0.0.1 --port 27379 --save "" --appendonly no >/dev/null 2>&1 &
 pids+=($!)
 for i in $(seq 1 2000); do printf '[[mailbox]]\nalias = "user%d"\n\n' "$i"; done > "$work/mailboxes.toml"
 config() { # name port extra_imap4 extra_sections
   printf '[imap4]\nunencrypted_or_tls_bindings = ["127.0.0.1:%s"]\nlogin_type = "plain-text-login"\n%s\n' "$2" "$3" > "$work/$1.toml"
   printf 'max_connections_per_user = 100000\n[directory]\nmailboxes = "%s"\n' "$work/mailboxes.toml" >> "$work/$1.toml"
   printf '[backends.main]\naddress = "127.0.0.1:27143"\n[runtime]\nworker_threads = 1\n%s\n' "$4" >> "$work/$1.toml"
-  RUST_LOG=warn $gate --config "$work/$1.toml" >/dev/null 2>>"$work/$1.log" &
+  RUST_LOG=warn setsid $gate --config "$work/$1.toml" >/dev/null 2>>"$work/$1.log" &
   pids+=($!)
 }
 # The load comes from 127.0.0.1: trusted (no penalty) for the first two; behind the balancer the

@@ -20,7 +20,7 @@ cleanup() {
   [ -f "$work/slapd/slapd.pid" ] && kill "$(cat "$work/slapd/slapd.pid")" 2>/dev/null || true
 }
 trap cleanup EXIT
-$fake --listen 127.0.0.1:26143 --messages 1 --size 1024 >/dev/null 2>&1 &
+setsid $fake --listen 127.0.0.1:26143 --messages 1 --size 1024 >/dev/null 2>&1 &
 pids+=($!)
 # The load's users (userN / passN) as directory entries and as a mailboxes file; from user4 on,
 # since the demo entries the throwaway slapd always has are user1 to user3.
@@ -39,7 +39,7 @@ config() { # name port metrics_port directory_lines...
     printf '[backends.main]\naddress = "127.0.0.1:26143"\n'
     printf '[metrics]\nlisten = "127.0.0.1:%s"\n[runtime]\nworker_threads = 1\n' "$metrics"
   } > "$work/$name.toml"
-  RUST_LOG=warn $gate --config "$work/$name.toml" >/dev/null 2>>"$work/$name.log" &
+  RUST_LOG=warn setsid $gate --config "$work/$name.toml" >/dev/null 2>>"$work/$name.log" &
   pids+=($!)
 }
 ldap=(
