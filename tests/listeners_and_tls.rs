@@ -191,19 +191,13 @@ async fn suite_chosen_for(
     addr: SocketAddr,
     first: tokio_rustls::rustls::CipherSuite,
 ) -> tokio_rustls::rustls::CipherSuite {
-    use tokio_rustls::rustls::{self, pki_types::pem::PemObject};
+    use tokio_rustls::rustls;
     let mut provider = rustls::crypto::ring::default_provider();
     provider.cipher_suites.sort_by_key(|s| s.suite() != first);
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_file_iter(common::certs().join("ca.pem"))
-        .expect("ca.pem")
-    {
-        roots.add(cert.expect("ca cert")).expect("add ca");
-    }
     let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("versions")
-        .with_root_certificates(roots)
+        .with_root_certificates(common::dev_roots())
         .with_no_client_auth();
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
@@ -268,7 +262,7 @@ async fn tls_sessions_resume_after_many_other_clients_and_across_a_reload() {
         tokio_rustls::rustls::ClientConfig::builder_with_protocol_versions(&[
             &tokio_rustls::rustls::version::TLS12,
         ])
-        .with_root_certificates(dev_roots())
+        .with_root_certificates(common::dev_roots())
         .with_no_client_auth(),
     ));
     assert!(!resumed(addr, &tls12).await);
@@ -276,13 +270,4 @@ async fn tls_sessions_resume_after_many_other_clients_and_across_a_reload() {
     gate.handle.reload().await.expect("reload");
     assert!(resumed(addr, &returning).await, "resumed across a reload");
     gate.stop().await;
-}
-
-fn dev_roots() -> tokio_rustls::rustls::RootCertStore {
-    use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer};
-    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(common::certs().join("ca.pem")).expect("ca.pem") {
-        roots.add(cert.expect("ca cert")).expect("add ca");
-    }
-    roots
 }

@@ -277,16 +277,21 @@ pub struct Client {
 }
 
 pub fn dev_connector() -> TlsConnector {
+    let config = ClientConfig::builder()
+        .with_root_certificates(dev_roots())
+        .with_no_client_auth();
+    TlsConnector::from(Arc::new(config))
+}
+
+/// The development CA (certs/ca.pem) as the only trust anchor.
+pub fn dev_roots() -> RootCertStore {
     let mut roots = RootCertStore::empty();
     for cert in
         rustls::pki_types::CertificateDer::pem_file_iter(certs().join("ca.pem")).expect("ca.pem")
     {
         roots.add(cert.expect("ca cert")).expect("add ca");
     }
-    let config = ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    TlsConnector::from(Arc::new(config))
+    roots
 }
 
 use rustls::pki_types::pem::PemObject;
