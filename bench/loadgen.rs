@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use futures_util::FutureExt;
 use imapgate::stream::Stream;
@@ -207,20 +206,16 @@ fn connector(args: &Args) -> anyhow::Result<Option<TlsConnector>> {
     if args.security == Security::Plain {
         return Ok(None);
     }
-    if !args.tls12 {
-        return Ok(Some(imapgate::tls::connector(args.ca.as_deref())?));
-    }
-    use tokio_rustls::rustls::{self, pki_types::pem::PemObject};
-    let ca = args.ca.as_deref().context("--tls12 needs --ca")?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca)? {
-        roots.add(cert?)?;
-    }
-    let tls12 = rustls::ClientConfig::builder_with_provider(imapgate::tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS12])?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Some(TlsConnector::from(Arc::new(tls12))))
+    let versions: &[&'static tokio_rustls::rustls::SupportedProtocolVersion] = if args.tls12 {
+        &[&tokio_rustls::rustls::version::TLS12]
+    } else {
+        &[
+            &tokio_rustls::rustls::version::TLS13,
+            &tokio_rustls::rustls::version::TLS12,
+        ]
+    };
+    let config = imapgate::tls::client_config_for(args.ca.as_deref(), versions)?;
+    Ok(Some(TlsConnector::from(config)))
 }
 
 fn rss_kb(pid: u32) -> u64 {

@@ -40,7 +40,7 @@ pub enum TlsError {
 /// The process's cryptography (ring, or aws-lc-rs when the binary installed it) with the
 /// AES-128-GCM suites ordered before AES-256-GCM and ChaCha20, as in Mozilla's recommended
 /// configurations and in the ClientHello of Firefox, Thunderbird and Chrome. The suites are the
-/// provider's; only their order changes. As a client (TLS backends, the LDAP directory) the gate
+/// provider's; only their order changes. As a client (TLS backends, LDAP, OAuth introspection) the gate
 /// offers them in this order; as a server it follows the client's order (rustls' default: a
 /// client without AES instructions asks for ChaCha20 first). AES-128 takes fewer rounds per block,
 /// and TLS 1.3's AES-128 suite hashes with SHA-256, which processors with SHA extensions run in
@@ -51,7 +51,8 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     let mut provider = rustls::crypto::CryptoProvider::get_default()
         .map(|p| (**p).clone())
         .unwrap_or_else(rustls::crypto::ring::default_provider);
-    // A stable sort: within each version AES-128-GCM first, the others in the provider's order.
+    // A stable sort: the AES-128-GCM suites first, the others in the provider's order (each
+    // version picks from its own suites, so their mixing in one list does not matter).
     use rustls::CipherSuite as S;
     provider.cipher_suites.sort_by_key(|s| {
         !matches!(
@@ -159,6 +160,14 @@ pub fn connector(ca: Option<&Path>) -> Result<TlsConnector, TlsError> {
 /// The client side's TLS settings (a backend, the LDAP directory): trusts `ca` when given, the
 /// system's roots otherwise; TLS 1.2 and 1.3.
 pub fn client_config(ca: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
+    client_config_for(ca, &[&rustls::version::TLS13, &rustls::version::TLS12])
+}
+
+/// [`client_config`] speaking only `versions` (the load generator's TLS 1.2 comparisons).
+pub fn client_config_for(
+    ca: Option<&Path>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<Arc<ClientConfig>, TlsError> {
     let mut roots = RootCertStore::empty();
     match ca {
         Some(path) => {
@@ -181,7 +190,7 @@ pub fn client_config(ca: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
         }
     }
     let config = ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .with_protocol_versions(versions)
         .map_err(|e| TlsError::Provider(e.to_string()))?
         .with_root_certificates(roots)
         .with_no_client_auth();

@@ -129,11 +129,7 @@ async fn login_through(fake: &FakeBackend, body: &str) -> String {
 
 #[tokio::test]
 async fn an_invalid_backend_certificate_is_refused_when_verification_is_on() {
-    let fake = FakeBackend::start(Script {
-        tls: true,
-        ..Script::default()
-    })
-    .await;
+    let fake = FakeBackend::start(Script::tls()).await;
     let port = fake.addr.port();
     // System roots only: the development certificate is not trusted.
     let body = format!("address = \"localhost:{port}\"\ntls = \"tls\"");
@@ -155,11 +151,7 @@ async fn an_invalid_backend_certificate_is_refused_when_verification_is_on() {
 /// the client's order (rustls' and OpenSSL's default) picks it.
 #[tokio::test]
 async fn the_gate_offers_tls_backends_aes_128_gcm_first() {
-    let fake = FakeBackend::start(Script {
-        tls: true,
-        ..Script::default()
-    })
-    .await;
+    let fake = FakeBackend::start(Script::tls()).await;
     let ca = common::certs().join("ca.pem");
     let body = format!(
         "address = \"localhost:{}\"\ntls = \"tls\"\nca = {ca:?}",

@@ -95,6 +95,14 @@ impl Script {
     }
 
     /// The default script, answering every login `tag <reply>` (e.g. `NO [UNAVAILABLE] ...`).
+    /// Implicit TLS with the development certificate (certs/localhost.pem).
+    pub fn tls() -> Script {
+        Script {
+            tls: true,
+            ..Script::default()
+        }
+    }
+
     pub fn with_login_reply(reply: &str) -> Script {
         Script {
             login_reply: Some(reply.into()),
